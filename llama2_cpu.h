@@ -1,0 +1,108 @@
+// llama2_cpu.h — the CPU reference: a Llama 2 forward and backward with LoRA, masked cross-entropy
+// and AdamW, in plain fp32 loops (llama2_cpu.cpp). It is the teaching text, CI's ground truth and
+// the oracle every CUDA kernel is tested against. See llama2_cpu.cpp for the walk-through.
+#pragma once
+
+#include <vector>
+
+#include "model.h"
+
+// The model: frozen base weights (fp32) and the trainable LoRA parameters with their gradients.
+struct CpuModel {
+    Config cfg;
+    std::vector<float> weights_mem;  // all base weights, file order (model.h)
+    Weights<float> w;                // named pointers into weights_mem
+    LoraConfig lora;                 // rank 0: no LoRA at all
+    LoraLayout lay;
+    std::vector<float> lora_params;  // (lay.total) fp32 master weights, LoraLayout order
+    std::vector<float> lora_grads;   // (lay.total) same layout; backward accumulates into it
+
+    bool has_lora(int t) const { return lora.rank > 0 && lora.has(t); }
+    // element offsets, in lora_params / lora_grads, of A_t of layer l (r, in_t) and B_t (out_t, r)
+    int64_t lora_A_off(int t, int l) const;
+    int64_t lora_B_off(int t, int l) const;
+};
+
+// Takes the fp32 weights (file order; e.g. from load_model_f32 or HfCheckpoint::load_all_f32).
+void cpu_model_init(CpuModel& m, const Config& cfg, std::vector<float> weights);
+// Attaches LoRA with PEFT's initialisation: A ~ kaiming-uniform (bound 1/sqrt(in)), B = 0.
+void cpu_lora_init(CpuModel& m, const LoraConfig& lc, uint64_t seed);
+// Attaches LoRA with given parameters (LoraLayout order), e.g. from an adapter file.
+void cpu_lora_set(CpuModel& m, const LoraConfig& lc, const std::vector<float>& params);
+// A random Llama for tests and the demo: N(0, 0.02) matrices, norm weights near 1.
+std::vector<float> cpu_random_weights(const Config& cfg, uint64_t seed);
+
+// A batch of B rows of T tokens. Several conversations may share a row ("packing"): pos restarts
+// at 0 at each conversation, and a token at position p attends to the p tokens before it and
+// itself only, so attention never crosses a conversation boundary.
+struct CpuBatch {
+    int B, T;
+    std::vector<int32_t> tokens;   // (B, T) input ids
+    std::vector<int32_t> targets;  // (B, T) the id to predict at each position, -1 = no loss
+    std::vector<int32_t> pos;      // (B, T) position within its conversation
+};
+// HF convention (labels aligned with tokens, -100 = ignore; loss on logits[:, :-1] vs labels[:, 1:]),
+// one conversation per row.
+CpuBatch batch_from_hf_labels(const int32_t* tokens, const int32_t* labels, int B, int T);
+// Pack conversations (spans of a Dataset) into one row each, in order; row length T = the longest
+// row's sum. targets[j] = tokens[j+1] where loss_mask[j+1] and j+1 is in the same conversation.
+// rows[i] lists the conversation indices of row i. Short rows are padded with targets -1.
+CpuBatch batch_from_conversations(const Dataset& d, const std::vector<std::vector<int64_t>>& rows);
+
+struct CpuStepOptions {
+    bool use_lora = true;        // false: the base model alone
+    bool training = false;       // dropout only while training
+    uint64_t dropout_seed = 0;   // with the (layer, target) it fixes the dropout masks
+};
+
+// Everything the forward keeps for the backward, for one batch shape: one allocation carved into
+// named pointers (N = B*T tokens).
+struct CpuActs {
+    int B = 0, T = 0;
+    std::vector<float> mem;
+    float* x;          // (L+1, N, C) residual stream; x[l] enters layer l, x[L] leaves the last
+    float* rstd_attn;  // (L, N) 1/rms of x[l]
+    float* xn_attn;    // (L, N, C) normed input of q,k,v
+    float* q;          // (L, N, H*D) after RoPE
+    float* k;          // (L, N, KV*D) after RoPE
+    float* v;          // (L, N, KV*D)
+    float* att;        // (L, B, H, T, T) softmax probabilities (0 where masked)
+    float* ctx;        // (L, N, H*D) attention output, input of o
+    float* x_mid;      // (L, N, C) residual after attention
+    float* rstd_mlp;   // (L, N)
+    float* xn_mlp;     // (L, N, C) normed input of gate, up
+    float* gate;       // (L, N, F) gate projection before SiLU
+    float* up;         // (L, N, F)
+    float* hmid;       // (L, N, F) silu(gate) * up, input of down
+    float* lora_u;     // (L, 7, N, r) u = dropout(x) A^T for each target (r = LoRA rank)
+    float* rstd_final; // (N)
+    float* xn_final;   // (N, C)
+    float* logits;     // (N, V)
+    double loss_sum = 0;  // sum of cross-entropy over positions with a target
+    int64_t n_targets = 0;
+};
+void cpu_acts_init(CpuActs& a, const CpuModel& m, int B, int T);
+
+// Forward: fills `a` and returns the mean cross-entropy over positions with a target (0 if none).
+float cpu_forward(const CpuModel& m, CpuActs& a, const CpuBatch& b, const CpuStepOptions& opt);
+// Backward of loss = loss_scale * (sum of per-position cross-entropy). Accumulates the LoRA
+// gradients into m.lora_grads (zero them at the start of an optimizer step). For the batch mean,
+// loss_scale = 1 / a.n_targets; for gradient accumulation, 1 / (targets in the whole step).
+void cpu_backward(CpuModel& m, CpuActs& a, const CpuBatch& b, const CpuStepOptions& opt, float loss_scale);
+
+// AdamW exactly as torch.optim.AdamW: decoupled weight decay, bias-corrected moments.
+struct AdamWConfig {
+    float lr = 2e-4f;
+    float beta1 = 0.9f;
+    float beta2 = 0.999f;
+    float eps = 1e-8f;
+    float weight_decay = 0.0f;
+};
+// One update of n parameters; step counts from 1.
+void cpu_adamw_update(float* params, const float* grads, float* m, float* v, int64_t n, int step,
+                      const AdamWConfig& cfg);
+// sqrt(sum g^2), accumulated in double
+float cpu_grad_norm(const float* g, int64_t n);
+// torch.nn.utils.clip_grad_norm_: scales g by max_norm / (norm + 1e-6) when that is < 1.
+// Returns the norm before clipping.
+float cpu_clip_grad_norm(float* g, int64_t n, float max_norm);

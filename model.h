@@ -1,0 +1,436 @@
+// model.h — the one place that defines the Llama 2 config, every on-disk header (model, data,
+// adapter), the weight and LoRA tensor layouts, number conversions and the error-check macros.
+// CPU code (g++) and GPU code (nvcc) both include it; the implementations of the file readers and
+// writers live in model.cpp.
+//
+// Conventions (see ../shared/DESIGN.md):
+// - Weights follow Hugging Face's layout: a linear layer's weight is (out, in), row-major; q/k rows
+//   are in HF's permuted order, so RoPE is HF's rotate_half.
+// - Every binary file is: a fixed-size typed header (magic, version, ...) then raw little-endian
+//   arrays in a fixed order. Readers check magic, version, the header's own consistency and the
+//   exact file size, and throw InputError("<path>: <problem>") when anything is off.
+// - Bad input throws InputError; every main() catches it, prints one line and exits 1.
+#pragma once
+
+#include <cmath>
+#include <cstdarg>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+// ----------------------------------------------------------------------------------------------
+// errors
+
+// Bad input (a file, a flag, a mismatch). The message is one line: "path: what is wrong".
+struct InputError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+[[noreturn]] inline void fail(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+[[noreturn]] inline void fail(const char* fmt, ...) {
+    char msg[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    throw InputError(msg);
+}
+
+// Internal invariant (a bug, not bad input): print file:line and abort.
+#define ASSERT(cond, hint)                                                                    \
+    do {                                                                                      \
+        if (!(cond)) {                                                                        \
+            fprintf(stderr, "%s:%d: internal error: %s (%s)\n", __FILE__, __LINE__, #cond, hint); \
+            abort();                                                                          \
+        }                                                                                     \
+    } while (0)
+
+#ifdef __CUDACC__
+#include <cuda_runtime.h>
+// Every CUDA call and every launch is checked; a failure names file:line and gives a hint.
+#define cudaCheck(call)                                                                          \
+    do {                                                                                         \
+        cudaError_t err_ = (call);                                                               \
+        if (err_ != cudaSuccess) {                                                               \
+            fprintf(stderr, "%s:%d: CUDA error %s: %s (hint: %s)\n", __FILE__, __LINE__,         \
+                    cudaGetErrorName(err_), cudaGetErrorString(err_),                            \
+                    err_ == cudaErrorNoDevice || err_ == cudaErrorInsufficientDriver             \
+                        ? "no usable GPU here; run with --device cpu or on a GPU machine"        \
+                        : err_ == cudaErrorMemoryAllocation ? "out of GPU memory; lower the batch or enable recompute" \
+                                                            : "rerun under compute-sanitizer"); \
+            exit(1);                                                                             \
+        }                                                                                        \
+    } while (0)
+#define cudaCheckLaunch() cudaCheck(cudaGetLastError())
+#endif
+
+// ----------------------------------------------------------------------------------------------
+// random numbers: splitmix64, tiny and portable, so the CPU and the GPU (and every platform) draw
+// the same sequence from the same seed; std:: distributions differ between standard libraries.
+
+#ifdef __CUDACC__
+#define HOST_DEVICE __host__ __device__
+#else
+#define HOST_DEVICE
+#endif
+
+HOST_DEVICE inline uint64_t splitmix64(uint64_t x) {
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+struct Rng {
+    uint64_t state;
+    explicit Rng(uint64_t seed) : state(seed) {}
+    uint64_t next() { return splitmix64(state++); }
+    float uniform() { return (float)(next() >> 40) * (1.0f / 16777216.0f); }  // [0, 1), 24 bits
+    float normal() {  // Box-Muller
+        float u1 = ((float)(next() >> 40) + 1.0f) * (1.0f / 16777217.0f), u2 = uniform();
+        return sqrtf(-2.0f * logf(u1)) * cosf(6.2831853071795864f * u2);
+    }
+};
+
+// LoRA dropout as a pure function of (seed, stream, element index): the forward and the backward
+// (and the CPU and the GPU) agree on the mask without storing it. stream names the (layer, target).
+HOST_DEVICE inline bool dropout_keep(uint64_t seed, uint64_t stream, uint64_t idx, float p) {
+    uint64_t h = splitmix64(splitmix64(seed ^ (stream * 0x9e3779b97f4a7c15ull)) + idx);
+    return (float)(h >> 40) * (1.0f / 16777216.0f) >= p;
+}
+
+// ----------------------------------------------------------------------------------------------
+// numbers: fp16 / bf16 <-> fp32 on the host (round to nearest even, NaN kept NaN)
+
+inline float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+inline uint16_t f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);  // quiet NaN
+    u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest, ties to even
+    return (uint16_t)(u >> 16);
+}
+inline float f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff, u;
+    if (exp == 0) {
+        if (mant == 0) {
+            u = sign;
+        } else {  // subnormal: renormalise
+            int e = -1;
+            do { e++; mant <<= 1; } while (!(mant & 0x400));
+            u = sign | ((uint32_t)(127 - 15 - e) << 23) | ((mant & 0x3ff) << 13);
+        }
+    } else if (exp == 31) {
+        u = sign | 0x7f800000u | (mant << 13);
+    } else {
+        u = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+    }
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+inline uint16_t f32_to_f16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint32_t sign = (u >> 16) & 0x8000;
+    uint32_t absu = u & 0x7fffffffu;
+    if (absu > 0x7f800000u) return (uint16_t)(sign | 0x7e00);           // NaN
+    if (absu >= 0x477ff000u) return (uint16_t)(sign | 0x7c00);          // rounds to >= 65520: Inf
+    if (absu < 0x38800000u) {                                           // below fp16's normal range
+        if (absu < 0x33000000u) return (uint16_t)sign;                  // < half the smallest subnormal
+        uint32_t mant = (absu & 0x7fffff) | 0x800000;
+        int shift = 126 - (int)(absu >> 23);  // 14..24 so that the result is mant >> (shift)
+        uint32_t r = mant >> shift, rem = mant & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (r & 1))) r++;
+        return (uint16_t)(sign | r);
+    }
+    uint32_t r = absu - 0x38000000u;  // rebias exponent 127 -> 15
+    r += 0xfffu + ((r >> 13) & 1u);
+    return (uint16_t)(sign | (r >> 13));
+}
+
+// ----------------------------------------------------------------------------------------------
+// the model's configuration (one struct, stored verbatim in model and adapter headers)
+
+struct Config {
+    int32_t dim;             // C: hidden_size
+    int32_t hidden_dim;      // F: intermediate_size of the SwiGLU MLP
+    int32_t n_layers;        // L
+    int32_t n_heads;         // H: query heads
+    int32_t n_kv_heads;      // KV: key/value heads (KV < H is grouped-query attention)
+    int32_t head_dim;        // D: usually C / H
+    int32_t vocab_size;      // V
+    int32_t max_seq_len;     // max_position_embeddings
+    int32_t bos_id;
+    int32_t eos_id;
+    int32_t tie_embeddings;  // 1: the LM head is the embedding matrix (no lm_head tensor stored)
+    int32_t reserved0;
+    float rope_theta;        // RoPE base (10000 for Llama 2)
+    float norm_eps;          // RMSNorm epsilon (1e-5 for Llama 2, read from config.json)
+};
+static_assert(sizeof(Config) == 56, "Config is stored verbatim on disk");
+
+// Throws InputError("<what>: ...") if the numbers cannot describe a Llama model.
+void validate_config(const Config& c, const char* what);
+std::string config_summary(const Config& c);  // "L=32 C=4096 F=11008 H=32 KV=32 D=128 V=32000"
+bool same_architecture(const Config& a, const Config& b);
+
+// ----------------------------------------------------------------------------------------------
+// dtypes of stored tensors
+
+enum DType : int32_t { DT_F32 = 0, DT_F16 = 1, DT_BF16 = 2 };
+inline const char* dtype_name(int32_t d) {
+    return d == DT_F32 ? "f32" : d == DT_F16 ? "f16" : d == DT_BF16 ? "bf16" : "unknown";
+}
+inline size_t dtype_size(int32_t d) { return d == DT_F32 ? 4 : 2; }
+// Convert n stored elements of dtype `d` at `src` to fp32.
+void convert_to_f32(float* dst, const void* src, int32_t d, size_t n);
+// Convert n fp32 values to dtype `d` (round to nearest even).
+void convert_from_f32(void* dst, const float* src, int32_t d, size_t n);
+
+// ----------------------------------------------------------------------------------------------
+// frozen base weights: the tensors of a Llama model, in file order (= memory order).
+// Per-layer tensors of one kind are stacked over layers, llm.c style, so a layer's slice is
+// base + l * (size of one layer's tensor).
+
+enum WeightId : int {
+    W_EMBED,       // (V, C)          model.embed_tokens.weight
+    W_ATTN_NORM,   // (L, C)          model.layers.{l}.input_layernorm.weight
+    W_Q,           // (L, H*D, C)     model.layers.{l}.self_attn.q_proj.weight
+    W_K,           // (L, KV*D, C)    model.layers.{l}.self_attn.k_proj.weight
+    W_V,           // (L, KV*D, C)    model.layers.{l}.self_attn.v_proj.weight
+    W_O,           // (L, C, H*D)     model.layers.{l}.self_attn.o_proj.weight
+    W_MLP_NORM,    // (L, C)          model.layers.{l}.post_attention_layernorm.weight
+    W_GATE,        // (L, F, C)       model.layers.{l}.mlp.gate_proj.weight
+    W_UP,          // (L, F, C)       model.layers.{l}.mlp.up_proj.weight
+    W_DOWN,        // (L, C, F)       model.layers.{l}.mlp.down_proj.weight
+    W_FINAL_NORM,  // (C)             model.norm.weight
+    W_LM_HEAD,     // (V, C)          lm_head.weight (absent when tie_embeddings)
+    NUM_WEIGHTS
+};
+
+struct WeightInfo {
+    bool per_layer;   // stacked over L layers
+    int64_t rows;     // per layer: out features (1 for a norm vector)
+    int64_t cols;     // per layer: in features (C for a norm vector)
+    int64_t numel() const { return rows * cols; }  // per layer
+};
+WeightInfo weight_info(const Config& c, int id);
+// HF tensor name for weight `id` of layer `layer` (layer ignored for global tensors).
+std::string weight_hf_name(int id, int layer);
+// number of elements stored for weight `id` (all layers); 0 for a tied lm_head
+int64_t weight_numel(const Config& c, int id);
+int64_t total_weight_numel(const Config& c);
+
+// Named pointers into one buffer holding all base weights in file order.
+template <typename T>
+struct Weights {
+    T* embed;       // (V, C)
+    T* attn_norm;   // (L, C)
+    T* wq;          // (L, H*D, C)
+    T* wk;          // (L, KV*D, C)
+    T* wv;          // (L, KV*D, C)
+    T* wo;          // (L, C, H*D)
+    T* mlp_norm;    // (L, C)
+    T* w_gate;      // (L, F, C)
+    T* w_up;        // (L, F, C)
+    T* w_down;      // (L, C, F)
+    T* final_norm;  // (C)
+    T* lm_head;     // (V, C); == embed when tied
+    T** ptr(int id) { return &embed + id; }
+    T* const* ptr(int id) const { return &embed + id; }
+};
+static_assert(sizeof(Weights<float>) == NUM_WEIGHTS * sizeof(float*), "one pointer per WeightId");
+
+template <typename T>
+Weights<T> carve_weights(const Config& c, T* base) {
+    Weights<T> w;
+    T* p = base;
+    for (int id = 0; id < NUM_WEIGHTS; id++) {
+        *w.ptr(id) = p;
+        p += weight_numel(c, id);
+    }
+    if (c.tie_embeddings) w.lm_head = w.embed;
+    return w;
+}
+
+// ----------------------------------------------------------------------------------------------
+// LoRA: a low-rank delta on each of the seven linear layers.
+// y = x W^T + (alpha / r) * (dropout(x) A^T) B^T,  A: (r, in), B: (out, r)  (PEFT's shapes)
+
+enum LoraTarget : int { LT_Q, LT_K, LT_V, LT_O, LT_GATE, LT_UP, LT_DOWN, NUM_LORA_TARGETS };
+inline const char* lora_target_name(int t) {  // PEFT's module names
+    static const char* names[NUM_LORA_TARGETS] = {"q_proj", "k_proj", "v_proj", "o_proj",
+                                                  "gate_proj", "up_proj", "down_proj"};
+    return names[t];
+}
+inline const char* lora_target_parent(int t) { return t <= LT_O ? "self_attn" : "mlp"; }
+inline int lora_target_weight(int t) {  // the frozen weight a target adapts
+    static const int ids[NUM_LORA_TARGETS] = {W_Q, W_K, W_V, W_O, W_GATE, W_UP, W_DOWN};
+    return ids[t];
+}
+inline int64_t lora_in_dim(const Config& c, int t) { return weight_info(c, lora_target_weight(t)).cols; }
+inline int64_t lora_out_dim(const Config& c, int t) { return weight_info(c, lora_target_weight(t)).rows; }
+constexpr uint32_t LORA_ALL_TARGETS = (1u << NUM_LORA_TARGETS) - 1;
+// "q,k,v,o,gate,up,down" (short or PEFT names) -> bit mask; throws InputError on an unknown name
+uint32_t parse_lora_targets(const std::string& list);
+std::string lora_targets_string(uint32_t mask);  // "q,k,v,o,gate,up,down"
+
+struct LoraConfig {
+    int32_t rank;          // r
+    float alpha;           // lora_alpha; the delta is scaled by alpha / r
+    float dropout;         // dropout probability on the LoRA input
+    uint32_t target_mask;  // bit t set: target t carries a LoRA delta
+    float scaling() const { return alpha / (float)rank; }
+    bool has(int t) const { return (target_mask >> t) & 1u; }
+};
+static_assert(sizeof(LoraConfig) == 16, "LoraConfig is stored verbatim on disk");
+void validate_lora_config(const LoraConfig& lc, const char* what);
+
+// LoRA parameters, in file order: for each target t (in LoraTarget order, enabled ones only)
+// A_t (L, r, in_t) then B_t (L, out_t, r). Gradients and AdamW moments use the same layout,
+// so the optimizer is one flat loop.
+struct LoraLayout {
+    int64_t a_offset[NUM_LORA_TARGETS];  // element offset of A_t, -1 when disabled
+    int64_t b_offset[NUM_LORA_TARGETS];
+    int64_t total;                        // elements in all
+};
+LoraLayout lora_layout(const Config& c, const LoraConfig& lc);
+// PEFT's tensor name, e.g. base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight
+std::string lora_peft_name(int t, int layer, bool is_b);
+
+// ----------------------------------------------------------------------------------------------
+// file formats. All headers are 256 bytes: typed fields, then zero padding (reserved for later
+// versions). Arrays follow the header back to back.
+
+constexpr uint32_t fourcc(const char s[5]) {
+    return (uint32_t)s[0] | (uint32_t)s[1] << 8 | (uint32_t)s[2] << 16 | (uint32_t)s[3] << 24;
+}
+
+// Model file (export_hf): header, then every WeightId in order (lm_head absent when tied), each
+// stacked over layers, in `dtype`.
+constexpr uint32_t MODEL_MAGIC = fourcc("L2MD");
+constexpr uint32_t MODEL_VERSION = 1;
+struct ModelHeader {
+    uint32_t magic;
+    uint32_t version;
+    Config config;
+    int32_t dtype;                 // DType of every stored tensor
+    uint8_t tokenizer_sha256[32];  // of the tokenizer.model checked at export; zeros if none
+    uint8_t reserved[256 - 8 - sizeof(Config) - 4 - 32];
+};
+static_assert(sizeof(ModelHeader) == 256, "header is 256 bytes");
+
+// Data file (prepare_lima): header, tokens int32[n_tokens], loss_mask uint8[n_tokens],
+// conv_offsets int64[n_conversations + 1] (conversation i is tokens[off[i], off[i+1])).
+// loss_mask[j] = 1 when token j is part of an assistant answer (or its </s>): the model is
+// trained to predict it from the tokens before it.
+constexpr uint32_t DATA_MAGIC = fourcc("L2DT");
+constexpr uint32_t DATA_VERSION = 1;
+enum ChatTemplate : int32_t { TEMPLATE_LLAMA2 = 0, TEMPLATE_PLAIN = 1 };
+struct DataHeader {
+    uint32_t magic;
+    uint32_t version;
+    int64_t n_tokens;
+    int64_t n_conversations;
+    int64_t n_turns;               // user/assistant pairs kept
+    int64_t n_loss_tokens;         // sum of loss_mask
+    int64_t n_truncated;           // conversations shortened to max_len
+    int64_t n_dropped;             // conversations left out (not even one turn fits max_len)
+    int32_t vocab_size;            // of the tokenizer
+    int32_t bos_id;
+    int32_t eos_id;
+    int32_t max_len;               // the --max-len the file was made with
+    int32_t chat_template;         // ChatTemplate
+    int32_t reserved0;
+    uint8_t tokenizer_sha256[32];  // of tokenizer.model
+    uint8_t reserved[256 - 8 - 6 * 8 - 6 * 4 - 32];
+};
+static_assert(sizeof(DataHeader) == 256, "header is 256 bytes");
+
+// Adapter file: header, then the LoRA tensors in LoraLayout order, fp16.
+constexpr uint32_t ADAPTER_MAGIC = fourcc("L2AD");
+constexpr uint32_t ADAPTER_VERSION = 1;
+struct AdapterHeader {
+    uint32_t magic;
+    uint32_t version;
+    Config base;                   // the base model it was trained on
+    LoraConfig lora;
+    int32_t dtype;                 // DT_F16
+    uint8_t tokenizer_sha256[32];  // of the data's tokenizer; zeros if unknown
+    uint8_t reserved[256 - 8 - sizeof(Config) - sizeof(LoraConfig) - 4 - 32];
+};
+static_assert(sizeof(AdapterHeader) == 256, "header is 256 bytes");
+
+// ----------------------------------------------------------------------------------------------
+// readers and writers (model.cpp). All throw InputError naming the file on bad input.
+
+// A file written under a temporary name and renamed over `path` only by commit(), so a crash or
+// an error never leaves a half-written file where a good one was.
+struct AtomicFile {
+    std::string path, tmp_path;
+    FILE* f = nullptr;
+    explicit AtomicFile(const std::string& path);
+    ~AtomicFile();  // removes the temporary file unless committed
+    void write(const void* data, size_t bytes);
+    void commit();
+    AtomicFile(const AtomicFile&) = delete;
+    AtomicFile& operator=(const AtomicFile&) = delete;
+};
+
+// A file opened for reading with every read checked against its size.
+struct InFile {
+    std::string path;
+    FILE* f = nullptr;
+    int64_t size = 0;
+    explicit InFile(const std::string& path);  // throws "path: cannot open (...)"
+    ~InFile();
+    void read(void* dst, size_t bytes, const char* what);  // throws "path: truncated while reading <what>"
+    void read_at(int64_t offset, void* dst, size_t bytes, const char* what);
+    InFile(const InFile&) = delete;
+    InFile& operator=(const InFile&) = delete;
+};
+
+std::string read_text_file(const std::string& path);
+void sha256_file(const std::string& path, uint8_t out[32]);
+std::string hex_digest(const uint8_t d[32]);
+bool digest_is_zero(const uint8_t d[32]);
+
+// model file
+ModelHeader read_model_header(InFile& in);  // checks magic, version, config, dtype and file size
+// Load all weights of a model file as fp32 (CPU reference). Returns the header.
+ModelHeader load_model_f32(const std::string& path, std::vector<float>& weights);
+
+// data file
+struct Dataset {
+    DataHeader header;
+    std::vector<int32_t> tokens;         // (n_tokens)
+    std::vector<uint8_t> loss_mask;      // (n_tokens)
+    std::vector<int64_t> conv_offsets;   // (n_conversations + 1)
+    int64_t conv_len(int64_t i) const { return conv_offsets[i + 1] - conv_offsets[i]; }
+};
+void write_dataset(const std::string& path, const Dataset& d);
+Dataset read_dataset(const std::string& path);
+// Throws if a data file cannot be used with a model (vocab, special ids, tokenizer hash).
+void check_data_matches_model(const DataHeader& d, const char* data_path, const ModelHeader& m,
+                              const char* model_path);
+
+// adapter file: LoRA parameters as fp32 in LoraLayout order (stored as fp16)
+struct Adapter {
+    Config base;
+    LoraConfig lora;
+    uint8_t tokenizer_sha256[32] = {};
+    std::vector<float> params;  // (lora_layout(base, lora).total)
+};
+void write_adapter(const std::string& path, const Adapter& a);
+Adapter read_adapter(const std::string& path);
+void check_adapter_matches_model(const Adapter& a, const char* adapter_path, const Config& model,
+                                 const char* model_path);

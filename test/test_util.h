@@ -1,0 +1,93 @@
+// test/test_util.h — helpers shared by the CPU test files: where the fixtures are, a scratch
+// directory per test, running a built tool as a subprocess and capturing its exit code and output,
+// and error metrics.
+#pragma once
+
+#include <dirent.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+// $FIXTURES_DIR, default ../shared/fixtures (tests run from the repo root)
+inline std::string fixtures_dir() {
+    const char* e = getenv("FIXTURES_DIR");
+    return e && *e ? e : "../shared/fixtures";
+}
+inline std::string shared_dir() { return "../shared"; }
+
+inline bool path_exists(const std::string& p) {
+    struct stat st;
+    return stat(p.c_str(), &st) == 0;
+}
+
+// Sorted entries of `dir` whose names start with `prefix` and end with `suffix`.
+inline std::vector<std::string> list_dir(const std::string& dir, const std::string& prefix, const std::string& suffix = "") {
+    std::vector<std::string> out;
+    DIR* d = opendir(dir.c_str());
+    if (!d) return out;
+    while (dirent* e = readdir(d)) {
+        std::string n = e->d_name;
+        if (n.size() >= prefix.size() + suffix.size() && n.compare(0, prefix.size(), prefix) == 0 &&
+            n.compare(n.size() - suffix.size(), suffix.size(), suffix) == 0)
+            out.push_back(n);
+    }
+    closedir(d);
+    std::sort(out.begin(), out.end());
+    return out;
+}
+
+// A fresh scratch directory under /tmp, removed at scope exit.
+struct TempDir {
+    std::string path;
+    TempDir() {
+        char tmpl[] = "/tmp/l2test.XXXXXX";
+        char* p = mkdtemp(tmpl);
+        if (!p) abort();
+        path = p;
+    }
+    ~TempDir() { (void)!system(("rm -rf '" + path + "'").c_str()); }
+    std::string operator/(const std::string& name) const { return path + "/" + name; }
+};
+
+struct CmdResult {
+    int exit_code;
+    std::string output;  // stdout and stderr together
+};
+// Run a shell command from the repo root; returns its exit code and combined output.
+inline CmdResult run_cmd(const std::string& cmd) {
+    CmdResult r{-1, ""};
+    FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+    if (!p) return r;
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof(buf), p)) > 0) r.output.append(buf, n);
+    int st = pclose(p);
+    r.exit_code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+    return r;
+}
+
+inline int count_lines(const std::string& s) {
+    int n = 0;
+    for (char c : s) n += c == '\n';
+    if (!s.empty() && s.back() != '\n') n++;
+    return n;
+}
+
+// max |a - b| / max |b|: the error relative to the reference's scale
+inline double max_rel_err(const float* a, const float* b, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = std::fabs((double)a[i] - (double)b[i]);
+        if (!(d == d)) return INFINITY;  // NaN never passes
+        num = std::max(num, d);
+        den = std::max(den, std::fabs((double)b[i]));
+    }
+    return den > 0 ? num / den : num;
+}
