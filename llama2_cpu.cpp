@@ -27,6 +27,8 @@
 #include <algorithm>
 #include <cmath>
 
+using namespace cpu;
+
 // ----------------------------------------------------------------------------------------------
 // model setup
 
@@ -175,11 +177,13 @@ void cpu_acts_init(CpuActs& a, const CpuModel& m, int B, int T) {
     }
 }
 
+namespace cpu {
+
 // ----------------------------------------------------------------------------------------------
 // matmul: out = inp W^T, W frozen (out_dim, in_dim) as nn.Linear stores it
 
 // out (N, OC) = inp (N, IC) W^T, W (OC, IC)
-static void matmul_forward(float* out, const float* inp, const float* W, int64_t N, int64_t IC, int64_t OC) {
+void matmul_forward(float* out, const float* inp, const float* W, int64_t N, int64_t IC, int64_t OC) {
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < N; n++) {
         const float* x = inp + n * IC;
@@ -193,7 +197,7 @@ static void matmul_forward(float* out, const float* inp, const float* W, int64_t
 }
 
 // dinp (N, IC) += dout (N, OC) W. No dW: the base weights are frozen.
-static void matmul_backward_input(float* dinp, const float* dout, const float* W, int64_t N, int64_t IC, int64_t OC) {
+void matmul_backward_input(float* dinp, const float* dout, const float* W, int64_t N, int64_t IC, int64_t OC) {
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < N; n++) {
         float* dx = dinp + n * IC;
@@ -210,25 +214,6 @@ static void matmul_backward_input(float* dinp, const float* dout, const float* W
 // drop(x) = x * keep / (1 - p), keep drawn by dropout_keep() from (seed, stream, element index), so
 // the backward recomputes the mask instead of storing a copy of x.
 
-struct LoraArgs {
-    const float* A;  // (r, IC), nullptr: no LoRA on this linear
-    const float* B;  // (OC, r)
-    int r;
-    float scale;     // alpha / r
-    float p;         // dropout probability (0 when not training)
-    uint64_t seed, stream;
-};
-
-static LoraArgs lora_args(const CpuModel& m, const CpuStepOptions& opt, int t, int l) {
-    LoraArgs la{nullptr, nullptr, 0, 0.0f, 0.0f, opt.dropout_seed, (uint64_t)l * NUM_LORA_TARGETS + t};
-    if (!opt.use_lora || !m.has_lora(t)) return la;
-    la.A = m.lora_params.data() + m.lora_A_off(t, l);
-    la.B = m.lora_params.data() + m.lora_B_off(t, l);
-    la.r = m.lora.rank;
-    la.scale = m.lora.scaling();
-    la.p = opt.training ? m.lora.dropout : 0.0f;
-    return la;
-}
 
 // the dropout multiplier of element (n, i): 0 or 1/(1-p)
 static inline float dropout_mult(const LoraArgs& la, int64_t n, int64_t i, int64_t IC) {
@@ -237,7 +222,7 @@ static inline float dropout_mult(const LoraArgs& la, int64_t n, int64_t i, int64
 }
 
 // y (N, OC), u (N, r) saved for the backward, x (N, IC)
-static void linear_lora_forward(float* y, float* u, const float* x, const float* W, const LoraArgs& la, int64_t N,
+void linear_lora_forward(float* y, float* u, const float* x, const float* W, const LoraArgs& la, int64_t N,
                                 int64_t IC, int64_t OC) {
     matmul_forward(y, x, W, N, IC, OC);
     if (!la.A) return;
@@ -259,7 +244,7 @@ static void linear_lora_forward(float* y, float* u, const float* x, const float*
 
 // dx (N, IC) += dy W + (du A) * dropout;  dA (r, IC) += du^T drop(x);  dB (OC, r) += s dy^T u
 // with du (N, r) = s dy B.
-static void linear_lora_backward(float* dx, float* dA, float* dB, const float* dy, const float* x, const float* u,
+void linear_lora_backward(float* dx, float* dA, float* dB, const float* dy, const float* x, const float* u,
                                  const float* W, const LoraArgs& la, int64_t N, int64_t IC, int64_t OC) {
     matmul_backward_input(dx, dy, W, N, IC, OC);
     if (!la.A) return;
@@ -300,7 +285,7 @@ static void linear_lora_backward(float* dx, float* dA, float* dB, const float* d
 // RMSNorm: y = x / sqrt(mean(x^2) + eps) * w   (HF's LlamaRMSNorm, all in fp32 here)
 
 // y (N, C), rstd (N), x (N, C), w (C)
-static void rmsnorm_forward(float* y, float* rstd, const float* x, const float* w, int64_t N, int64_t C, float eps) {
+void rmsnorm_forward(float* y, float* rstd, const float* x, const float* w, int64_t N, int64_t C, float eps) {
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < N; n++) {
         const float* xr = x + n * C;
@@ -313,7 +298,7 @@ static void rmsnorm_forward(float* y, float* rstd, const float* x, const float* 
 }
 
 // dx (N, C) += d/dx of y given dy. With xhat = x*rstd: dx = rstd * (dy*w - xhat * mean(dy*w*xhat))
-static void rmsnorm_backward(float* dx, const float* dy, const float* x, const float* rstd, const float* w, int64_t N,
+void rmsnorm_backward(float* dx, const float* dy, const float* x, const float* rstd, const float* w, int64_t N,
                              int64_t C) {
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < N; n++) {
@@ -330,7 +315,7 @@ static void rmsnorm_backward(float* dx, const float* dy, const float* x, const f
 // so that this equals Meta's interleaved form). Angles are computed in fp32 exactly as
 // transformers does: inv_freq = 1 / theta^(2i/D), angle = pos * inv_freq.
 
-static void rope_tables(std::vector<float>& cos_t, std::vector<float>& sin_t, const int32_t* pos, int64_t N, int D,
+void rope_tables(std::vector<float>& cos_t, std::vector<float>& sin_t, const int32_t* pos, int64_t N, int D,
                         float theta) {
     const int half = D / 2;
     std::vector<float> inv_freq(half);
@@ -346,7 +331,7 @@ static void rope_tables(std::vector<float>& cos_t, std::vector<float>& sin_t, co
 }
 
 // in place on x (N, n_heads*D): (a, b) -> (a cos - b sin, b cos + a sin)
-static void rope_forward(float* x, const float* cos_t, const float* sin_t, int64_t N, int n_heads, int D) {
+void rope_forward(float* x, const float* cos_t, const float* sin_t, int64_t N, int n_heads, int D) {
     const int half = D / 2;
     for (int64_t n = 0; n < N; n++)
         for (int h = 0; h < n_heads; h++) {
@@ -360,7 +345,7 @@ static void rope_forward(float* x, const float* cos_t, const float* sin_t, int64
 }
 
 // in place on dx: the transpose of the rotation, (da, db) -> (da cos + db sin, db cos - da sin)
-static void rope_backward(float* dx, const float* cos_t, const float* sin_t, int64_t N, int n_heads, int D) {
+void rope_backward(float* dx, const float* cos_t, const float* sin_t, int64_t N, int n_heads, int D) {
     const int half = D / 2;
     for (int64_t n = 0; n < N; n++)
         for (int h = 0; h < n_heads; h++) {
@@ -378,7 +363,7 @@ static void rope_backward(float* dx, const float* cos_t, const float* sin_t, int
 // Query t of a row attends keys s in [t - pos[t], t]: its own conversation, up to itself.
 
 // ctx (B, T, H*D), att (B, H, T, T) probabilities; q (B, T, H*D), k, v (B, T, KV*D)
-static void attention_forward(float* ctx, float* att, const float* q, const float* k, const float* v,
+void attention_forward(float* ctx, float* att, const float* q, const float* k, const float* v,
                               const int32_t* pos, int B, int T, int H, int KV, int D) {
     const float scale = 1.0f / sqrtf((float)D);
     const int group = H / KV;  // query heads per kv head
@@ -417,7 +402,7 @@ static void attention_forward(float* ctx, float* att, const float* q, const floa
 // dq (B,T,H*D) =, dk, dv (B,T,KV*D) = (overwritten) from dctx (B,T,H*D).
 // With P the probabilities: dV = P^T dctx; dP = dctx V^T; dS = P * (dP - rowsum(P * dP)); dQ = dS K s;
 // dK = dS^T Q s. One thread per (row, kv head) owns that kv head's dk/dv: no races.
-static void attention_backward(float* dq, float* dk, float* dv, const float* dctx, const float* att, const float* q,
+void attention_backward(float* dq, float* dk, float* dv, const float* dctx, const float* att, const float* q,
                                const float* k, const float* v, const int32_t* pos, int B, int T, int H, int KV, int D) {
     const float scale = 1.0f / sqrtf((float)D);
     const int group = H / KV;
@@ -466,13 +451,13 @@ static void attention_backward(float* dq, float* dk, float* dv, const float* dct
 // ----------------------------------------------------------------------------------------------
 // SwiGLU: h = silu(g) * u, silu(g) = g * sigmoid(g)
 
-static void swiglu_forward(float* h, const float* g, const float* u, int64_t n) {
+void swiglu_forward(float* h, const float* g, const float* u, int64_t n) {
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; i++) h[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
 // dg, du (overwritten) from dh: d silu(g)/dg = sig(g) * (1 + g * (1 - sig(g)))
-static void swiglu_backward(float* dg, float* du, const float* dh, const float* g, const float* u, int64_t n) {
+void swiglu_backward(float* dg, float* du, const float* dh, const float* g, const float* u, int64_t n) {
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; i++) {
         const float sig = 1.0f / (1.0f + expf(-g[i]));
@@ -485,7 +470,7 @@ static void swiglu_backward(float* dg, float* du, const float* dh, const float* 
 // cross-entropy over logits (N, V); targets -1 contribute nothing.
 
 // returns the sum of -log softmax(logits)[target] over positions with a target
-static double crossentropy_forward(int64_t* n_targets, const float* logits, const int32_t* targets, int64_t N, int64_t V) {
+double crossentropy_forward(int64_t* n_targets, const float* logits, const int32_t* targets, int64_t N, int64_t V) {
     double sum = 0.0;
     int64_t count = 0;
     for (int64_t n = 0; n < N; n++) {
@@ -503,7 +488,7 @@ static double crossentropy_forward(int64_t* n_targets, const float* logits, cons
 }
 
 // dlogits (N, V) = scale * (softmax(logits) - onehot(target)), 0 on rows without a target
-static void crossentropy_backward(float* dlogits, const float* logits, const int32_t* targets, float scale, int64_t N,
+void crossentropy_backward(float* dlogits, const float* logits, const int32_t* targets, float scale, int64_t N,
                                   int64_t V) {
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < N; n++) {
@@ -521,8 +506,21 @@ static void crossentropy_backward(float* dlogits, const float* logits, const int
     }
 }
 
+}  // namespace cpu
+
 // ----------------------------------------------------------------------------------------------
 // the model
+
+static cpu::LoraArgs lora_args(const CpuModel& m, const CpuStepOptions& opt, int t, int l) {
+    cpu::LoraArgs la{nullptr, nullptr, 0, 0.0f, 0.0f, opt.dropout_seed, (uint64_t)l * NUM_LORA_TARGETS + t};
+    if (!opt.use_lora || !m.has_lora(t)) return la;
+    la.A = m.lora_params.data() + m.lora_A_off(t, l);
+    la.B = m.lora_params.data() + m.lora_B_off(t, l);
+    la.r = m.lora.rank;
+    la.scale = m.lora.scaling();
+    la.p = opt.training ? m.lora.dropout : 0.0f;
+    return la;
+}
 
 // Views of one layer's activations.
 struct LayerActs {
