@@ -13,7 +13,7 @@ CUDA_HOME ?= /usr/local/cuda
 LDLIBS_CPU = -lcrypto -fopenmp
 
 BUILD := build
-LIB_SRCS := model.cpp hf.cpp llama2_cpu.cpp
+LIB_SRCS := model.cpp hf.cpp llama2_cpu.cpp quant_cpu.cpp
 LIB_OBJS := $(LIB_SRCS:%.cpp=$(BUILD)/%.o)
 TEST_CPU_SRCS := $(wildcard test/cpu_*.cpp) test/test_cpu.cpp
 TEST_CPU_OBJS := $(TEST_CPU_SRCS:%.cpp=$(BUILD)/%.o)
@@ -28,6 +28,8 @@ ifneq ($(NO_CUDA),1)
     $(error nvcc not found (looked on PATH and in $(CUDA_HOME)/bin): install the CUDA toolkit, set CUDA_HOME, or build the CPU-only binaries with 'make NO_CUDA=1')
   endif
   NVCCFLAGS ?= -O3 -std=c++17 -arch=$(ARCH) -lineinfo -Xcompiler -fopenmp -Xcompiler -Wall
+  GPU_LDLIBS = -lcublasLt -lcrypto -lgomp
+  GPU_BINS := test_gpu bench_quant
   NCCL_FLAGS :=
   NCCL_LIBS :=
   ifneq ($(NO_NCCL),1)
@@ -49,6 +51,29 @@ $(BUILD)/%.o: %.cpp $(wildcard *.h) | $(BUILD)/test $(BUILD)/tools $(BUILD)/data
 $(BUILD)/test $(BUILD)/tools $(BUILD)/data:
 	mkdir -p $@
 
+# quant_cpu.cpp reproduces GPU float results bit for bit: g++ must never fuse a * b + c into an fma
+# (it would with -march=native and the default -ffp-contract=fast), so the flag is pinned here.
+$(BUILD)/quant_cpu.o: quant_cpu.cpp $(wildcard *.h) | $(BUILD)/test
+	$(CXX) $(CXXFLAGS) -ffp-contract=off -I. -c $< -o $@
+
+# ---- CUDA: kernels (*.cu at the root), the GPU test suite (test/test_gpu.cu + test/gpu_*.cu), benchmarks
+ifneq ($(NO_CUDA),1)
+TEST_GPU_OBJS := $(patsubst %.cu,$(BUILD)/%.o,test/test_gpu.cu $(wildcard test/gpu_*.cu))
+GPU_KERNEL_OBJS := $(patsubst %.cu,$(BUILD)/%.o,$(wildcard *.cu))
+
+$(BUILD)/%.o: %.cu $(wildcard *.h test/*.h) | $(BUILD)/test $(BUILD)/bench
+	$(NVCC) $(NVCCFLAGS) $(NCCL_FLAGS) -I. -c $< -o $@
+
+$(BUILD)/bench:
+	mkdir -p $@
+
+test_gpu: $(TEST_GPU_OBJS) $(GPU_KERNEL_OBJS) $(LIB_OBJS)
+	$(NVCC) $(NVCCFLAGS) $^ -o $@ $(GPU_LDLIBS)
+
+bench_quant: $(BUILD)/bench/bench_quant.o $(GPU_KERNEL_OBJS) $(LIB_OBJS)
+	$(NVCC) $(NVCCFLAGS) $^ -o $@ $(GPU_LDLIBS)
+endif
+
 export_hf: $(BUILD)/tools/export_hf.o $(LIB_OBJS)
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS_CPU) -lsentencepiece
 
@@ -59,7 +84,7 @@ prepare_lima: $(BUILD)/data/prepare_lima.o $(LIB_OBJS)
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS_CPU) -lsentencepiece
 
 test_cpu: $(TEST_CPU_OBJS) $(LIB_OBJS)
-	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS_CPU) -lsentencepiece
+	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS_CPU) -lsentencepiece -lsentencepiece_train
 
 # the CPU tests run the tools as subprocesses too, so they are built first
 test: $(CPU_BINS)

@@ -159,7 +159,11 @@ std::vector<int32_t> SafeTensors::read_i32(const std::string& name) {
     } else if (t.dtype == "I64") {
         std::vector<int64_t> w(out.size());
         read_raw(t, w.data());
-        for (size_t i = 0; i < w.size(); i++) out[i] = (int32_t)w[i];
+        for (size_t i = 0; i < w.size(); i++) {
+            if (w[i] < INT32_MIN || w[i] > INT32_MAX)  // token ids and labels fit; anything else is corrupt
+                fail("%s: tensor '%s' element %zu = %lld does not fit 32 bits", path.c_str(), name.c_str(), i, (long long)w[i]);
+            out[i] = (int32_t)w[i];
+        }
     } else {
         fail("%s: tensor '%s' is %s, expected I32 or I64", path.c_str(), name.c_str(), t.dtype.c_str());
     }

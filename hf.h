@@ -31,8 +31,9 @@ int st_dtype_to_dtype(const std::string& dtype);
 const char* dtype_to_st(int32_t d);
 
 // An opened safetensors file. The constructor checks the whole header against the file: JSON,
-// dtypes, shapes, and that every tensor's byte range has exactly the size its shape implies and
-// lies inside the file. Tensors are read on demand (nothing is held in memory).
+// dtypes, shapes (overflow-checked), that every tensor's byte range has exactly the size its shape
+// implies, and that the ranges tile the data section with no gap, overlap or trailing bytes (as the
+// reference implementation requires). Tensors are read on demand (nothing is held in memory).
 struct SafeTensors {
     std::string path;
     InFile file;
@@ -94,6 +95,7 @@ struct HfCheckpoint {
 // (no DoRA, no rsLoRA, no per-layer rank/alpha patterns, no biases); anything else is an error.
 Adapter read_peft_adapter(const std::string& dir, const Config& base);
 // Writes adapter_config.json + adapter_model.safetensors into `dir` (created if missing), LoRA
-// tensors in `dtype` (DT_F32 or DT_F16).
+// tensors in `dtype` (DT_F32 or DT_F16). Refuses NaN/Inf and, for fp16, values beyond its range,
+// before anything is created. An empty base name is written as null (PEFT's default).
 void write_peft_adapter(const std::string& dir, const Adapter& a, int32_t dtype,
                         const std::string& base_model_name_or_path);

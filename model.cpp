@@ -44,6 +44,24 @@ bool same_architecture(const Config& a, const Config& b) {
            a.tie_embeddings == b.tie_embeddings;
 }
 
+Config llama2_preset(const std::string& name) {
+    Config c;
+    memset(&c, 0, sizeof(c));
+    // from meta-llama/Llama-2-{7b,13b,70b}-hf config.json
+    if (name == "7b") c.dim = 4096, c.hidden_dim = 11008, c.n_layers = 32, c.n_heads = 32, c.n_kv_heads = 32;
+    else if (name == "13b") c.dim = 5120, c.hidden_dim = 13824, c.n_layers = 40, c.n_heads = 40, c.n_kv_heads = 40;
+    else if (name == "70b") c.dim = 8192, c.hidden_dim = 28672, c.n_layers = 80, c.n_heads = 64, c.n_kv_heads = 8;
+    else fail("unknown model preset '%s' (7b, 13b or 70b)", name.c_str());
+    c.head_dim = 128;
+    c.vocab_size = 32000;
+    c.max_seq_len = 4096;
+    c.bos_id = 1;
+    c.eos_id = 2;
+    c.rope_theta = 10000.0f;
+    c.norm_eps = 1e-5f;
+    return c;
+}
+
 // ----------------------------------------------------------------------------------------------
 // dtypes
 
@@ -282,7 +300,8 @@ static void check_magic(const std::string& path, uint32_t magic, uint32_t versio
         // a model file given where a data file was expected (and so on) deserves a precise hint
         const char* is = magic == MODEL_MAGIC ? " (it is a model file)" : magic == DATA_MAGIC ? " (it is a data file)"
                          : magic == ADAPTER_MAGIC ? " (it is an adapter file)" : "";
-        fail("%s: not a %s file (wrong magic)%s; make one with %s", path.c_str(), kind, is, made_by);
+        fail("%s: not %s %s file (wrong magic)%s; make one with %s", path.c_str(), kind[0] == 'a' ? "an" : "a", kind,
+             is, made_by);
     }
     if (version != want_version)
         fail("%s: %s file version %u, this build reads version %u; remake it with %s", path.c_str(), kind, version,

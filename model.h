@@ -87,7 +87,11 @@ HOST_DEVICE inline uint64_t splitmix64(uint64_t x) {
 struct Rng {
     uint64_t state;
     explicit Rng(uint64_t seed) : state(seed) {}
-    uint64_t next() { return splitmix64(state++); }
+    uint64_t next() {  // Vigna's splitmix64 stream: state advances by the golden gamma
+        const uint64_t r = splitmix64(state);
+        state += 0x9e3779b97f4a7c15ull;
+        return r;
+    }
     float uniform() { return (float)(next() >> 40) * (1.0f / 16777216.0f); }  // [0, 1), 24 bits
     float normal() {  // Box-Muller
         float u1 = ((float)(next() >> 40) + 1.0f) * (1.0f / 16777217.0f), u2 = uniform();
@@ -182,6 +186,8 @@ static_assert(sizeof(Config) == 56, "Config is stored verbatim on disk");
 void validate_config(const Config& c, const char* what);
 std::string config_summary(const Config& c);  // "L=32 C=4096 F=11008 H=32 KV=32 D=128 V=32000"
 bool same_architecture(const Config& a, const Config& b);
+// Llama 2's published shapes: "7b", "13b", "70b" (GQA, 8 kv heads); throws on another name.
+Config llama2_preset(const std::string& name);
 
 // ----------------------------------------------------------------------------------------------
 // dtypes of stored tensors

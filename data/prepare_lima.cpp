@@ -1,0 +1,397 @@
+// data/prepare_lima.cpp — turns the LIMA conversations (GAIR/lima train.jsonl) into the trainer's
+// data file: token ids, a loss mask over the assistant's answers, and conversation offsets
+// (format: data/README.md, DataHeader in model.h).
+//
+// Build and run (from the repo root):
+//   make NO_CUDA=1 prepare_lima
+//   ./prepare_lima -t tokenizer.model -i train.jsonl -o lima.bin --val-out lima_val.bin
+//   ./prepare_lima --help
+//
+// Per turn, with the default Llama 2 chat template:
+//   prompt = <s> encode("[INST] " + user + " [/INST]")   loss_mask 0
+//   answer = encode(assistant) </s>                       loss_mask 1
+// Texts are not stripped, so decoding a span gives back the source text exactly. A conversation is
+// cut to --max-len tokens by keeping whole turns while they fit; the first turn that does not fit
+// keeps its prompt and as many answer tokens as fit (at least one, else the turn is dropped), and
+// later turns are dropped. With --val-out, --val conversations chosen by a seeded shuffle
+// (splitmix64 + Fisher-Yates, the same on every platform) go to a held-out file.
+//
+// Output: progress on stderr, then one line of JSON per file written on stdout. Bad input: one line
+// "prepare_lima: <file>[:line]: <problem>" on stderr, exit 1, no file written. Bad flags: exit 2.
+#include <sentencepiece_processor.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "model.h"
+
+using json = nlohmann::json;
+
+// ----------------------------------------------------------------------------------------------
+// command line: one table drives both the parser and --help
+
+struct Options {
+    std::string tokenizer, input, output, val_out;
+    long long n_val = 30;
+    bool n_val_given = false;
+    long long max_len = 2048;
+    std::string chat_template = "llama2";
+    unsigned long long seed = 1234;
+};
+
+struct UsageError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+enum class Kind { STRING, INT, UINT64, HELP };
+struct FlagSpec {
+    const char* short_name;  // "-t"
+    const char* long_name;   // "--tokenizer"
+    const char* value_name;  // shown in --help; nullptr for a switch
+    Kind kind;
+    const char* help;
+    bool required;
+};
+
+static const FlagSpec kFlags[] = {
+    {"-t", "--tokenizer", "PATH", Kind::STRING, "sentencepiece model (Llama 2's tokenizer.model)", true},
+    {"-i", "--input", "PATH", Kind::STRING, "LIMA jsonl: one {\"conversations\": [user, assistant, ...]} per line", true},
+    {"-o", "--output", "PATH", Kind::STRING, "data file to write (training conversations)", true},
+    {"-V", "--val-out", "PATH", Kind::STRING, "also write a held-out file of --val conversations", false},
+    {"-n", "--val", "N", Kind::INT, "conversations held out into --val-out (default 30)", false},
+    {"-m", "--max-len", "N", Kind::INT, "tokens per conversation at most; longer ones are cut (default 2048)", false},
+    {"-T", "--template", "NAME", Kind::STRING, "llama2 (<s>[INST] user [/INST] assistant</s>, default) or plain", false},
+    {"-s", "--seed", "S", Kind::UINT64, "seed of the held-out split (default 1234)", false},
+    {"-h", "--help", nullptr, Kind::HELP, "show this help", false},
+};
+
+static void print_help(FILE* f) {
+    fprintf(f,
+            "usage: ./prepare_lima -t tokenizer.model -i train.jsonl -o lima.bin [--val-out lima_val.bin]\n"
+            "                      [--val N] [--max-len N] [--template llama2|plain] [--seed S]\n"
+            "Tokenizes LIMA conversations into the trainer's data file (format: data/README.md).\n\n");
+    for (const FlagSpec& s : kFlags) {
+        std::string left = std::string(s.short_name) + ", " + s.long_name + (s.value_name ? std::string(" ") + s.value_name : "");
+        fprintf(f, "  %-26s %s%s\n", left.c_str(), s.help, s.required ? " (required)" : "");
+    }
+    fprintf(f, "\nExit status: 0 ok, 1 bad input (one line naming the file), 2 bad command line.\n");
+}
+
+static long long parse_int(const std::string& flag, const std::string& v, bool is_unsigned) {
+    // strtoll accepts leading spaces and "+", and silently saturates: check everything by hand
+    if (v.empty() || !(isdigit((unsigned char)v[0]) || (!is_unsigned && v[0] == '-')))
+        throw UsageError(flag + ": expected an integer, got '" + v + "'");
+    errno = 0;
+    char* end = nullptr;
+    long long x = is_unsigned ? (long long)strtoull(v.c_str(), &end, 10) : strtoll(v.c_str(), &end, 10);
+    if (errno == ERANGE || *end != '\0') throw UsageError(flag + ": expected an integer, got '" + v + "'");
+    return x;
+}
+
+// Returns false when --help was asked for.
+static bool parse_args(int argc, char** argv, Options& o) {
+    bool seen[sizeof(kFlags) / sizeof(kFlags[0])] = {};
+    for (int i = 1; i < argc; i++) {
+        std::string arg = argv[i], value;
+        bool has_inline_value = false;
+        if (arg.rfind("--", 0) == 0 && arg.find('=') != std::string::npos) {  // --flag=value
+            value = arg.substr(arg.find('=') + 1);
+            arg = arg.substr(0, arg.find('='));
+            has_inline_value = true;
+        }
+        int k = -1;
+        for (size_t j = 0; j < sizeof(kFlags) / sizeof(kFlags[0]); j++)
+            if (arg == kFlags[j].short_name || arg == kFlags[j].long_name) k = (int)j;
+        if (k < 0) throw UsageError("unknown argument '" + arg + "' (see --help)");
+        const FlagSpec& s = kFlags[k];
+        if (s.kind == Kind::HELP) return false;
+        if (!has_inline_value) {
+            if (i + 1 >= argc) throw UsageError(std::string(s.long_name) + " needs a value (" + s.value_name + ")");
+            value = argv[++i];
+        }
+        if (seen[k]) throw UsageError(std::string(s.long_name) + " given twice");
+        seen[k] = true;
+        std::string name = s.long_name;
+        if (name == "--tokenizer") o.tokenizer = value;
+        else if (name == "--input") o.input = value;
+        else if (name == "--output") o.output = value;
+        else if (name == "--val-out") o.val_out = value;
+        else if (name == "--val") o.n_val = parse_int(name, value, false), o.n_val_given = true;
+        else if (name == "--max-len") o.max_len = parse_int(name, value, false);
+        else if (name == "--template") o.chat_template = value;
+        else if (name == "--seed") o.seed = (unsigned long long)parse_int(name, value, true);
+        else ASSERT(false, "flag in the table but not handled");
+        if (value.empty() && s.kind == Kind::STRING) throw UsageError(name + ": empty value");
+    }
+    for (size_t j = 0; j < sizeof(kFlags) / sizeof(kFlags[0]); j++)
+        if (kFlags[j].required && !seen[j]) throw UsageError(std::string("missing ") + kFlags[j].long_name + " (see --help)");
+    if (o.chat_template != "llama2" && o.chat_template != "plain")
+        throw UsageError("--template: expected llama2 or plain, got '" + o.chat_template + "'");
+    // 2 tokens is the least that holds a prompt (<s>) and one answer token
+    if (o.max_len < 2 || o.max_len > INT32_MAX) throw UsageError("--max-len: must be between 2 and 2147483647");
+    if (o.n_val_given && o.val_out.empty()) throw UsageError("--val needs --val-out (where the held-out conversations go)");
+    if (o.n_val < 1) throw UsageError("--val: must be at least 1");
+    if (!o.val_out.empty() && o.val_out == o.output) throw UsageError("--val-out must differ from --output");
+    return true;
+}
+
+// ----------------------------------------------------------------------------------------------
+// input: the LIMA jsonl
+
+struct Conversation {
+    std::vector<std::string> texts;  // user, assistant, user, assistant, ...
+    int line;                        // 1-based line in the jsonl, for messages
+};
+
+static std::vector<Conversation> read_lima(const std::string& path) {
+    std::string text = read_text_file(path);
+    std::vector<Conversation> convs;
+    size_t pos = 0;
+    for (int line_no = 1; pos < text.size(); line_no++) {
+        size_t end = text.find('\n', pos);
+        if (end == std::string::npos) end = text.size();
+        std::string line = text.substr(pos, end - pos);
+        pos = end + 1;
+        if (line.find_first_not_of(" \t\r") == std::string::npos) continue;  // empty lines are skipped
+        json j;
+        try {
+            j = json::parse(line);
+        } catch (const json::parse_error& e) {
+            // e.what() is "[json.exception.parse_error.101] parse error at line 1, column 7: ..."; keep the reason
+            std::string why = e.what();
+            size_t c = why.find("column");
+            fail("%s:%d: not valid JSON (%s)", path.c_str(), line_no, c == std::string::npos ? why.c_str() : why.substr(c).c_str());
+        }
+        if (!j.is_object()) fail("%s:%d: expected a JSON object {\"conversations\": [...]}, got %s", path.c_str(), line_no, j.type_name());
+        auto it = j.find("conversations");
+        if (it == j.end()) fail("%s:%d: no \"conversations\" field (not LIMA's jsonl layout)", path.c_str(), line_no);
+        if (!it->is_array()) fail("%s:%d: \"conversations\" is a %s, expected an array of strings", path.c_str(), line_no, it->type_name());
+        if (it->empty()) fail("%s:%d: \"conversations\" is empty", path.c_str(), line_no);
+        Conversation c;
+        c.line = line_no;
+        for (size_t k = 0; k < it->size(); k++) {
+            const json& t = (*it)[k];
+            if (!t.is_string()) fail("%s:%d: conversations[%zu] is a %s, expected a string", path.c_str(), line_no, k, t.type_name());
+            c.texts.push_back(t.get<std::string>());
+        }
+        if (c.texts.size() % 2 != 0)
+            fail("%s:%d: %zu entries in \"conversations\": the last user turn has no assistant answer", path.c_str(),
+                 line_no, c.texts.size());
+        convs.push_back(std::move(c));
+    }
+    if (convs.empty()) fail("%s: no conversations in the file", path.c_str());
+    return convs;
+}
+
+// ----------------------------------------------------------------------------------------------
+// tokenization with the chat template and the truncation rule
+
+struct Tokenized {
+    std::vector<int32_t> tokens;   // (len) len <= max_len
+    std::vector<uint8_t> mask;     // (len) 1 on answer tokens and their </s>
+    int64_t turns = 0;             // turns kept (a cut turn counts)
+    bool truncated = false;        // a turn was cut or dropped
+    bool dropped = false;          // not even the first prompt plus one answer token fits
+};
+
+static std::vector<int> encode(const sentencepiece::SentencePieceProcessor& sp, const std::string& text, const Conversation& c,
+                               const std::string& path) {
+    std::vector<int> ids;
+    auto st = sp.Encode(text, &ids);
+    if (!st.ok()) fail("%s:%d: tokenizer failed (%s)", path.c_str(), c.line, st.ToString().c_str());
+    return ids;
+}
+
+static Tokenized tokenize(const sentencepiece::SentencePieceProcessor& sp, const Conversation& c, bool llama2,
+                          int64_t max_len, const std::string& path) {
+    Tokenized t;
+    for (size_t k = 0; k + 1 < c.texts.size(); k += 2) {
+        std::vector<int> prompt = {sp.bos_id()};
+        std::vector<int> p = encode(sp, llama2 ? "[INST] " + c.texts[k] + " [/INST]" : c.texts[k], c, path);
+        prompt.insert(prompt.end(), p.begin(), p.end());
+        std::vector<int> answer = encode(sp, c.texts[k + 1], c, path);
+        answer.push_back(sp.eos_id());
+
+        int64_t room = max_len - (int64_t)t.tokens.size() - (int64_t)prompt.size();  // answer tokens that fit
+        if (room < 1) {  // the prompt alone fills the budget: drop this turn and the rest
+            t.truncated = true;
+            break;
+        }
+        int64_t n_answer = std::min<int64_t>(room, (int64_t)answer.size());
+        t.tokens.insert(t.tokens.end(), prompt.begin(), prompt.end());
+        t.mask.insert(t.mask.end(), prompt.size(), 0);
+        t.tokens.insert(t.tokens.end(), answer.begin(), answer.begin() + n_answer);
+        t.mask.insert(t.mask.end(), (size_t)n_answer, 1);
+        t.turns++;
+        if (n_answer < (int64_t)answer.size()) {  // answer cut (without its </s>): later turns are dropped
+            t.truncated = true;
+            break;
+        }
+    }
+    if (t.turns == 0) {
+        t.dropped = true;
+        t.truncated = false;
+        t.tokens.clear();
+        t.mask.clear();
+    }
+    return t;
+}
+
+// ----------------------------------------------------------------------------------------------
+// the held-out split: Vigna's splitmix64 generator (state += 0x9e3779b97f4a7c15, output =
+// mix(state); model.h's splitmix64(x) is mix(x + 0x9e37...)) drives a Fisher-Yates shuffle.
+// Written out here because std::shuffle's results differ between standard libraries, and a split
+// must be the same on every machine.
+
+static uint64_t splitmix64_next(uint64_t& state) {
+    uint64_t out = splitmix64(state);  // = mix(state + gamma), Vigna's next() output
+    state += 0x9e3779b97f4a7c15ull;
+    return out;
+}
+
+// is_val[i] = true for n of the k conversations
+static std::vector<bool> choose_val(int64_t k, int64_t n, uint64_t seed) {
+    std::vector<int64_t> perm(k);
+    for (int64_t i = 0; i < k; i++) perm[i] = i;
+    uint64_t state = seed;
+    for (int64_t i = k - 1; i > 0; i--) {
+        // modulo bias is (i+1)/2^64, far below anything measurable for a few thousand items
+        int64_t j = (int64_t)(splitmix64_next(state) % (uint64_t)(i + 1));
+        std::swap(perm[i], perm[j]);
+    }
+    std::vector<bool> is_val(k, false);
+    for (int64_t i = 0; i < n; i++) is_val[perm[i]] = true;
+    return is_val;
+}
+
+// ----------------------------------------------------------------------------------------------
+
+static Dataset make_dataset(const std::vector<const Tokenized*>& convs, const DataHeader& base) {
+    Dataset d;
+    d.header = base;
+    d.conv_offsets.push_back(0);
+    for (const Tokenized* t : convs) {
+        d.tokens.insert(d.tokens.end(), t->tokens.begin(), t->tokens.end());
+        d.loss_mask.insert(d.loss_mask.end(), t->mask.begin(), t->mask.end());
+        d.conv_offsets.push_back((int64_t)d.tokens.size());
+        d.header.n_turns += t->turns;
+        d.header.n_truncated += t->truncated;
+    }
+    d.header.n_tokens = (int64_t)d.tokens.size();
+    d.header.n_conversations = (int64_t)convs.size();
+    for (uint8_t m : d.loss_mask) d.header.n_loss_tokens += m;
+    return d;
+}
+
+static int run(const Options& o) {
+    auto t0 = std::chrono::steady_clock::now();
+
+    // the tokenizer: read it ourselves so a missing file gets the project's message, and a file that
+    // is not a sentencepiece model gets one line naming it
+    std::string model_bytes = read_text_file(o.tokenizer);
+    sentencepiece::SentencePieceProcessor sp;
+    auto st = sp.LoadFromSerializedProto(model_bytes);
+    if (!st.ok()) {
+        // sentencepiece's message for bytes that are not its protobuf is a source location; say it plainly
+        std::string why = st.error_message();
+        if (why.find("ParseFromArray") != std::string::npos) why = "protobuf parse failed";
+        fail("%s: not a sentencepiece tokenizer model (%s)", o.tokenizer.c_str(), why.c_str());
+    }
+    if (sp.GetPieceSize() <= 0 || sp.bos_id() < 0 || sp.eos_id() < 0 || sp.bos_id() >= sp.GetPieceSize() ||
+        sp.eos_id() >= sp.GetPieceSize())
+        fail("%s: tokenizer has no usable <s>/</s> ids (vocab %d, bos %d, eos %d)", o.tokenizer.c_str(),
+             sp.GetPieceSize(), sp.bos_id(), sp.eos_id());
+
+    // parse the whole input before any output, so bad input fails fast and alone
+    std::vector<Conversation> convs = read_lima(o.input);
+    if (!o.val_out.empty() && o.n_val >= (int64_t)convs.size())
+        fail("%s: --val %lld must be less than the %zu conversations in the file", o.input.c_str(), o.n_val, convs.size());
+    bool llama2 = o.chat_template == "llama2";
+    std::vector<Tokenized> tok(convs.size());
+    for (size_t i = 0; i < convs.size(); i++) {
+        tok[i] = tokenize(sp, convs[i], llama2, o.max_len, o.input);
+        // progress only; short inputs stay silent so an error after tokenizing is still a single line
+        if ((i + 1) % 100 == 0)
+            fprintf(stderr, "prepare_lima: tokenized %zu/%zu conversations\n", i + 1, convs.size());
+    }
+
+    std::vector<const Tokenized*> kept;
+    int64_t n_dropped = 0;
+    for (const Tokenized& t : tok) {
+        if (t.dropped) n_dropped++;
+        else kept.push_back(&t);
+    }
+    if (kept.empty()) fail("%s: every conversation was dropped (no first turn fits --max-len %lld)", o.input.c_str(), o.max_len);
+
+    DataHeader base{};  // zeroes the reserved bytes too
+    base.magic = DATA_MAGIC;
+    base.version = DATA_VERSION;
+    base.vocab_size = sp.GetPieceSize();
+    base.bos_id = sp.bos_id();
+    base.eos_id = sp.eos_id();
+    base.max_len = (int32_t)o.max_len;
+    base.chat_template = llama2 ? TEMPLATE_LLAMA2 : TEMPLATE_PLAIN;
+    sha256_file(o.tokenizer, base.tokenizer_sha256);
+
+    std::vector<const Tokenized*> train, val;
+    if (!o.val_out.empty()) {
+        if (o.n_val >= (int64_t)kept.size())
+            fail("%s: --val %lld must be less than the %zu conversations kept", o.input.c_str(), o.n_val, kept.size());
+        std::vector<bool> is_val = choose_val((int64_t)kept.size(), o.n_val, o.seed);
+        for (size_t i = 0; i < kept.size(); i++) (is_val[i] ? val : train).push_back(kept[i]);
+    } else {
+        train = kept;
+    }
+
+    // every input conversation ends up in exactly one place: a file, or the -o header's dropped count
+    Dataset d_train = make_dataset(train, base);
+    d_train.header.n_dropped = n_dropped;
+    std::vector<std::pair<std::string, Dataset>> outs;
+    outs.emplace_back(o.output, std::move(d_train));
+    if (!o.val_out.empty()) outs.emplace_back(o.val_out, make_dataset(val, base));
+    for (auto& [path, d] : outs) write_dataset(path, d);
+
+    double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    int64_t n_trunc = 0;
+    for (const Tokenized* t : kept) n_trunc += t->truncated;
+    fprintf(stderr,
+            "prepare_lima: %zu conversations from %s, tokenizer %s (vocab %d, bos %d, eos %d); %lld truncated and %lld "
+            "dropped at --max-len %lld; done in %.2f s\n",
+            convs.size(), o.input.c_str(), o.tokenizer.c_str(), sp.GetPieceSize(), sp.bos_id(), sp.eos_id(),
+            (long long)n_trunc, (long long)n_dropped, o.max_len, secs);
+    for (auto& [path, d] : outs) {
+        nlohmann::ordered_json j;  // keeps the documented key order
+        j["file"] = path;
+        j["conversations"] = d.header.n_conversations;
+        j["turns"] = d.header.n_turns;
+        j["tokens"] = d.header.n_tokens;
+        j["loss_tokens"] = d.header.n_loss_tokens;
+        j["truncated"] = d.header.n_truncated;
+        j["dropped"] = d.header.n_dropped;
+        printf("%s\n", j.dump().c_str());
+    }
+    return 0;
+}
+
+int main(int argc, char** argv) {
+    Options o;
+    try {
+        if (!parse_args(argc, argv, o)) {
+            print_help(stdout);
+            return 0;
+        }
+    } catch (const UsageError& e) {
+        fprintf(stderr, "prepare_lima: %s\n", e.what());
+        return 2;
+    }
+    try {
+        return run(o);
+    } catch (const InputError& e) {
+        fprintf(stderr, "prepare_lima: %s\n", e.what());
+        return 1;
+    }
+}

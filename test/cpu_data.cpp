@@ -1,0 +1,750 @@
+// test/cpu_data.cpp — tests of ./prepare_lima and the data file (read_dataset, check_data_matches_model).
+// Run from the repo root after `make NO_CUDA=1 prepare_lima test_cpu`:
+//   ./test_cpu -tc="*prepare_lima*,*data file*"
+// Real inputs: ../shared/data/lima/train.jsonl and ../shared/data/llama2/tokenizer.model. The expected
+// tokens are rebuilt here from the jsonl with sentencepiece, independently of the tool, and every
+// token and mask byte of the tool's output is compared with them.
+#include <sentencepiece_processor.h>
+
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+#include "model.h"
+#include "test/test_util.h"
+
+using json = nlohmann::json;
+
+namespace {
+
+const std::string kLima = shared_dir() + "/data/lima/train.jsonl";
+const std::string kTokenizer = shared_dir() + "/data/llama2/tokenizer.model";
+const int kLimaConversations = 1029;  // GAIR/lima train split as shipped in shared/ (1 of 1030 missing)
+const int kLimaTurns = 1082;          // assistant turns in that file
+
+const sentencepiece::SentencePieceProcessor& tokenizer() {
+    static sentencepiece::SentencePieceProcessor sp;
+    static bool loaded = false;
+    if (!loaded) {
+        auto st = sp.Load(kTokenizer);
+        REQUIRE_MESSAGE(st.ok(), kTokenizer << ": " << st.ToString());
+        loaded = true;
+    }
+    return sp;
+}
+
+std::vector<int> encode(const std::string& s) {
+    std::vector<int> ids;
+    REQUIRE(tokenizer().Encode(s, &ids).ok());
+    return ids;
+}
+
+std::string decode(std::vector<int>::const_iterator b, std::vector<int>::const_iterator e) {
+    std::string s;
+    REQUIRE(tokenizer().Decode(std::vector<int>(b, e), &s).ok());
+    return s;
+}
+
+// The LIMA conversations as the test reads them: one vector of texts per non-empty line.
+std::vector<std::vector<std::string>> read_conversations(const std::string& path) {
+    std::ifstream in(path);
+    REQUIRE_MESSAGE(in.good(), path << ": cannot open");
+    std::vector<std::vector<std::string>> out;
+    std::string line;
+    while (std::getline(in, line)) {
+        if (line.empty()) continue;
+        out.push_back(json::parse(line).at("conversations").get<std::vector<std::string>>());
+    }
+    return out;
+}
+
+const std::vector<std::vector<std::string>>& lima() {
+    static std::vector<std::vector<std::string>> c = read_conversations(kLima);
+    return c;
+}
+
+// A conversation tokenized in full (no --max-len) with the template, built here independently of
+// the tool. turn_starts[k] is where turn k's <s> is.
+struct Expected {
+    std::vector<int> tokens;
+    std::vector<uint8_t> mask;
+    std::vector<size_t> turn_starts;
+    std::vector<size_t> prompt_lens;  // <s> included
+};
+Expected expected_full(const std::vector<std::string>& texts, bool llama2) {
+    Expected e;
+    for (size_t k = 0; k + 1 < texts.size(); k += 2) {
+        e.turn_starts.push_back(e.tokens.size());
+        std::vector<int> p = encode(llama2 ? "[INST] " + texts[k] + " [/INST]" : texts[k]);
+        std::vector<int> a = encode(texts[k + 1]);
+        e.tokens.push_back(tokenizer().bos_id());
+        e.tokens.insert(e.tokens.end(), p.begin(), p.end());
+        e.mask.insert(e.mask.end(), p.size() + 1, 0);
+        e.tokens.insert(e.tokens.end(), a.begin(), a.end());
+        e.tokens.push_back(tokenizer().eos_id());
+        e.mask.insert(e.mask.end(), a.size() + 1, 1);
+        e.prompt_lens.push_back(p.size() + 1);
+    }
+    return e;
+}
+
+const std::vector<Expected>& lima_expected_llama2() {
+    static std::vector<Expected> e = [] {
+        std::vector<Expected> v;
+        for (auto& c : lima()) v.push_back(expected_full(c, true));
+        return v;
+    }();
+    return e;
+}
+
+std::vector<int> conv_tokens(const Dataset& d, int64_t i) {
+    return std::vector<int>(d.tokens.begin() + d.conv_offsets[i], d.tokens.begin() + d.conv_offsets[i + 1]);
+}
+std::vector<uint8_t> conv_mask(const Dataset& d, int64_t i) {
+    return std::vector<uint8_t>(d.loss_mask.begin() + d.conv_offsets[i], d.loss_mask.begin() + d.conv_offsets[i + 1]);
+}
+
+std::string file_bytes(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+}
+void write_bytes(const std::string& path, const std::string& bytes) {
+    std::ofstream out(path, std::ios::binary);
+    out << bytes;
+}
+
+// Runs ./prepare_lima with `args`; stdout comes back in output, stderr goes to `err_path`.
+CmdResult prepare(const std::string& args, const std::string& err_path) {
+    REQUIRE_MESSAGE(path_exists("./prepare_lima"), "build it first: make NO_CUDA=1 prepare_lima");
+    return run_cmd("(./prepare_lima " + args + " 2>'" + err_path + "')");
+}
+
+std::vector<json> json_lines(const std::string& out) {
+    std::vector<json> v;
+    std::istringstream in(out);
+    std::string line;
+    while (std::getline(in, line))
+        if (!line.empty()) v.push_back(json::parse(line));
+    return v;
+}
+
+// The summary line agrees with the header it describes.
+void check_summary(const json& j, const std::string& path, const DataHeader& h) {
+    CHECK(j.at("file").get<std::string>() == path);
+    CHECK(j.at("conversations").get<int64_t>() == h.n_conversations);
+    CHECK(j.at("turns").get<int64_t>() == h.n_turns);
+    CHECK(j.at("tokens").get<int64_t>() == h.n_tokens);
+    CHECK(j.at("loss_tokens").get<int64_t>() == h.n_loss_tokens);
+    CHECK(j.at("truncated").get<int64_t>() == h.n_truncated);
+    CHECK(j.at("dropped").get<int64_t>() == h.n_dropped);
+}
+
+// Header fields that come from the tokenizer and the flags.
+void check_header_basics(const DataHeader& h, int max_len, int chat_template) {
+    const auto& sp = tokenizer();
+    CHECK(h.vocab_size == sp.GetPieceSize());
+    CHECK(h.vocab_size == 32000);
+    CHECK(h.bos_id == sp.bos_id());
+    CHECK(h.eos_id == sp.eos_id());
+    CHECK(h.max_len == max_len);
+    CHECK(h.chat_template == chat_template);
+    uint8_t sha[32];
+    sha256_file(kTokenizer, sha);
+    CHECK(memcmp(h.tokenizer_sha256, sha, 32) == 0);
+    CHECK(h.reserved0 == 0);
+    CHECK(std::all_of(h.reserved, h.reserved + sizeof(h.reserved), [](uint8_t b) { return b == 0; }));
+}
+
+// Offsets, counts and turns recomputed from the arrays.
+void check_arrays(const Dataset& d, int max_len) {
+    const DataHeader& h = d.header;
+    REQUIRE(d.conv_offsets.size() == (size_t)h.n_conversations + 1);
+    CHECK(d.conv_offsets.front() == 0);
+    CHECK(d.conv_offsets.back() == h.n_tokens);
+    int64_t loss = 0, turns = 0;
+    for (int64_t i = 0; i < h.n_conversations; i++) {
+        int64_t b = d.conv_offsets[i], e = d.conv_offsets[i + 1];
+        REQUIRE(e > b);
+        CHECK(e - b <= max_len);
+        CHECK_MESSAGE(d.tokens[b] == h.bos_id, "conversation " << i << " does not start with <s>");
+        // a turn is <s> prompt (mask 0) then answer (mask 1): never a prompt without answer tokens
+        for (int64_t j = b; j < e; j++) {
+            loss += d.loss_mask[j];
+            if (d.tokens[j] != h.bos_id) continue;
+            turns++;
+            CHECK(d.loss_mask[j] == 0);
+            int64_t k = j + 1;
+            while (k < e && d.loss_mask[k] == 0) {
+                CHECK_MESSAGE(d.tokens[k] != h.eos_id, "conversation " << i << ": </s> inside a prompt");
+                k++;
+            }
+            CHECK_MESSAGE((k < e && d.tokens[k] != h.bos_id), "conversation " << i << ": a turn at token " << j - b
+                                                                             << " has its prompt but no answer tokens");
+        }
+    }
+    CHECK(loss == h.n_loss_tokens);
+    CHECK(turns == h.n_turns);
+}
+
+// Vigna's splitmix64 + Fisher-Yates as data/README.md describes them, re-implemented from the README:
+// the indices (into the kept conversations) that go to the held-out file.
+std::set<int64_t> documented_val_split(int64_t k, int64_t n, uint64_t seed) {
+    std::vector<int64_t> perm(k);
+    for (int64_t i = 0; i < k; i++) perm[i] = i;
+    uint64_t state = seed;
+    auto next = [&] {
+        uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        return z ^ (z >> 31);
+    };
+    for (int64_t i = k - 1; i > 0; i--) std::swap(perm[i], perm[next() % (uint64_t)(i + 1)]);
+    return std::set<int64_t>(perm.begin(), perm.begin() + n);
+}
+
+// The two files of a split, matched back to the source conversations: train and val each keep the
+// source order, so a merge walks both. which[i] = 0 (train) or 1 (val), index[i] = position there.
+struct Match {
+    std::vector<int> which;
+    std::vector<int64_t> index;
+};
+// `fits(i, tokens)` says whether file conversation `tokens` is source conversation i's.
+template <typename Fits>
+Match merge_split(const Dataset& train, const Dataset* val, size_t n_source, Fits fits) {
+    Match m;
+    int64_t ti = 0, vi = 0;
+    for (size_t i = 0; i < n_source; i++) {
+        if (ti < train.header.n_conversations && fits(i, conv_tokens(train, ti))) {
+            m.which.push_back(0);
+            m.index.push_back(ti++);
+        } else if (val && vi < val->header.n_conversations && fits(i, conv_tokens(*val, vi))) {
+            m.which.push_back(1);
+            m.index.push_back(vi++);
+        } else {
+            m.which.push_back(-1);
+            m.index.push_back(-1);
+        }
+    }
+    CHECK(ti == train.header.n_conversations);
+    if (val) CHECK(vi == val->header.n_conversations);
+    return m;
+}
+
+// One run of the tool on real LIMA with --val-out, shared by several cases (it takes ~2 s).
+struct LimaRun {
+    TempDir dir;
+    std::string train_path, val_path;
+    CmdResult result;
+    Dataset train, val;
+};
+const LimaRun& lima_run(int max_len) {
+    static std::map<int, std::unique_ptr<LimaRun>> runs;
+    auto& r = runs[max_len];
+    if (!r) {
+        r = std::make_unique<LimaRun>();
+        r->train_path = r->dir / "lima.bin";
+        r->val_path = r->dir / "lima_val.bin";
+        std::string args = "-t " + kTokenizer + " -i " + kLima + " -o " + r->train_path + " --val-out " + r->val_path;
+        if (max_len != 2048) args += " --max-len " + std::to_string(max_len);  // 2048 is the default
+        r->result = prepare(args, r->dir / "stderr.txt");
+        REQUIRE_MESSAGE(r->result.exit_code == 0, r->result.output << file_bytes(r->dir / "stderr.txt"));
+        r->train = read_dataset(r->train_path);
+        r->val = read_dataset(r->val_path);
+    }
+    return *r;
+}
+
+std::string caught_message(const std::function<void()>& f) {
+    try {
+        f();
+    } catch (const InputError& e) {
+        return e.what();
+    }
+    return "<no InputError thrown>";
+}
+
+}  // namespace
+
+// ----------------------------------------------------------------------------------------------
+
+TEST_CASE("prepare_lima: real LIMA with nothing cut: counts, split, every token and mask byte") {
+    const LimaRun& r = lima_run(100000);
+    const Dataset &train = r.train, &val = r.val;
+    REQUIRE(lima().size() == (size_t)kLimaConversations);
+
+    CHECK(train.header.n_conversations + val.header.n_conversations == kLimaConversations);
+    CHECK(train.header.n_turns + val.header.n_turns == kLimaTurns);
+    CHECK(val.header.n_conversations == 30);
+    for (const Dataset* d : {&train, &val}) {
+        check_header_basics(d->header, 100000, TEMPLATE_LLAMA2);
+        check_arrays(*d, 100000);
+        CHECK(d->header.n_truncated == 0);
+        CHECK(d->header.n_dropped == 0);
+    }
+
+    // one JSON line per file, agreeing with the headers
+    std::vector<json> lines = json_lines(r.result.output);
+    REQUIRE(lines.size() == 2);
+    check_summary(lines[0], r.train_path, train.header);
+    check_summary(lines[1], r.val_path, val.header);
+
+    // every conversation, token for token and mask byte for mask byte, in source order per file
+    const auto& exp = lima_expected_llama2();
+    Match m = merge_split(train, &val, exp.size(), [&](size_t i, const std::vector<int>& t) { return t == exp[i].tokens; });
+    std::set<int64_t> val_sources;
+    for (size_t i = 0; i < exp.size(); i++) {
+        REQUIRE_MESSAGE(m.which[i] >= 0, "source conversation " << i << " (line " << i + 1 << ") not found in either file");
+        const Dataset& d = m.which[i] ? val : train;
+        CHECK_MESSAGE(conv_mask(d, m.index[i]) == exp[i].mask, "loss mask differs for source conversation " << i);
+        if (m.which[i]) val_sources.insert((int64_t)i);
+    }
+    // the split is the one data/README.md documents (splitmix64 + Fisher-Yates, seed 1234)
+    CHECK(val_sources == documented_val_split(kLimaConversations, 30, 1234));
+}
+
+TEST_CASE("prepare_lima: decoded prompt and answer spans equal the source texts") {
+    const LimaRun& r = lima_run(100000);
+    const auto& sp = tokenizer();
+    const auto& exp = lima_expected_llama2();
+    Match m = merge_split(r.train, &r.val, exp.size(), [&](size_t i, const std::vector<int>& t) { return t == exp[i].tokens; });
+    // the first conversations, every multi-turn one, and a held-out one
+    std::vector<size_t> picks = {0, 1, 2};
+    for (size_t i = 0; i < lima().size(); i++)
+        if (lima()[i].size() > 2) picks.push_back(i);
+    for (size_t i = 0; i < lima().size(); i++)
+        if (m.which[i] == 1) {
+            picks.push_back(i);
+            break;
+        }
+    REQUIRE(picks.size() > 4);  // LIMA has multi-turn conversations
+    for (size_t i : picks) {
+        REQUIRE(m.which[i] >= 0);
+        const Dataset& d = m.which[i] ? r.val : r.train;
+        std::vector<int> t = conv_tokens(d, m.index[i]);
+        std::vector<uint8_t> mk = conv_mask(d, m.index[i]);
+        const auto& texts = lima()[i];
+        // split the file's tokens into turns by <s> and into prompt/answer by the mask alone
+        size_t j = 0, turn = 0;
+        while (j < t.size()) {
+            REQUIRE(t[j] == sp.bos_id());
+            size_t p_end = j + 1;
+            while (p_end < t.size() && mk[p_end] == 0) p_end++;
+            size_t a_end = p_end;
+            while (a_end < t.size() && mk[a_end] == 1) a_end++;
+            REQUIRE(a_end > p_end);
+            REQUIRE(t[a_end - 1] == sp.eos_id());
+            REQUIRE(2 * turn + 1 < texts.size());
+            CHECK_MESSAGE(decode(t.begin() + j + 1, t.begin() + p_end) == "[INST] " + texts[2 * turn] + " [/INST]",
+                          "conversation " << i << " turn " << turn << ": prompt");
+            CHECK_MESSAGE(decode(t.begin() + p_end, t.begin() + a_end - 1) == texts[2 * turn + 1],
+                          "conversation " << i << " turn " << turn << ": answer");
+            j = a_end;
+            turn++;
+        }
+        CHECK(2 * turn == texts.size());
+    }
+}
+
+TEST_CASE("prepare_lima: default --max-len 2048 on real LIMA cuts exactly the long conversations") {
+    const LimaRun& r = lima_run(2048);
+    const auto& exp = lima_expected_llama2();
+    int64_t over = 0, dropped = 0;
+    for (auto& e : exp) {
+        over += e.tokens.size() > 2048;
+        dropped += e.prompt_lens[0] + 1 > 2048;
+    }
+    CHECK(over > 0);  // shared/data/README.md: 70 conversations are over 2048 tokens
+    CHECK(r.train.header.n_dropped + r.val.header.n_dropped == dropped);
+    CHECK(r.train.header.n_truncated + r.val.header.n_truncated == over - dropped);
+    CHECK(r.train.header.n_conversations + r.val.header.n_conversations == kLimaConversations - dropped);
+    CHECK(r.val.header.n_conversations == 30);
+    for (const Dataset* d : {&r.train, &r.val}) {
+        check_header_basics(d->header, 2048, TEMPLATE_LLAMA2);
+        check_arrays(*d, 2048);
+    }
+    std::vector<json> lines = json_lines(r.result.output);
+    REQUIRE(lines.size() == 2);
+    check_summary(lines[0], r.train_path, r.train.header);
+    check_summary(lines[1], r.val_path, r.val.header);
+
+    // each file conversation is a prefix of its full tokenization, cut only where the rule says:
+    // at max-len inside an answer, or at a turn boundary where the next prompt + 1 token does not fit
+    auto is_prefix = [&](size_t i, const std::vector<int>& t) {
+        return t.size() <= exp[i].tokens.size() && std::equal(t.begin(), t.end(), exp[i].tokens.begin());
+    };
+    Match m = merge_split(r.train, &r.val, exp.size(), is_prefix);
+    int64_t cut = 0;
+    for (size_t i = 0; i < exp.size(); i++) {
+        const Expected& e = exp[i];
+        if (e.prompt_lens[0] + 1 > 2048) {
+            CHECK(m.which[i] == -1);
+            continue;
+        }
+        REQUIRE_MESSAGE(m.which[i] >= 0, "source conversation " << i << " not found");
+        const Dataset& d = m.which[i] ? r.val : r.train;
+        size_t len = (size_t)d.conv_len(m.index[i]);
+        CHECK(conv_mask(d, m.index[i]) == std::vector<uint8_t>(e.mask.begin(), e.mask.begin() + len));
+        if (e.tokens.size() <= 2048) {
+            CHECK_MESSAGE(len == e.tokens.size(), "conversation " << i << " fits but was cut");
+            continue;
+        }
+        cut++;
+        if (len == 2048) {
+            CHECK(e.mask[len - 1] == 1);  // cut inside an answer
+        } else {
+            // cut at a turn boundary: the next turn's prompt plus one answer token would not fit
+            auto next = std::find(e.turn_starts.begin(), e.turn_starts.end(), len);
+            REQUIRE_MESSAGE(next != e.turn_starts.end(), "conversation " << i << " cut mid-turn at " << len);
+            CHECK(len + e.prompt_lens[next - e.turn_starts.begin()] + 1 > 2048);
+        }
+    }
+    CHECK(cut == over - dropped);
+}
+
+TEST_CASE("prepare_lima: same seed gives byte-identical files, another seed another split") {
+    TempDir dir;
+    std::string base = "-t " + kTokenizer + " -i " + kLima + " --val-out ";
+    auto run = [&](const std::string& name, const std::string& extra) {
+        CmdResult c = prepare(base + (dir / name) + "_val.bin -o " + (dir / name) + ".bin " + extra, dir / "err.txt");
+        REQUIRE_MESSAGE(c.exit_code == 0, file_bytes(dir / "err.txt"));
+    };
+    run("a", "--seed 7");
+    run("b", "-s 7");
+    run("c", "--seed=8");
+    CHECK(file_bytes(dir / "a.bin") == file_bytes(dir / "b.bin"));
+    CHECK(file_bytes(dir / "a_val.bin") == file_bytes(dir / "b_val.bin"));
+    Dataset va = read_dataset(dir / "a_val.bin"), vc = read_dataset(dir / "c_val.bin");
+    std::set<std::vector<int>> sa, sc;
+    for (int64_t i = 0; i < va.header.n_conversations; i++) sa.insert(conv_tokens(va, i));
+    for (int64_t i = 0; i < vc.header.n_conversations; i++) sc.insert(conv_tokens(vc, i));
+    CHECK(sa.size() == 30);
+    CHECK(sc.size() == 30);
+    CHECK(sa != sc);
+    // --val N is honoured
+    run("d", "--val 5");
+    CHECK(read_dataset(dir / "d_val.bin").header.n_conversations == 5);
+    CHECK(read_dataset(dir / "d.bin").header.n_conversations == kLimaConversations - 5);
+}
+
+TEST_CASE("prepare_lima: plain template on real LIMA, no split") {
+    TempDir dir;
+    CmdResult c = prepare("-t " + kTokenizer + " -i " + kLima + " -o " + (dir / "plain.bin") + " --template plain --max-len 100000",
+                          dir / "err.txt");
+    REQUIRE_MESSAGE(c.exit_code == 0, file_bytes(dir / "err.txt"));
+    Dataset d = read_dataset(dir / "plain.bin");
+    check_header_basics(d.header, 100000, TEMPLATE_PLAIN);
+    check_arrays(d, 100000);
+    REQUIRE(d.header.n_conversations == kLimaConversations);
+    CHECK(d.header.n_turns == kLimaTurns);
+    std::vector<json> lines = json_lines(c.output);
+    REQUIRE(lines.size() == 1);
+    check_summary(lines[0], dir / "plain.bin", d.header);
+    for (size_t i = 0; i < lima().size(); i++) {
+        Expected e = expected_full(lima()[i], false);
+        CHECK_MESSAGE(conv_tokens(d, (int64_t)i) == e.tokens, "conversation " << i);
+        CHECK_MESSAGE(conv_mask(d, (int64_t)i) == e.mask, "conversation " << i);
+    }
+}
+
+TEST_CASE("prepare_lima: truncation rule on a tiny synthetic set") {
+    TempDir dir;
+    const auto& sp = tokenizer();
+    // conversation 1: two turns; conversation 2: one turn whose prompt is long
+    std::vector<std::string> c1 = {"What is two plus two?", "Two plus two is four, as everyone knows.",
+                                   "And three plus three?", "Three plus three is six, which is also well known."};
+    std::string long_user;
+    for (int i = 0; i < 60; i++) long_user += "word" + std::to_string(i) + " ";
+    std::vector<std::string> c2 = {long_user, "ok"};
+    {
+        std::ofstream f(dir / "tiny.jsonl");
+        f << json{{"conversations", c1}}.dump() << "\n\n   \n" << json{{"conversations", c2}}.dump() << "\n";
+    }
+    Expected e1 = expected_full(c1, true), e2 = expected_full(c2, true);
+    size_t p1 = e1.prompt_lens[0], t1 = e1.turn_starts[1], p2 = e1.prompt_lens[1];  // t1 = whole first turn
+    size_t full1 = e1.tokens.size(), a2 = full1 - t1 - p2;                           // a2 includes </s>
+    REQUIRE(a2 >= 4);
+    REQUIRE(e2.prompt_lens[0] > full1 + 1);  // conversation 2 never fits in the lengths tried below
+
+    struct Case {
+        const char* what;
+        size_t max_len, want_len, want_turns;
+        bool want_truncated;
+    };
+    const Case cases[] = {
+        {"everything fits exactly", full1, full1, 2, false},
+        {"answer cut: no </s>", t1 + p2 + 2, t1 + p2 + 2, 2, true},
+        {"only the last </s> cut", full1 - 1, full1 - 1, 2, true},
+        {"second prompt + 1 token does not fit: turn dropped", t1 + p2, t1, 1, true},
+        {"second prompt alone fits: turn dropped, never a prompt without answer", t1 + p2 - 1, t1, 1, true},
+        {"first turn cut to one answer token", p1 + 1, p1 + 1, 1, true},
+    };
+    for (const Case& k : cases) {
+        CAPTURE(k.what);
+        CAPTURE(k.max_len);
+        std::string out = dir / "tiny.bin";
+        CmdResult c = prepare("-t " + kTokenizer + " -i " + (dir / "tiny.jsonl") + " -o " + out + " -m " +
+                                  std::to_string(k.max_len),
+                              dir / "err.txt");
+        REQUIRE_MESSAGE(c.exit_code == 0, file_bytes(dir / "err.txt"));
+        Dataset d = read_dataset(out);
+        check_arrays(d, (int)k.max_len);
+        REQUIRE(d.header.n_conversations == 1);  // conversation 2 is dropped
+        CHECK(d.header.n_dropped == 1);
+        CHECK(d.header.n_turns == (int64_t)k.want_turns);
+        CHECK(d.header.n_truncated == (k.want_truncated ? 1 : 0));
+        REQUIRE(d.header.n_tokens == (int64_t)k.want_len);
+        CHECK(conv_tokens(d, 0) == std::vector<int>(e1.tokens.begin(), e1.tokens.begin() + k.want_len));
+        CHECK(conv_mask(d, 0) == std::vector<uint8_t>(e1.mask.begin(), e1.mask.begin() + k.want_len));
+        bool ends_with_eos = d.tokens.back() == sp.eos_id();
+        CHECK(ends_with_eos == (k.want_len == full1 || k.want_len == t1));
+        std::vector<json> lines = json_lines(c.output);
+        REQUIRE(lines.size() == 1);
+        check_summary(lines[0], out, d.header);
+    }
+    // nothing fits at all: an error, not an empty file
+    CmdResult c = run_cmd("./prepare_lima -t " + kTokenizer + " -i " + (dir / "tiny.jsonl") + " -o " + (dir / "none.bin") +
+                          " --max-len " + std::to_string(p1));
+    CHECK(c.exit_code == 1);
+    CHECK(count_lines(c.output) == 1);
+    CHECK(!path_exists(dir / "none.bin"));
+}
+
+TEST_CASE("prepare_lima: bad input gives one line naming the file, exit 1, and writes nothing") {
+    TempDir dir;
+    // a good output file from an earlier run must survive every failed run byte for byte
+    std::string good_json = json{{"conversations", {"Hi there", "Hello!"}}}.dump();
+    write_bytes(dir / "good.jsonl", good_json + "\n" + good_json + "\n");
+    std::string out = dir / "out.bin", val = dir / "val.bin";
+    CmdResult ok = prepare("-t " + kTokenizer + " -i " + (dir / "good.jsonl") + " -o " + out + " -V " + val + " -n 1",
+                           dir / "err.txt");
+    REQUIRE_MESSAGE(ok.exit_code == 0, file_bytes(dir / "err.txt"));
+    const std::string out_before = file_bytes(out), val_before = file_bytes(val);
+    REQUIRE(out_before.size() > sizeof(DataHeader));
+    write_bytes(dir / "random.bin", std::string(3000, '\x5a'));
+
+    struct BadJsonl {
+        const char* name;
+        std::string line3;  // lines 1 and 2 are a good conversation and an empty line
+        const char* says;
+    };
+    const BadJsonl bad_jsonl[] = {
+        {"not JSON", "{\"conversations\": [\"a\", \"b\"", "not valid JSON"},
+        {"a JSON array", "[\"a\", \"b\"]", "expected a JSON object"},
+        {"a JSON string", "\"a\"", "expected a JSON object"},
+        {"alpaca layout", "{\"instruction\": \"a\", \"output\": \"b\"}", "no \"conversations\""},
+        {"conversations a string", "{\"conversations\": \"a\"}", "expected an array"},
+        {"non-string entry", "{\"conversations\": [\"a\", 3]}", "conversations[1]"},
+        {"nested object entry", "{\"conversations\": [{\"from\": \"human\", \"value\": \"a\"}, \"b\"]}", "conversations[0]"},
+        {"empty list", "{\"conversations\": []}", "empty"},
+        {"odd number of entries", "{\"conversations\": [\"a\", \"b\", \"c\"]}", "no assistant answer"},
+    };
+    struct Bad {
+        std::string what, args, names, says;
+        int exit_code;
+    };
+    std::vector<Bad> bad;
+    std::string outs = " -o " + out + " --val-out " + val + " --val 1";
+    bad.push_back({"missing input", "-t " + kTokenizer + " -i " + (dir / "nope.jsonl") + outs, dir / "nope.jsonl",
+                   "cannot open", 1});
+    bad.push_back({"missing tokenizer", "-t " + (dir / "nope.model") + " -i " + (dir / "good.jsonl") + outs,
+                   dir / "nope.model", "cannot open", 1});
+    bad.push_back({"jsonl as tokenizer", "-t " + kLima + " -i " + (dir / "good.jsonl") + outs, kLima,
+                   "not a sentencepiece", 1});
+    bad.push_back({"random bytes as tokenizer", "-t " + (dir / "random.bin") + " -i " + (dir / "good.jsonl") + outs,
+                   dir / "random.bin", "not a sentencepiece", 1});
+    bad.push_back({"a directory as input", "-t " + kTokenizer + " -i " + dir.path + outs, dir.path, "directory", 1});
+    for (const BadJsonl& b : bad_jsonl) {
+        std::string p = dir / (std::string("bad_") + std::to_string(&b - bad_jsonl) + ".jsonl");
+        write_bytes(p, good_json + "\n\n" + b.line3 + "\n" + good_json + "\n");
+        bad.push_back({b.name, "-t " + kTokenizer + " -i " + p + outs, p + ":3:", b.says, 1});
+    }
+    write_bytes(dir / "empty.jsonl", "\n\n");
+    bad.push_back({"no conversations", "-t " + kTokenizer + " -i " + (dir / "empty.jsonl") + outs, dir / "empty.jsonl",
+                   "no conversations", 1});
+    bad.push_back({"--val not below the conversation count",
+                   "-t " + kTokenizer + " -i " + (dir / "good.jsonl") + " -o " + out + " --val-out " + val + " --val 2",
+                   dir / "good.jsonl", "--val 2", 1});
+    // command-line errors: exit 2
+    std::string io = "-t " + kTokenizer + " -i " + (dir / "good.jsonl");
+    bad.push_back({"unknown flag", io + " -o " + out + " --frobnicate 3", "--frobnicate", "unknown", 2});
+    bad.push_back({"--val without --val-out", io + " -o " + out + " --val 1", "--val", "--val-out", 2});
+    bad.push_back({"bad template", io + " -o " + out + " --template chatml", "chatml", "llama2 or plain", 2});
+    bad.push_back({"bad max-len", io + " -o " + out + " --max-len 12x", "12x", "integer", 2});
+    bad.push_back({"max-len too small", io + " -o " + out + " --max-len 1", "--max-len", "between", 2});
+    bad.push_back({"missing -o", io, "--output", "missing", 2});
+    bad.push_back({"flag without value", io + " -o", "--output", "needs a value", 2});
+    bad.push_back({"same output twice", io + " -o " + out + " -V " + out, "--val-out", "differ", 2});
+
+    for (const Bad& b : bad) {
+        CAPTURE(b.what);
+        CmdResult c = run_cmd("./prepare_lima " + b.args);
+        CAPTURE(c.output);
+        CHECK(c.exit_code == b.exit_code);
+        CHECK(count_lines(c.output) == 1);
+        CHECK(c.output.rfind("prepare_lima: ", 0) == 0);
+        CHECK(c.output.find(b.names) != std::string::npos);
+        CHECK(c.output.find(b.says) != std::string::npos);
+        CHECK(file_bytes(out) == out_before);
+        CHECK(file_bytes(val) == val_before);
+        // no temporary or partial file left behind
+        for (const std::string& f : list_dir(dir.path, "", ""))
+            CHECK_MESSAGE((f == "." || f == ".." || f.find(".tmp.") == std::string::npos), f);
+    }
+    // failing into a fresh path creates nothing
+    CmdResult c = run_cmd("./prepare_lima -t " + kLima + " -i " + (dir / "good.jsonl") + " -o " + (dir / "fresh.bin"));
+    CHECK(c.exit_code == 1);
+    CHECK(!path_exists(dir / "fresh.bin"));
+    // --help comes from the flag table and exits 0
+    CmdResult h = run_cmd("./prepare_lima --help");
+    CHECK(h.exit_code == 0);
+    for (const char* flag : {"--tokenizer", "--input", "--output", "--val-out", "--val", "--max-len", "--template", "--seed"})
+        CHECK_MESSAGE(h.output.find(flag) != std::string::npos, flag);
+}
+
+// ----------------------------------------------------------------------------------------------
+// the data file itself
+
+namespace {
+Dataset small_dataset() {
+    Dataset d;
+    DataHeader& h = d.header;
+    h = DataHeader{};
+    h.magic = DATA_MAGIC;
+    h.version = DATA_VERSION;
+    d.tokens = {1, 10, 11, 12, 2, 1, 20, 21, 2};  // two conversations
+    d.loss_mask = {0, 0, 1, 1, 1, 0, 0, 1, 1};
+    d.conv_offsets = {0, 5, 9};
+    h.n_tokens = 9;
+    h.n_conversations = 2;
+    h.n_turns = 2;
+    h.n_loss_tokens = 5;
+    h.vocab_size = 32000;
+    h.bos_id = 1;
+    h.eos_id = 2;
+    h.max_len = 2048;
+    for (int i = 0; i < 32; i++) h.tokenizer_sha256[i] = (uint8_t)(i + 1);
+    return d;
+}
+}  // namespace
+
+TEST_CASE("data file: write_dataset and read_dataset round trip") {
+    TempDir dir;
+    Dataset d = small_dataset();
+    write_dataset(dir / "d.bin", d);
+    CHECK(file_bytes(dir / "d.bin").size() == sizeof(DataHeader) + 9 * 5 + 3 * 8);
+    Dataset r = read_dataset(dir / "d.bin");
+    CHECK(memcmp(&r.header, &d.header, sizeof(DataHeader)) == 0);
+    CHECK(r.tokens == d.tokens);
+    CHECK(r.loss_mask == d.loss_mask);
+    CHECK(r.conv_offsets == d.conv_offsets);
+    CHECK(r.conv_len(1) == 4);
+    // the layout data/README.md documents
+    CHECK(file_bytes(dir / "d.bin").substr(0, 4) == "L2DT");
+    CHECK(offsetof(DataHeader, n_tokens) == 8);
+    CHECK(offsetof(DataHeader, n_conversations) == 16);
+    CHECK(offsetof(DataHeader, n_turns) == 24);
+    CHECK(offsetof(DataHeader, n_loss_tokens) == 32);
+    CHECK(offsetof(DataHeader, n_truncated) == 40);
+    CHECK(offsetof(DataHeader, n_dropped) == 48);
+    CHECK(offsetof(DataHeader, vocab_size) == 56);
+    CHECK(offsetof(DataHeader, bos_id) == 60);
+    CHECK(offsetof(DataHeader, eos_id) == 64);
+    CHECK(offsetof(DataHeader, max_len) == 68);
+    CHECK(offsetof(DataHeader, chat_template) == 72);
+    CHECK(offsetof(DataHeader, tokenizer_sha256) == 80);
+    CHECK(offsetof(DataHeader, reserved) == 112);
+}
+
+TEST_CASE("data file: read_dataset rejects broken files with InputError naming the file") {
+    TempDir dir;
+    write_dataset(dir / "good.bin", small_dataset());
+    const std::string good = file_bytes(dir / "good.bin");
+    const size_t hdr = sizeof(DataHeader), tokens_at = hdr, mask_at = hdr + 9 * 4, offs_at = mask_at + 9;
+
+    auto patched = [&](size_t at, const void* v, size_t n) {
+        std::string s = good;
+        memcpy(&s[at], v, n);
+        return s;
+    };
+    uint32_t model_magic = MODEL_MAGIC, bad_version = DATA_VERSION + 1, big_token = 32000;
+    int64_t reversed = 10, last_off = 8, too_many = 1000;
+    uint8_t mask2 = 2, mask0 = 0;
+    struct Bad {
+        const char* what;
+        std::string bytes;
+        const char* says;
+    };
+    std::string model_ish = patched(0, &model_magic, 4);
+    const Bad bad[] = {
+        {"empty", "", "magic"},
+        {"shorter than the header", good.substr(0, 100), "truncated"},
+        {"last byte missing", good.substr(0, good.size() - 1), "truncated"},
+        {"a byte too many", good + "x", "oversized"},
+        {"model file magic", model_ish, "model file"},
+        {"random bytes", std::string(4096, '\x17'), "wrong magic"},
+        {"wrong version", patched(4, &bad_version, 4), "version"},
+        {"n_conversations huge", patched(offsetof(DataHeader, n_conversations), &too_many, 8), "corrupt header"},
+        {"offsets reversed", patched(offs_at + 8, &reversed, 8), "conversation offsets"},
+        {"last offset != n_tokens", patched(offs_at + 16, &last_off, 8), "conversation offsets"},
+        {"token outside the vocabulary", patched(tokens_at + 4, &big_token, 4), "outside the vocabulary"},
+        {"mask byte 2", patched(mask_at + 2, &mask2, 1), "loss mask"},
+        {"mask sum differs from header", patched(mask_at + 2, &mask0, 1), "loss mask sums"},
+    };
+    for (const Bad& b : bad) {
+        CAPTURE(b.what);
+        std::string p = dir / "bad.bin";
+        write_bytes(p, b.bytes);
+        CHECK_THROWS_AS(read_dataset(p), InputError);
+        std::string msg = caught_message([&] { read_dataset(p); });
+        CHECK(msg.find(p) != std::string::npos);
+        CHECK_MESSAGE(msg.find(b.says) != std::string::npos, msg);
+    }
+    std::string missing = dir / "missing.bin";
+    CHECK(caught_message([&] { read_dataset(missing); }).find(missing) != std::string::npos);
+}
+
+TEST_CASE("data file: check_data_matches_model compares vocabulary, special ids and tokenizer hash") {
+    Dataset d = small_dataset();
+    ModelHeader m{};
+    m.magic = MODEL_MAGIC;
+    m.version = MODEL_VERSION;
+    m.config.vocab_size = 32000;
+    m.config.bos_id = 1;
+    m.config.eos_id = 2;
+    memcpy(m.tokenizer_sha256, d.header.tokenizer_sha256, 32);
+    CHECK_NOTHROW(check_data_matches_model(d.header, "lima.bin", m, "model.bin"));
+
+    ModelHeader small = m;
+    small.config.vocab_size = 512;
+    std::string msg = caught_message([&] { check_data_matches_model(d.header, "lima.bin", small, "tiny.bin"); });
+    CHECK(msg.find("lima.bin") != std::string::npos);
+    CHECK(msg.find("tiny.bin") != std::string::npos);
+    CHECK(msg.find("32000") != std::string::npos);
+    CHECK(msg.find("512") != std::string::npos);
+    CHECK_THROWS_AS(check_data_matches_model(d.header, "lima.bin", small, "tiny.bin"), InputError);
+
+    ModelHeader other_tok = m;
+    other_tok.tokenizer_sha256[5] ^= 1;
+    msg = caught_message([&] { check_data_matches_model(d.header, "lima.bin", other_tok, "model.bin"); });
+    CHECK(msg.find("lima.bin") != std::string::npos);
+    CHECK(msg.find("tokenizer") != std::string::npos);
+
+    ModelHeader other_eos = m;
+    other_eos.config.eos_id = 3;
+    CHECK_THROWS_AS(check_data_matches_model(d.header, "lima.bin", other_eos, "model.bin"), InputError);
+
+    // a model exported without a tokenizer (zero hash) cannot be checked that way: vocab decides
+    ModelHeader no_hash = m;
+    memset(no_hash.tokenizer_sha256, 0, 32);
+    CHECK_NOTHROW(check_data_matches_model(d.header, "lima.bin", no_hash, "model.bin"));
+}

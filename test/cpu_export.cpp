@@ -1,0 +1,827 @@
+// test/cpu_export.cpp — tests of the Hugging Face import path: safetensors read/write, config.json
+// (old and new forms), ./export_hf on every fixture checkpoint read back bit for bit, sharded
+// checkpoints, tokenizer checks, the model file readers, and every kind of bad input (exit 1, one
+// line naming the file, no output file left, an existing good output untouched).
+// Run from the repo root after `make NO_CUDA=1 export_hf test_cpu`:
+//   ./test_cpu -tc="export_hf*,safetensors*,config.json*,model file*"
+// Fixtures: every tiny_* directory under $FIXTURES_DIR (default ../shared/fixtures) is used, so a new
+// checkpoint in the same layout is tested with no code change; failures name fixture and tensor.
+#include <doctest/doctest.h>
+#include <sentencepiece_trainer.h>
+#include <unistd.h>
+
+#include <cstddef>
+#include <cstring>
+#include <fcntl.h>
+#include <functional>
+#include <limits.h>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <set>
+
+#include "hf.h"
+#include "model.h"
+#include "test/test_util.h"
+
+using json = nlohmann::json;
+
+namespace {
+
+// ----------------------------------------------------------------------------------------------
+// helpers
+
+// Every tiny_* fixture directory, as a path. A suite with no fixture would pass vacuously: refuse.
+std::vector<std::string> tiny_fixtures() {
+    std::vector<std::string> dirs;
+    for (const std::string& n : list_dir(fixtures_dir(), "tiny_")) {
+        struct stat st;
+        std::string p = fixtures_dir() + "/" + n;
+        if (stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) dirs.push_back(p);
+    }
+    REQUIRE_MESSAGE(!dirs.empty(), "no tiny_* fixture directory under " << fixtures_dir());
+    return dirs;
+}
+
+std::string base_name(const std::string& p) { return p.substr(p.find_last_of('/') + 1); }
+
+std::string read_bytes(const std::string& path) {
+    FILE* f = fopen(path.c_str(), "rb");
+    REQUIRE_MESSAGE(f, "cannot open " << path);
+    std::string s;
+    char buf[1 << 16];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof(buf), f)) > 0) s.append(buf, n);
+    fclose(f);
+    return s;
+}
+
+void write_bytes(const std::string& path, const std::string& bytes) {
+    FILE* f = fopen(path.c_str(), "wb");
+    REQUIRE_MESSAGE(f, "cannot create " << path);
+    REQUIRE(fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size());
+    fclose(f);
+}
+
+json load_json(const std::string& path) { return json::parse(read_bytes(path)); }
+void save_json(const std::string& path, const json& j) { write_bytes(path, j.dump(2)); }
+
+std::string absolute(const std::string& p) {
+    char buf[PATH_MAX];
+    REQUIRE_MESSAGE(realpath(p.c_str(), buf), "realpath " << p);
+    return buf;
+}
+
+// The InputError message `f` throws, or "" (and a failed check) when it throws none.
+std::string input_error_of(const std::function<void()>& f) {
+    try {
+        f();
+    } catch (const InputError& e) {
+        return e.what();
+    }
+    return "";
+}
+
+// A checkpoint directory `dst` holding fixture `fix`'s config.json (copied, so it can be edited)
+// and its model.safetensors (linked: read-only use).
+void link_checkpoint(const std::string& fix, const std::string& dst) {
+    REQUIRE(mkdir(dst.c_str(), 0755) == 0);
+    write_bytes(dst + "/config.json", read_bytes(fix + "/config.json"));
+    REQUIRE(symlink(absolute(fix + "/model.safetensors").c_str(), (dst + "/model.safetensors").c_str()) == 0);
+}
+
+struct RawTensor {
+    std::string name, dtype;
+    std::vector<int64_t> shape;
+    std::string bytes;
+};
+
+// All tensors of a safetensors file with their raw bytes, in data order.
+std::vector<RawTensor> read_raw_tensors(const std::string& path) {
+    SafeTensors st(path);
+    std::vector<RawTensor> out;
+    for (auto& kv : st.tensors) {
+        RawTensor r{kv.first, kv.second.dtype, kv.second.shape, std::string((size_t)(kv.second.end - kv.second.begin), '\0')};
+        st.read_raw(kv.second, &r.bytes[0]);
+        out.push_back(r);
+    }
+    std::sort(out.begin(), out.end(), [&](const RawTensor& a, const RawTensor& b) {
+        return st.get(a.name).begin < st.get(b.name).begin;
+    });
+    return out;
+}
+
+void write_raw_tensors(const std::string& path, const std::vector<RawTensor>& ts) {
+    std::vector<StWrite> w;
+    for (const RawTensor& t : ts) w.push_back({t.name, t.dtype, t.shape, t.bytes.data()});
+    write_safetensors(path, w, {{"format", "pt"}});
+}
+
+// Copies a safetensors file with its JSON header edited by `edit` (the data bytes unchanged):
+// the way to make a header that lies.
+void rewrite_header(const std::string& src, const std::string& dst, const std::function<void(json&)>& edit) {
+    std::string b = read_bytes(src);
+    uint64_t n;
+    memcpy(&n, b.data(), 8);
+    json h = json::parse(b.substr(8, n));
+    edit(h);
+    std::string text = h.dump();
+    while (text.size() % 8) text += ' ';
+    uint64_t m = text.size();
+    write_bytes(dst, std::string((const char*)&m, 8) + text + b.substr(8 + n));
+}
+
+// A sentencepiece BPE model with exactly `vocab` pieces, trained on LIMA text (any text would do).
+std::string train_tokenizer(const std::string& dir, int vocab, int bos, int eos) {
+    std::string prefix = dir + "/tok" + std::to_string(vocab) + "_" + std::to_string(bos) + std::to_string(eos);
+    std::string args = "--input=" + shared_dir() + "/data/lima/train.jsonl --model_prefix=" + prefix +
+                       " --vocab_size=" + std::to_string(vocab) + " --model_type=bpe --input_sentence_size=2000" +
+                       " --unk_id=0 --bos_id=" + std::to_string(bos) + " --eos_id=" + std::to_string(eos) +
+                       " --pad_id=-1 --minloglevel=2 --num_threads=2";
+    // the trainer logs to stderr whatever minloglevel says; keep the test output readable
+    fflush(stderr);
+    int saved = dup(2), devnull = open("/dev/null", O_WRONLY);
+    dup2(devnull, 2);
+    auto status = sentencepiece::SentencePieceTrainer::Train(args);
+    dup2(saved, 2);
+    close(saved);
+    close(devnull);
+    REQUIRE_MESSAGE(status.ok(), "training a test tokenizer: " << status.ToString());
+    return prefix + ".model";
+}
+
+std::string sha256sum_cli(const std::string& path) {  // an independent sha256: coreutils
+    CmdResult r = run_cmd("sha256sum '" + path + "'");
+    REQUIRE(r.exit_code == 0);
+    return r.output.substr(0, 64);
+}
+
+bool bits_equal(const float* a, const float* b, size_t n, size_t* first_diff) {
+    for (size_t i = 0; i < n; i++)
+        if (memcmp(&a[i], &b[i], 4) != 0) {
+            *first_diff = i;
+            return false;
+        }
+    return true;
+}
+
+CmdResult export_hf(const std::string& args) {
+    REQUIRE_MESSAGE(path_exists("./export_hf"), "build ./export_hf first (make NO_CUDA=1 export_hf)");
+    return run_cmd("./export_hf " + args);
+}
+
+// Checks a model file against the fixture's safetensors, tensor by tensor, value by value:
+// each stored value must equal `expect(fixture value)` bit for bit.
+void check_model_matches(const std::string& fix, const std::string& model_path,
+                         const std::function<float(float)>& expect) {
+    std::vector<float> weights;
+    ModelHeader h = load_model_f32(model_path, weights);
+    const Config& c = h.config;
+    Weights<float> w = carve_weights(c, weights.data());
+    SafeTensors st(fix + "/model.safetensors");
+    size_t compared = 0;
+    for (int id = 0; id < NUM_WEIGHTS; id++) {
+        if (weight_numel(c, id) == 0) continue;
+        WeightInfo wi = weight_info(c, id);
+        for (int l = 0; l < (wi.per_layer ? c.n_layers : 1); l++) {
+            std::string name = weight_hf_name(id, l);
+            std::vector<float> ref = st.read_f32(name);
+            for (float& x : ref) x = expect(x);
+            REQUIRE((int64_t)ref.size() == wi.numel());
+            size_t i = 0;
+            if (!bits_equal(*w.ptr(id) + l * wi.numel(), ref.data(), ref.size(), &i))
+                FAIL_CHECK(base_name(fix) << ": tensor " << name << " differs at element " << i << ": "
+                                          << (*w.ptr(id))[l * wi.numel() + i] << " vs " << ref[i]);
+            compared++;
+        }
+    }
+    // every tensor of the checkpoint was compared (a tied lm_head or inv_freq would be the exceptions)
+    size_t present = 0;
+    for (auto& kv : st.tensors)
+        present += kv.first.find("rotary_emb.inv_freq") == std::string::npos &&
+                   !(kv.first == "lm_head.weight" && c.tie_embeddings);
+    CHECK_MESSAGE(compared == present, base_name(fix) << ": compared " << compared << " of " << present << " tensors");
+}
+
+int64_t checkpoint_params(const std::string& fix) {  // counted from the safetensors header alone
+    SafeTensors st(fix + "/model.safetensors");
+    int64_t n = 0;
+    for (auto& kv : st.tensors)
+        if (kv.first.find("rotary_emb.inv_freq") == std::string::npos) n += kv.second.numel();
+    return n;
+}
+
+}  // namespace
+
+// ----------------------------------------------------------------------------------------------
+// safetensors and config.json
+
+TEST_CASE("safetensors: write then read keeps names, dtypes, shapes, bytes and metadata") {
+    TempDir t;
+    std::vector<float> f32 = {1.5f, -2.25f, 3.0e-8f, 65504.0f, -0.0f, 7.0f};  // (2, 3)
+    std::vector<uint16_t> f16 = {0x3c00, 0xc000, 0x0001, 0x7bff};              // (4)
+    std::vector<uint16_t> bf16 = {0x3f80, 0x4049};                             // (1, 2)
+    std::vector<int32_t> i32 = {-7, 0, 123456789};                            // (3)
+    std::vector<uint8_t> u8 = {0, 255, 17, 4, 9};                              // (5)
+    write_safetensors(t / "a.safetensors",
+                      {{"w.f32", "F32", {2, 3}, f32.data()}, {"w.f16", "F16", {4}, f16.data()},
+                       {"w.bf16", "BF16", {1, 2}, bf16.data()}, {"i", "I32", {3}, i32.data()},
+                       {"u", "U8", {5}, u8.data()}, {"empty", "F32", {0, 4}, nullptr}},
+                      {{"r", "8"}, {"note", "x"}});
+    std::string b = read_bytes(t / "a.safetensors");
+    uint64_t n;
+    memcpy(&n, b.data(), 8);
+    CHECK(n % 8 == 0);  // the format pads the header to a multiple of 8
+    CHECK(b.size() == 8 + n + 24 + 8 + 4 + 12 + 5);
+
+    SafeTensors st(t / "a.safetensors");
+    CHECK(st.tensors.size() == 6);
+    CHECK(st.metadata == std::map<std::string, std::string>{{"r", "8"}, {"note", "x"}});
+    CHECK(st.get("w.f32").shape == std::vector<int64_t>{2, 3});
+    CHECK(st.get("empty").shape == std::vector<int64_t>{0, 4});
+    CHECK(st.read_f32("w.f32", {2, 3}) == f32);
+    CHECK(st.read_f32("w.f16") == std::vector<float>{1.0f, -2.0f, 5.9604645e-8f, 65504.0f});
+    CHECK(st.read_f32("w.bf16") == std::vector<float>{1.0f, 3.140625f});
+    CHECK(st.read_i32("i") == i32);
+    CHECK(st.read_u8("u") == u8);
+    std::string msg = input_error_of([&] { st.read_f32("w.f32", {3, 2}); });
+    CHECK(msg.find("a.safetensors") != std::string::npos);
+    CHECK(msg.find("w.f32") != std::string::npos);
+    CHECK(input_error_of([&] { st.get("nope"); }).find("nope") != std::string::npos);
+    CHECK(input_error_of([&] { st.read_f32("i"); }).find("I32") != std::string::npos);
+
+    // a shape whose element count overflows 64 bits (2^32 * 2^32 * 2 bytes wraps to 0) must not
+    // pass as an empty tensor
+    const int64_t data_bytes = (int64_t)(b.size() - 8 - n);
+    rewrite_header(t / "a.safetensors", t / "huge.safetensors", [&](json& h) {
+        h["huge"] = {{"dtype", "F16"}, {"shape", {4294967296LL, 4294967296LL}}, {"data_offsets", {data_bytes, data_bytes}}};
+    });
+    msg = input_error_of([&] { SafeTensors bad(t / "huge.safetensors"); });
+    CHECK_MESSAGE(msg.find(t / "huge.safetensors") != std::string::npos, msg);
+    CHECK_MESSAGE(msg.find("'huge' has an invalid shape") != std::string::npos, msg);
+}
+
+TEST_CASE("safetensors: the fixtures' files (written by HF's safetensors) are read with every tensor") {
+    for (const std::string& fix : tiny_fixtures()) {
+        CAPTURE(fix);
+        // the first 8 bytes and the JSON header, parsed here independently of SafeTensors
+        std::string b = read_bytes(fix + "/model.safetensors");
+        uint64_t n;
+        memcpy(&n, b.data(), 8);
+        json h = json::parse(b.substr(8, n));
+        SafeTensors st(fix + "/model.safetensors");
+        CHECK(st.tensors.size() == h.size() - h.count("__metadata__"));
+        for (auto it = h.begin(); it != h.end(); ++it) {
+            if (it.key() == "__metadata__") continue;
+            REQUIRE_MESSAGE(st.has(it.key()), it.key());
+            const StTensor& t = st.get(it.key());
+            CHECK(t.dtype == it.value()["dtype"].get<std::string>());
+            CHECK(t.shape == it.value()["shape"].get<std::vector<int64_t>>());
+            CHECK(t.begin == (int64_t)(8 + n) + it.value()["data_offsets"][0].get<int64_t>());
+            CHECK(t.end == (int64_t)(8 + n) + it.value()["data_offsets"][1].get<int64_t>());
+        }
+    }
+}
+
+TEST_CASE("config.json: new and old forms, rope_theta, dtype, rms_norm_eps") {
+    for (const std::string& fix : tiny_fixtures()) {
+        CAPTURE(fix);
+        TempDir t;
+        json orig = load_json(fix + "/config.json");
+        int32_t dtype;
+        Config c = parse_hf_config(fix + "/config.json", &dtype);
+        // the fields as config.json states them, compared independently of the parser
+        CHECK(c.dim == orig["hidden_size"].get<int>());
+        CHECK(c.hidden_dim == orig["intermediate_size"].get<int>());
+        CHECK(c.n_layers == orig["num_hidden_layers"].get<int>());
+        CHECK(c.n_heads == orig["num_attention_heads"].get<int>());
+        CHECK(c.n_kv_heads == orig.value("num_key_value_heads", c.n_heads));
+        CHECK(c.vocab_size == orig["vocab_size"].get<int>());
+        CHECK(c.max_seq_len == orig["max_position_embeddings"].get<int>());
+        CHECK(c.norm_eps == orig["rms_norm_eps"].get<float>());
+        CHECK(c.tie_embeddings == (int)orig.value("tie_word_embeddings", false));
+        std::string declared = orig.value("dtype", orig.value("torch_dtype", std::string()));
+        CHECK(dtype == (declared == "float16" ? DT_F16 : declared == "bfloat16" ? DT_BF16 : declared == "float32" ? DT_F32 : -1));
+
+        auto parse = [&](const json& j, int32_t* d) {
+            save_json(t / "config.json", j);
+            return parse_hf_config(t / "config.json", d);
+        };
+        // old form: torch_dtype, no rope_theta anywhere -> 10000
+        json old = orig;
+        old.erase("dtype");
+        old.erase("rope_parameters");
+        old.erase("rope_theta");
+        old["torch_dtype"] = "float16";
+        old["rope_scaling"] = nullptr;
+        int32_t d = 0;
+        Config co = parse(old, &d);
+        CHECK(co.rope_theta == 10000.0f);
+        CHECK(d == DT_F16);
+        CHECK(same_architecture(co, c));
+        // old form with a top-level rope_theta (as Llama 2 configs after 2023 carry)
+        old["rope_theta"] = 500000.0;
+        CHECK(parse(old, &d).rope_theta == 500000.0f);
+        // new form: rope_parameters.rope_theta, dtype
+        json neu = orig;
+        neu["rope_parameters"] = {{"rope_theta", 250000.0}, {"rope_type", "default"}};
+        neu["dtype"] = "bfloat16";
+        Config cn = parse(neu, &d);
+        CHECK(cn.rope_theta == 250000.0f);
+        CHECK(d == DT_BF16);
+        // rms_norm_eps is read, never assumed
+        neu["rms_norm_eps"] = 1e-6;
+        CHECK(parse(neu, &d).norm_eps == 1e-6f);
+        // no dtype at all; no num_key_value_heads (pre-GQA) means one kv head per query head
+        json bare = orig;
+        bare.erase("dtype");
+        bare.erase("torch_dtype");
+        bare.erase("num_key_value_heads");
+        Config cb = parse(bare, &d);
+        CHECK(d == -1);
+        CHECK(cb.n_kv_heads == cb.n_heads);
+        // eos_token_id as a list (newer configs): the first is taken
+        json eos_list = orig;
+        eos_list["eos_token_id"] = {2, 7};
+        CHECK(parse(eos_list, &d).eos_id == 2);
+
+        // refused: each names the file and the key
+        struct Bad { const char* what; std::function<void(json&)> edit; const char* key; };
+        std::vector<Bad> bad = {
+            {"no rms_norm_eps", [](json& j) { j.erase("rms_norm_eps"); }, "rms_norm_eps"},
+            {"rms_norm_eps a string", [](json& j) { j["rms_norm_eps"] = "1e-5"; }, "rms_norm_eps"},
+            {"rope_theta a string", [](json& j) { j["rope_parameters"]["rope_theta"] = "big"; }, "rope_theta"},
+            {"not llama", [](json& j) { j["model_type"] = "mistral"; }, "mistral"},
+            {"rope scaling", [](json& j) { j["rope_parameters"]["rope_type"] = "llama3"; }, "llama3"},
+            {"kv heads wrap", [](json& j) { j["num_key_value_heads"] = 4294967296LL + 1; }, "num_key_value_heads"},
+            {"kv heads not dividing", [](json& j) { j["num_key_value_heads"] = j["num_attention_heads"].get<int>() + 1; }, "n_kv_heads"},
+            {"no hidden_size", [](json& j) { j.erase("hidden_size"); }, "hidden_size"},
+            {"dtype float64", [](json& j) { j["dtype"] = "float64"; }, "float64"},
+            {"biases", [](json& j) { j["attention_bias"] = true; }, "attention_bias"},
+            {"not an object", [](json& j) { j = json::array({1, 2}); }, "config.json"},
+        };
+        for (const Bad& b : bad) {
+            CAPTURE(b.what);
+            json j = orig;
+            b.edit(j);
+            std::string msg = input_error_of([&] { parse(j, &d); });
+            CHECK(msg.find(t / "config.json") != std::string::npos);
+            CHECK(msg.find(b.key) != std::string::npos);
+        }
+        write_bytes(t / "config.json", "{\"hidden_size\": 256,");
+        CHECK(input_error_of([&] { parse_hf_config(t / "config.json", &d); }).find("not valid JSON") != std::string::npos);
+    }
+}
+
+// ----------------------------------------------------------------------------------------------
+// export_hf on the fixtures
+
+TEST_CASE("export_hf: every fixture exports bit for bit in its own dtype by default") {
+    std::set<int32_t> dtypes_seen;
+    for (const std::string& fix : tiny_fixtures()) {
+        CAPTURE(fix);
+        TempDir t;
+        CmdResult r = export_hf("-i " + fix + " -o " + (t / "model.bin"));
+        REQUIRE_MESSAGE(r.exit_code == 0, r.output);
+        // the summary line counts the parameters of the checkpoint, as its safetensors header has them
+        CHECK(r.output.find(std::to_string(checkpoint_params(fix)) + " parameters") != std::string::npos);
+
+        int32_t declared;
+        Config c = parse_hf_config(fix + "/config.json", &declared);
+        InFile in(t / "model.bin");
+        ModelHeader h = read_model_header(in);
+        CHECK(memcmp(&h.config, &c, sizeof(Config)) == 0);
+        CHECK(h.magic == MODEL_MAGIC);
+        CHECK(h.version == MODEL_VERSION);
+        CHECK(h.dtype == (declared == DT_F16 || declared == DT_BF16 ? declared : DT_BF16));
+        dtypes_seen.insert(h.dtype);
+        uint8_t zeros[32] = {};
+        if (path_exists(fix + "/tokenizer.model"))
+            CHECK(hex_digest(h.tokenizer_sha256) == sha256sum_cli(fix + "/tokenizer.model"));
+        else
+            CHECK(memcmp(h.tokenizer_sha256, zeros, 32) == 0);
+        CHECK(in.size == (int64_t)sizeof(ModelHeader) + checkpoint_params(fix) * (int64_t)dtype_size(h.dtype));
+        check_model_matches(fix, t / "model.bin", [](float x) { return x; });
+    }
+    // the suite is meant to cover both 16-bit formats: say so if the fixtures stop doing that
+    if (!dtypes_seen.count(DT_F16) || !dtypes_seen.count(DT_BF16)) WARN("the tiny_* fixtures no longer cover both fp16 and bf16");
+}
+
+TEST_CASE("export_hf --dtype converts each value with round to nearest even") {
+    for (const std::string& fix : tiny_fixtures()) {
+        CAPTURE(fix);
+        TempDir t;
+        int32_t declared;
+        parse_hf_config(fix + "/config.json", &declared);
+        // to the other 16-bit type (fp16 -> bf16 loses mantissa bits; bf16 -> fp16 loses range)
+        const bool to_bf16 = declared != DT_BF16;
+        CmdResult r = export_hf("-i " + fix + " -o " + (t / "m16.bin") + " --dtype " + (to_bf16 ? "bf16" : "fp16"));
+        REQUIRE_MESSAGE(r.exit_code == 0, r.output);
+        {
+            InFile in(t / "m16.bin");
+            CHECK(read_model_header(in).dtype == (to_bf16 ? DT_BF16 : DT_F16));
+        }
+        if (to_bf16)
+            check_model_matches(fix, t / "m16.bin", [](float x) { return bf16_to_f32(f32_to_bf16(x)); });
+        else
+            check_model_matches(fix, t / "m16.bin", [](float x) { return f16_to_f32(f32_to_f16(x)); });
+        // f32 widens exactly; the long option with '=' takes the same path
+        r = export_hf("--input=" + fix + " --output=" + (t / "m32.bin") + " --dtype=f32");
+        REQUIRE_MESSAGE(r.exit_code == 0, r.output);
+        check_model_matches(fix, t / "m32.bin", [](float x) { return x; });
+    }
+}
+
+TEST_CASE("export_hf: a sharded checkpoint exports byte-identical to the single file") {
+    for (const std::string& fix : tiny_fixtures()) {
+        CAPTURE(fix);
+        TempDir t;
+        std::vector<RawTensor> all = read_raw_tensors(fix + "/model.safetensors");
+        // two shards, tensors dealt alternately so each holds some of every layer (as HF's do)
+        std::vector<RawTensor> shard[2];
+        json weight_map = json::object();
+        const char* names[2] = {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"};
+        for (size_t i = 0; i < all.size(); i++) {
+            shard[i % 2].push_back(all[i]);
+            weight_map[all[i].name] = names[i % 2];
+        }
+        // a rotary_emb.inv_freq buffer, as older checkpoints carry: ignored by the exporter
+        std::vector<float> inv_freq(64, 0.5f);
+        std::string inv_bytes((const char*)inv_freq.data(), inv_freq.size() * 4);
+        shard[1].push_back({"model.layers.0.self_attn.rotary_emb.inv_freq", "F32", {64}, inv_bytes});
+        weight_map["model.layers.0.self_attn.rotary_emb.inv_freq"] = names[1];
+        std::string dir = t / "sharded";
+        REQUIRE(mkdir(dir.c_str(), 0755) == 0);
+        for (int s = 0; s < 2; s++) write_raw_tensors(dir + "/" + names[s], shard[s]);
+        save_json(dir + "/model.safetensors.index.json", {{"metadata", {{"total_size", 0}}}, {"weight_map", weight_map}});
+        write_bytes(dir + "/config.json", read_bytes(fix + "/config.json"));
+
+        CmdResult r1 = export_hf("-i " + fix + " -o " + (t / "single.bin"));
+        CmdResult r2 = export_hf("-i " + dir + " -o " + (t / "sharded.bin"));
+        REQUIRE_MESSAGE(r1.exit_code == 0, r1.output);
+        REQUIRE_MESSAGE(r2.exit_code == 0, r2.output);
+        CHECK_MESSAGE(read_bytes(t / "single.bin") == read_bytes(t / "sharded.bin"), base_name(fix));
+    }
+}
+
+TEST_CASE("export_hf: old-form config.json and undeclared dtypes") {
+    for (const std::string& fix : tiny_fixtures()) {
+        CAPTURE(fix);
+        TempDir t;
+        link_checkpoint(fix, t / "ck");
+        json j = load_json(fix + "/config.json");
+        int32_t declared;
+        parse_hf_config(fix + "/config.json", &declared);
+        // old form (torch_dtype, no rope_theta): theta 10000, default dtype from torch_dtype
+        json old = j;
+        old.erase("dtype");
+        old.erase("rope_parameters");
+        old["torch_dtype"] = declared == DT_F16 ? "float16" : "bfloat16";
+        save_json(t / "ck/config.json", old);
+        CmdResult r = export_hf("-i " + (t / "ck") + " -o " + (t / "old.bin"));
+        REQUIRE_MESSAGE(r.exit_code == 0, r.output);
+        InFile in_old(t / "old.bin");
+        ModelHeader h = read_model_header(in_old);
+        CHECK(h.config.rope_theta == 10000.0f);
+        CHECK(h.dtype == declared);
+        check_model_matches(fix, t / "old.bin", [](float x) { return x; });
+        // declared float32, or nothing: bf16 by default
+        for (const char* decl : {"float32", ""}) {
+            CAPTURE(decl);
+            json k = j;
+            k.erase("dtype");
+            if (*decl) k["torch_dtype"] = decl;
+            save_json(t / "ck/config.json", k);
+            r = export_hf("-i " + (t / "ck") + " -o " + (t / "undeclared.bin"));
+            REQUIRE_MESSAGE(r.exit_code == 0, r.output);
+            InFile in(t / "undeclared.bin");
+            CHECK(read_model_header(in).dtype == DT_BF16);
+        }
+    }
+}
+
+TEST_CASE("export_hf: the tokenizer must fit the checkpoint and its sha256 is recorded") {
+    REQUIRE_MESSAGE(path_exists(shared_dir() + "/data/lima/train.jsonl"), "needs ../shared/data");
+    for (const std::string& fix : tiny_fixtures()) {
+        CAPTURE(fix);
+        TempDir t;
+        int32_t d;
+        Config c = parse_hf_config(fix + "/config.json", &d);
+        std::string good = train_tokenizer(t.path, c.vocab_size, c.bos_id, c.eos_id);
+        CmdResult r = export_hf("-i " + fix + " -o " + (t / "m.bin") + " -t " + good);
+        REQUIRE_MESSAGE(r.exit_code == 0, r.output);
+        InFile in(t / "m.bin");
+        CHECK(hex_digest(read_model_header(in).tokenizer_sha256) == sha256sum_cli(good));
+
+        // found by itself as HF_DIR/tokenizer.model
+        link_checkpoint(fix, t / "ck");
+        REQUIRE(symlink(absolute(good).c_str(), (t / "ck/tokenizer.model").c_str()) == 0);
+        r = export_hf("-i " + (t / "ck") + " -o " + (t / "m2.bin"));
+        REQUIRE_MESSAGE(r.exit_code == 0, r.output);
+        InFile in2(t / "m2.bin");
+        CHECK(hex_digest(read_model_header(in2).tokenizer_sha256) == sha256sum_cli(good));
+
+        // same size, other special ids: refused, naming the tokenizer
+        std::string swapped = train_tokenizer(t.path, c.vocab_size, c.eos_id, c.bos_id);
+        r = export_hf("-i " + fix + " -o " + (t / "m3.bin") + " -t " + swapped);
+        CHECK(r.exit_code == 1);
+        CHECK(count_lines(r.output) == 1);
+        CHECK(r.output.find(swapped) != std::string::npos);
+        CHECK(r.output.find("bos/eos") != std::string::npos);
+        CHECK(!path_exists(t / "m3.bin"));
+    }
+}
+
+// ----------------------------------------------------------------------------------------------
+// export_hf: bad input
+
+TEST_CASE("export_hf: bad input gives one line naming the file, exit 1, and no output") {
+    const std::string llama_tok = shared_dir() + "/data/llama2/tokenizer.model";
+    for (const std::string& fix : tiny_fixtures()) {
+        CAPTURE(fix);
+        TempDir t, out;
+        int32_t declared;
+        Config c = parse_hf_config(fix + "/config.json", &declared);
+        const std::string st_src = fix + "/model.safetensors";
+        const json cfg = load_json(fix + "/config.json");
+        const std::vector<RawTensor> raw = read_raw_tensors(st_src);
+        const int64_t data_size = [&] { int64_t n = 0; for (auto& r : raw) n += (int64_t)r.bytes.size(); return n; }();
+
+        // A checkpoint dir under t named `name`: config.json `cfg_text` (fixture's if empty) and
+        // model.safetensors written by `make_st` (linked to the fixture's if null).
+        auto ck = [&](const std::string& name, const std::function<void(const std::string&)>& make_st,
+                      const std::string& cfg_text = "") {
+            std::string dir = t / name;
+            REQUIRE(mkdir(dir.c_str(), 0755) == 0);
+            write_bytes(dir + "/config.json", cfg_text.empty() ? cfg.dump(2) : cfg_text);
+            if (make_st) make_st(dir + "/model.safetensors");
+            else REQUIRE(symlink(absolute(st_src).c_str(), (dir + "/model.safetensors").c_str()) == 0);
+            return dir;
+        };
+        auto with_tensors = [&](const std::function<void(std::vector<RawTensor>&)>& edit) {
+            return [&, edit](const std::string& path) {
+                std::vector<RawTensor> ts = raw;
+                edit(ts);
+                write_raw_tensors(path, ts);
+            };
+        };
+        auto with_header = [&](const std::function<void(json&)>& edit) {
+            return [&, edit](const std::string& path) { rewrite_header(st_src, path, edit); };
+        };
+        auto with_bytes = [&](const std::string& bytes) {
+            return [bytes](const std::string& path) { write_bytes(path, bytes); };
+        };
+        auto cfg_edit = [&](const std::function<void(json&)>& edit) {
+            json j = cfg;
+            edit(j);
+            return j.dump(2);
+        };
+        const std::string up1 = weight_hf_name(W_UP, c.n_layers - 1), norm = weight_hf_name(W_FINAL_NORM, 0);
+        std::mt19937 rng(1234);
+        std::string random_bytes(4096, '\0');
+        for (char& ch : random_bytes) ch = (char)(rng() & 0xff);
+        const std::string full = read_bytes(st_src);
+
+        struct Case {
+            std::string what;
+            std::string args;                  // -i ... (and any extra flags)
+            std::vector<std::string> mention;  // each must appear in the error line
+        };
+        std::vector<Case> cases;
+        auto add = [&](const std::string& what, const std::string& dir, std::vector<std::string> mention,
+                       const std::string& extra = "") { cases.push_back({what, "-i " + dir + extra, mention}); };
+
+        add("missing dir", t / "no_such_dir", {t / "no_such_dir"});
+        add("a file, not a dir", fix + "/config.json", {fix + "/config.json"});
+        {
+            std::string d = t / "only_config";
+            REQUIRE(mkdir(d.c_str(), 0755) == 0);
+            write_bytes(d + "/config.json", cfg.dump());
+            add("dir without safetensors", d, {d, "model.safetensors"});
+        }
+        {
+            std::string d = t / "no_config";
+            REQUIRE(mkdir(d.c_str(), 0755) == 0);
+            REQUIRE(symlink(absolute(st_src).c_str(), (d + "/model.safetensors").c_str()) == 0);
+            add("no config.json", d, {d + "/config.json"});
+        }
+        std::string d;
+        d = ck("cfg_not_json", nullptr, "{\"hidden_size\": 256, oops");
+        add("config.json not JSON", d, {d + "/config.json", "JSON"});
+        d = ck("cfg_no_eps", nullptr, cfg_edit([](json& j) { j.erase("rms_norm_eps"); }));
+        add("config.json without rms_norm_eps", d, {d + "/config.json", "rms_norm_eps"});
+        d = ck("cfg_not_llama", nullptr, cfg_edit([](json& j) { j["model_type"] = "gpt2"; }));
+        add("config.json not llama", d, {d + "/config.json", "gpt2"});
+        d = ck("cfg_ffn", nullptr, cfg_edit([&](json& j) { j["intermediate_size"] = c.hidden_dim + 16; }));
+        add("intermediate_size contradicts the tensors", d,
+            {d + "/model.safetensors", weight_hf_name(W_GATE, 0), std::to_string(c.hidden_dim)});
+        d = ck("cfg_layers", nullptr, cfg_edit([&](json& j) { j["num_hidden_layers"] = c.n_layers + 1; }));
+        add("more layers in config.json than in the file", d,
+            {d + "/model.safetensors", "model.layers." + std::to_string(c.n_layers) + "."});
+        d = ck("span_lies", with_header([&](json& h) { h[norm]["data_offsets"][1] = h[norm]["data_offsets"][1].get<int64_t>() - 2; }));
+        add("data_offsets span != shape x dtype", d, {d + "/model.safetensors", norm});
+        d = ck("shape_lies", with_header([&](json& h) { h[norm]["shape"] = {c.dim / 2}; }));
+        add("shape smaller than its data", d, {d + "/model.safetensors", norm});
+        d = ck("beyond_file", with_header([&](json& h) {
+            int64_t span = h[up1]["data_offsets"][1].get<int64_t>() - h[up1]["data_offsets"][0].get<int64_t>();
+            h[up1]["data_offsets"] = {data_size - span + 64, data_size + 64};
+        }));
+        add("data_offsets beyond the end of the file", d, {d + "/model.safetensors", up1});
+        d = ck("overlap", with_header([&](json& h) { h[up1]["data_offsets"] = h[weight_hf_name(W_GATE, c.n_layers - 1)]["data_offsets"]; }));
+        add("two tensors on the same bytes", d, {d + "/model.safetensors"});
+        d = ck("trailing", with_bytes(full + std::string(100, '\0')));
+        add("bytes after the last tensor", d, {d + "/model.safetensors"});
+        d = ck("truncated", with_bytes(full.substr(0, full.size() * 3 / 5)));
+        add("truncated in the data", d, {d + "/model.safetensors", "truncated"});
+        d = ck("truncated_header", with_bytes(full.substr(0, 100)));
+        add("truncated in the header", d, {d + "/model.safetensors", "truncated"});
+        d = ck("truncated_4", with_bytes(full.substr(0, 4)));
+        add("4 bytes", d, {d + "/model.safetensors"});
+        d = ck("empty", with_bytes(""));
+        add("empty file", d, {d + "/model.safetensors"});
+        d = ck("random", with_bytes(random_bytes));
+        add("random bytes named model.safetensors", d, {d + "/model.safetensors", "not a safetensors file"});
+        d = ck("text", with_bytes(cfg.dump(2)));
+        add("a text file named model.safetensors", d, {d + "/model.safetensors", "not a safetensors file"});
+        d = ck("header_not_json", with_bytes(std::string("\x10\0\0\0\0\0\0\0", 8) + "{\"a\": [1, 2, 3  " + std::string(64, 'x')));
+        add("header length fine, header not JSON", d, {d + "/model.safetensors", "JSON"});
+        d = ck("missing_tensor", with_tensors([&](std::vector<RawTensor>& ts) {
+            ts.erase(std::remove_if(ts.begin(), ts.end(), [&](const RawTensor& r) { return r.name == up1; }), ts.end());
+        }));
+        add("a missing tensor", d, {d + "/model.safetensors", up1});
+        d = ck("extra_tensor", with_tensors([&](std::vector<RawTensor>& ts) {
+            RawTensor x = ts.back();
+            x.name = "model.layers." + std::to_string(c.n_layers) + ".mlp.up_proj.weight";
+            ts.push_back(x);
+        }));
+        add("an unexpected extra tensor", d, {d + "/model.safetensors", "model.layers." + std::to_string(c.n_layers) + ".mlp.up_proj.weight"});
+        d = ck("int_tensor", with_tensors([&](std::vector<RawTensor>& ts) {
+            for (RawTensor& r : ts)
+                if (r.name == norm) r.dtype = "I16";  // same size, not a float
+        }));
+        add("a weight stored as integers", d, {d + "/model.safetensors", norm, "I16"});
+        d = ck("bad_dtype_name", with_header([&](json& h) { h[norm]["dtype"] = "F17"; }));
+        add("an unknown dtype", d, {d + "/model.safetensors", "F17"});
+        {
+            // a checkpoint index that points at a shard that is not there
+            std::string dir = t / "shard_missing";
+            REQUIRE(mkdir(dir.c_str(), 0755) == 0);
+            write_bytes(dir + "/config.json", cfg.dump());
+            json wm = json::object();
+            for (const RawTensor& r : raw) wm[r.name] = "model-00001-of-00001.safetensors";
+            save_json(dir + "/model.safetensors.index.json", {{"weight_map", wm}});
+            add("index names a missing shard", dir, {dir + "/model-00001-of-00001.safetensors"});
+            std::string dir2 = t / "index_not_json";
+            REQUIRE(mkdir(dir2.c_str(), 0755) == 0);
+            write_bytes(dir2 + "/config.json", cfg.dump());
+            write_bytes(dir2 + "/model.safetensors.index.json", "{\"weight_map\": ");
+            add("index not JSON", dir2, {dir2 + "/model.safetensors.index.json"});
+            // two good shards, but the index says one tensor is in the other shard
+            std::string dir3 = t / "index_lies";
+            REQUIRE(mkdir(dir3.c_str(), 0755) == 0);
+            write_bytes(dir3 + "/config.json", cfg.dump());
+            const char* shard_names[2] = {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"};
+            std::vector<RawTensor> shard[2];
+            json wm3 = json::object();
+            for (size_t i = 0; i < raw.size(); i++) {
+                shard[i % 2].push_back(raw[i]);
+                wm3[raw[i].name] = shard_names[(i % 2) ^ (raw[i].name == up1)];
+            }
+            for (int s = 0; s < 2; s++) write_raw_tensors(dir3 + "/" + shard_names[s], shard[s]);
+            save_json(dir3 + "/model.safetensors.index.json", {{"weight_map", wm3}});
+            add("index names the wrong shard for a tensor", dir3, {dir3 + "/model.safetensors.index.json", up1});
+        }
+        // a tokenizer with another vocabulary (the real Llama 2 one on a tiny model)
+        add("tokenizer vocabulary differs", fix, {llama_tok, "32000", std::to_string(c.vocab_size)}, " -t " + llama_tok);
+        add("tokenizer not a sentencepiece model", fix, {fix + "/config.json", "sentencepiece"}, " -t " + fix + "/config.json");
+        add("tokenizer missing", fix, {t / "nope.model"}, " -t " + (t / "nope.model"));
+        d = ck("bad_default_tokenizer", nullptr);
+        write_bytes(d + "/tokenizer.model", "not a tokenizer");
+        add("HF_DIR/tokenizer.model is not a tokenizer", d, {d + "/tokenizer.model"});
+        if (declared == DT_BF16) {
+            // bf16 reaches 3e38, fp16 only 65504: converting must refuse, never write Inf
+            d = ck("fp16_overflow", with_tensors([&](std::vector<RawTensor>& ts) {
+                for (RawTensor& r : ts)
+                    if (r.name == norm) {
+                        uint16_t big = f32_to_bf16(1.0e6f);
+                        memcpy(&r.bytes[0], &big, 2);
+                    }
+            }));
+            add("bf16 value beyond fp16's range with --dtype fp16", d, {d + "/model.safetensors", norm, "fp16"}, " --dtype fp16");
+        }
+
+        // a good export, to check that a failed run leaves an existing output untouched
+        CmdResult ok = export_hf("-i " + fix + " -o " + (out / "good.bin"));
+        REQUIRE_MESSAGE(ok.exit_code == 0, ok.output);
+        const std::string good = read_bytes(out / "good.bin");
+        const std::string target = out / "model.bin";
+        for (const Case& k : cases) {
+            CAPTURE(k.what);
+            for (bool existing : {false, true}) {
+                CAPTURE(existing);
+                if (existing) write_bytes(target, good);
+                else remove(target.c_str());
+                CmdResult r = export_hf(k.args + " -o " + target);
+                CHECK_MESSAGE(r.exit_code == 1, r.output);
+                CHECK_MESSAGE(count_lines(r.output) == 1, r.output);
+                CHECK_MESSAGE(r.output.rfind("export_hf: ", 0) == 0, r.output);
+                for (const std::string& m : k.mention) CHECK_MESSAGE(r.output.find(m) != std::string::npos, "'" << m << "' not in: " << r.output);
+                if (existing) CHECK(read_bytes(target) == good);
+                else CHECK(!path_exists(target));
+                for (const std::string& n : list_dir(out.path, ""))
+                    CHECK_MESSAGE(n.find(".tmp.") == std::string::npos, "temporary file left behind: " << n);
+            }
+        }
+    }
+}
+
+TEST_CASE("export_hf: command line") {
+    CmdResult r = export_hf("--help");
+    CHECK(r.exit_code == 0);
+    for (const char* flag : {"-i", "--input", "-o", "--output", "--dtype", "-t", "--tokenizer", "--help"})
+        CHECK_MESSAGE(r.output.find(std::string(flag) + " ") != std::string::npos, flag);
+    struct Bad { const char* args; const char* mention; };
+    for (const Bad& b : {Bad{"-i x -o y --frobnicate", "--frobnicate"}, Bad{"-o y", "-i"}, Bad{"-i x", "-o"},
+                         Bad{"-i x -o y --dtype nf5", "nf5"}, Bad{"-i x -o", "--output"}}) {
+        CAPTURE(b.args);
+        r = export_hf(b.args);
+        CHECK(r.exit_code == 2);
+        CHECK(count_lines(r.output) == 1);
+        CHECK(r.output.find(b.mention) != std::string::npos);
+    }
+    TempDir t;
+    r = export_hf("-i " + tiny_fixtures()[0] + " -o " + t.path);
+    CHECK(r.exit_code == 1);
+    CHECK(count_lines(r.output) == 1);
+    CHECK(r.output.find(t.path) != std::string::npos);
+}
+
+// ----------------------------------------------------------------------------------------------
+// the model file readers
+
+TEST_CASE("model file: damaged or foreign files are refused with the path in the message") {
+    const std::string fix = tiny_fixtures()[0];
+    TempDir t;
+    CmdResult ok = export_hf("-i " + fix + " -o " + (t / "good.bin"));
+    REQUIRE_MESSAGE(ok.exit_code == 0, ok.output);
+    const std::string good = read_bytes(t / "good.bin");
+    {  // the good file itself reads
+        std::vector<float> w;
+        CHECK(input_error_of([&] { load_model_f32(t / "good.bin", w); }) == "");
+    }
+    auto patched = [&](size_t offset, const void* v, size_t n) {
+        std::string b = good;
+        memcpy(&b[offset], v, n);
+        return b;
+    };
+    std::mt19937 rng(99);
+    std::string random_bytes(good.size(), '\0');
+    for (char& ch : random_bytes) ch = (char)(rng() & 0xff);
+    // a data file where a model file belongs (the header's magic says what it is)
+    Dataset ds;
+    memset(&ds.header, 0, sizeof(ds.header));
+    ds.header.magic = DATA_MAGIC;
+    ds.header.version = DATA_VERSION;
+    ds.header.n_tokens = 3;
+    ds.header.n_conversations = 1;
+    ds.header.vocab_size = 32000;
+    ds.header.bos_id = 1;
+    ds.header.eos_id = 2;
+    ds.tokens = {1, 5, 2};
+    ds.loss_mask = {0, 1, 1};
+    ds.header.n_loss_tokens = 2;
+    ds.conv_offsets = {0, 3};
+    write_dataset(t / "data.bin", ds);
+    const uint32_t bad_version = 99, zero = 0, bad_dtype = 7;
+
+    struct Case { const char* what; std::string bytes; const char* mention; };
+    std::vector<Case> cases = {
+        {"truncated by one byte", good.substr(0, good.size() - 1), "truncated"},
+        {"truncated inside the header", good.substr(0, 100), "truncated"},
+        {"empty", "", "truncated"},
+        {"oversized", good + "x", "oversized"},
+        {"random bytes", random_bytes, "wrong magic"},
+        {"a safetensors file", read_bytes(fix + "/model.safetensors"), "wrong magic"},
+        {"a data file", read_bytes(t / "data.bin"), "data file"},
+        {"version 99", patched(offsetof(ModelHeader, version), &bad_version, 4), "version 99"},
+        {"n_layers 0", patched(offsetof(ModelHeader, config) + offsetof(Config, n_layers), &zero, 4), "n_layers"},
+        {"unknown dtype", patched(offsetof(ModelHeader, dtype), &bad_dtype, 4), "dtype"},
+    };
+    for (const Case& k : cases) {
+        CAPTURE(k.what);
+        const std::string path = t / "bad.bin";
+        write_bytes(path, k.bytes);
+        std::string m1 = input_error_of([&] {
+            InFile in(path);
+            read_model_header(in);
+        });
+        std::vector<float> w;
+        std::string m2 = input_error_of([&] { load_model_f32(path, w); });
+        for (const std::string& m : {m1, m2}) {
+            CHECK_MESSAGE(m.find(path) != std::string::npos, m);
+            CHECK_MESSAGE(m.find(k.mention) != std::string::npos, m);
+            CHECK(m.find('\n') == std::string::npos);
+        }
+    }
+    CHECK(input_error_of([&] { InFile in(t / "missing.bin"); }).find(t / "missing.bin") != std::string::npos);
+}

@@ -1,0 +1,240 @@
+// tools/export_hf.cpp — converts a Hugging Face Llama checkpoint (config.json + safetensors, one
+// file or shards) into the project's model file (model.h: ModelHeader, then every WeightId in
+// order, each stacked over layers, HF weight layout).
+//
+//   ./export_hf -i Llama-2-7b-hf -o llama2-7b.bin                 # lossless: keeps the checkpoint's fp16/bf16
+//   ./export_hf -i Llama-2-7b-hf -o llama2-7b.bin --dtype bf16    # convert (round to nearest even)
+//   ./export_hf --help
+//
+// The whole checkpoint is validated (every name, shape and dtype against config.json) before the
+// first byte is written, then streamed one tensor of one layer at a time: Llama-2-70b-hf is 138 GB,
+// so it is never held in memory. If the directory holds tokenizer.model (or -t names one) it must
+// agree with config.json (vocab size, bos/eos) and its sha256 goes into the header, so a data file
+// made with another tokenizer is refused later. The output appears only when complete (AtomicFile).
+// Bad input: one line on stderr, exit 1, no output file; bad flags: exit 2.
+#include <sentencepiece_processor.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include "hf.h"
+#include "model.h"
+
+static const char* PROG = "export_hf";
+
+// ----------------------------------------------------------------------------------------------
+// command line: one table drives both the parser and --help
+
+struct Option {
+    const char* short_name;  // "-i" or nullptr
+    const char* long_name;   // "--input"
+    const char* metavar;     // nullptr for a flag without a value
+    const char* help;
+    std::string* value;      // where the value goes (or "1" for a flag)
+};
+
+struct Args {
+    std::string input, output, dtype, tokenizer, help;
+};
+
+static std::vector<Option> options(Args& a) {
+    return {
+        {"-i", "--input", "HF_DIR", "Hugging Face checkpoint directory: config.json + model.safetensors or model.safetensors.index.json and its shards (required)", &a.input},
+        {"-o", "--output", "FILE", "model file to write (required); replaced only when the export succeeds", &a.output},
+        {"-d", "--dtype", "TYPE", "stored weight type: bf16, fp16 or f32 (default: the checkpoint's own fp16/bf16, so the export is exact; bf16 for an fp32 or undeclared checkpoint)", &a.dtype},
+        {"-t", "--tokenizer", "FILE", "sentencepiece tokenizer.model to check against config.json and record (default: HF_DIR/tokenizer.model if present)", &a.tokenizer},
+        {"-h", "--help", nullptr, "show this help and exit", &a.help},
+    };
+}
+
+static void print_help(std::vector<Option>& opts) {
+    printf("usage: ./%s -i HF_DIR -o model.bin [--dtype bf16|fp16|f32] [-t tokenizer.model]\n", PROG);
+    printf("Convert a Hugging Face Llama checkpoint into the model file read by train and sample.\n\noptions:\n");
+    for (const Option& o : opts) {
+        std::string flags = std::string(o.short_name ? o.short_name : "  ") + (o.short_name ? ", " : "  ") + o.long_name;
+        if (o.metavar) flags += std::string(" ") + o.metavar;
+        printf("  %-26s %s\n", flags.c_str(), o.help);
+    }
+}
+
+// Usage errors exit 2 (as getopt-style tools do); bad input exits 1.
+[[noreturn]] static void usage_error(const std::string& msg) {
+    fprintf(stderr, "%s: %s (see --help)\n", PROG, msg.c_str());
+    exit(2);
+}
+
+static void parse_args(int argc, char** argv, Args& a) {
+    std::vector<Option> opts = options(a);
+    for (int i = 1; i < argc; i++) {
+        std::string arg = argv[i], val;
+        bool has_inline = false;
+        if (arg.rfind("--", 0) == 0 && arg.find('=') != std::string::npos) {  // --name=value
+            val = arg.substr(arg.find('=') + 1);
+            arg = arg.substr(0, arg.find('='));
+            has_inline = true;
+        }
+        const Option* o = nullptr;
+        for (const Option& c : opts)
+            if ((c.short_name && arg == c.short_name) || arg == c.long_name) o = &c;
+        if (!o) usage_error("unknown option '" + arg + "'");
+        if (!o->metavar) {
+            if (has_inline) usage_error(std::string(o->long_name) + " takes no value");
+            *o->value = "1";
+            continue;
+        }
+        if (!has_inline) {
+            if (i + 1 >= argc) usage_error(std::string(o->long_name) + " needs a value (" + o->metavar + ")");
+            val = argv[++i];
+        }
+        if (val.empty()) usage_error(std::string(o->long_name) + " needs a non-empty value");
+        *o->value = val;
+    }
+    if (!a.help.empty()) {
+        print_help(opts);
+        exit(0);
+    }
+    if (a.input.empty()) usage_error("missing -i HF_DIR");
+    if (a.output.empty()) usage_error("missing -o FILE");
+}
+
+// ----------------------------------------------------------------------------------------------
+
+static bool is_file(const std::string& p) {
+    struct stat st;
+    return stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+// Checks the tokenizer against config.json and puts its sha256 in `sha` (for the header).
+static void check_tokenizer(const std::string& path, const Config& c, const std::string& config_path, uint8_t sha[32]) {
+    sha256_file(path, sha);  // also gives "cannot open" for a missing file
+    sentencepiece::SentencePieceProcessor sp;
+    auto status = sp.Load(path);
+    // (sentencepiece's own message is a source location and a protobuf call: not for users)
+    if (!status.ok()) fail("%s: not a sentencepiece tokenizer model (it does not parse as one)", path.c_str());
+    if (sp.GetPieceSize() != c.vocab_size)
+        fail("%s: tokenizer has %d pieces but %s has vocab_size %d (tokenizer and checkpoint do not belong together)",
+             path.c_str(), sp.GetPieceSize(), config_path.c_str(), c.vocab_size);
+    if (sp.bos_id() != c.bos_id || sp.eos_id() != c.eos_id)
+        fail("%s: tokenizer bos/eos ids are %d/%d but %s says %d/%d", path.c_str(), sp.bos_id(), sp.eos_id(),
+             config_path.c_str(), c.bos_id, c.eos_id);
+}
+
+static bool g_progress_on_tty = false;  // a progress line is on the terminal, not yet ended
+static void clear_progress() {
+    if (g_progress_on_tty) fprintf(stderr, "\r\033[K");
+    g_progress_on_tty = false;
+}
+
+static const char* weight_kind(int id) {
+    static const char* names[NUM_WEIGHTS] = {"embed_tokens", "input_layernorm", "q_proj", "k_proj", "v_proj", "o_proj",
+                                             "post_attention_layernorm", "gate_proj", "up_proj", "down_proj", "norm",
+                                             "lm_head"};
+    return names[id];
+}
+
+static void run(const Args& args) {
+    using clock = std::chrono::steady_clock;
+    const auto t0 = clock::now();
+    auto elapsed = [&] { return std::chrono::duration<double>(clock::now() - t0).count(); };
+
+    int32_t out_dtype = -1;
+    if (!args.dtype.empty()) {
+        const std::string& d = args.dtype;
+        out_dtype = d == "bf16" ? DT_BF16 : (d == "fp16" || d == "f16") ? DT_F16 : (d == "f32" || d == "fp32") ? DT_F32 : -1;
+        if (out_dtype < 0) usage_error("--dtype must be bf16, fp16 or f32, not '" + d + "'");
+    }
+    struct stat st;
+    if (stat(args.output.c_str(), &st) == 0 && S_ISDIR(st.st_mode))
+        fail("%s: is a directory; -o names the model file to write", args.output.c_str());
+
+    // everything is validated before the output file is created
+    HfCheckpoint ck(args.input);
+    const Config& c = ck.config;
+    if (out_dtype < 0) out_dtype = (ck.dtype == DT_F16 || ck.dtype == DT_BF16) ? ck.dtype : DT_BF16;
+
+    ModelHeader h;
+    memset(&h, 0, sizeof(h));
+    h.magic = MODEL_MAGIC;
+    h.version = MODEL_VERSION;
+    h.config = c;
+    h.dtype = out_dtype;
+    std::string tok = !args.tokenizer.empty() ? args.tokenizer
+                      : is_file(args.input + "/tokenizer.model") ? args.input + "/tokenizer.model" : "";
+    if (!tok.empty()) check_tokenizer(tok, c, args.input + "/config.json", h.tokenizer_sha256);
+
+    // one layer's slice of the largest weight, in the output dtype and as fp32 for conversions
+    int64_t max_numel = 0;
+    for (int id = 0; id < NUM_WEIGHTS; id++) max_numel = std::max(max_numel, weight_info(c, id).numel());
+    std::vector<uint8_t> buf((size_t)max_numel * dtype_size(out_dtype));
+    std::vector<float> f32;
+
+    // Progress: on a terminal one line rewritten in place; in a log, a line every 10 s at most, so a
+    // small export prints nothing but its summary and a failure stays the one line it should be.
+    const bool tty = isatty(2);
+    double last_log = 0;
+    AtomicFile out(args.output);
+    out.write(&h, sizeof(h));
+    int64_t bytes = sizeof(h), params = 0;
+    for (int id = 0; id < NUM_WEIGHTS; id++) {
+        if (weight_numel(c, id) == 0) continue;  // lm_head of a tied model
+        const WeightInfo wi = weight_info(c, id);
+        const int n_layers = wi.per_layer ? c.n_layers : 1;
+        for (int l = 0; l < n_layers; l++) {
+            const std::string name = weight_hf_name(id, l);
+            const StTensor& t = *ck.index.at(name).second;
+            if (st_dtype_to_dtype(t.dtype) == out_dtype) {
+                ck.read_as(id, l, out_dtype, buf.data());  // same type: the bytes as they are
+            } else {
+                f32.resize((size_t)wi.numel());
+                ck.read_f32(id, l, f32.data());
+                // bf16/f32 -> fp16 can overflow (fp16 tops out at 65504): refuse instead of writing Inf
+                if (out_dtype == DT_F16)
+                    for (size_t k = 0; k < f32.size(); k++)
+                        if (std::isfinite(f32[k]) && std::fabs(f32[k]) >= 65520.0f)
+                            fail("%s: tensor '%s' holds %g, beyond fp16's range; export with --dtype bf16",
+                                 ck.index.at(name).first->path.c_str(), name.c_str(), f32[k]);
+                convert_from_f32(buf.data(), f32.data(), out_dtype, f32.size());
+            }
+            const size_t n_bytes = (size_t)wi.numel() * dtype_size(out_dtype);
+            out.write(buf.data(), n_bytes);
+            bytes += (int64_t)n_bytes;
+            params += wi.numel();
+            if (tty) {
+                fprintf(stderr, "\r%s: %-24s layer %3d/%-3d %10.1f MB written %7.1f s", PROG, weight_kind(id), l + 1,
+                        n_layers, bytes / 1e6, elapsed());
+                g_progress_on_tty = true;
+            } else if (elapsed() - last_log >= 10.0) {
+                last_log = elapsed();
+                fprintf(stderr, "%s: %s layer %d/%d, %.1f MB written, %.0f s\n", PROG, weight_kind(id), l + 1,
+                        n_layers, bytes / 1e6, elapsed());
+            }
+        }
+    }
+    out.commit();
+    clear_progress();
+    printf("%s: wrote %s: %lld parameters (%s), %s from %s %s, %lld bytes, tokenizer %s, %.2f s\n", PROG,
+           args.output.c_str(), (long long)params, config_summary(c).c_str(), dtype_name(out_dtype),
+           ck.dtype >= 0 ? dtype_name(ck.dtype) : "undeclared-dtype", args.input.c_str(), (long long)bytes,
+           tok.empty() ? "none" : hex_digest(h.tokenizer_sha256).substr(0, 16).c_str(), elapsed());
+}
+
+int main(int argc, char** argv) {
+    Args args;
+    parse_args(argc, argv, args);
+    try {
+        run(args);
+    } catch (const InputError& e) {
+        clear_progress();
+        fprintf(stderr, "%s: %s\n", PROG, e.what());
+        return 1;
+    } catch (const std::bad_alloc&) {
+        clear_progress();
+        fprintf(stderr, "%s: out of memory\n", PROG);
+        return 1;
+    }
+    return 0;
+}
