@@ -29,7 +29,7 @@ ifneq ($(NO_CUDA),1)
   endif
   NVCCFLAGS ?= -O3 -std=c++17 -arch=$(ARCH) -lineinfo -Xcompiler -fopenmp -Xcompiler -Wall
   GPU_LDLIBS = -lcublasLt -lcrypto -lgomp
-  GPU_BINS := test_gpu bench_quant
+  GPU_BINS := test_gpu bench_quant bench_step rcp_probe
   NCCL_FLAGS :=
   NCCL_LIBS :=
   ifneq ($(NO_NCCL),1)
@@ -61,7 +61,7 @@ ifneq ($(NO_CUDA),1)
 TEST_GPU_OBJS := $(patsubst %.cu,$(BUILD)/%.o,test/test_gpu.cu $(wildcard test/gpu_*.cu))
 GPU_KERNEL_OBJS := $(patsubst %.cu,$(BUILD)/%.o,$(wildcard *.cu))
 
-$(BUILD)/%.o: %.cu $(wildcard *.h test/*.h) | $(BUILD)/test $(BUILD)/bench
+$(BUILD)/%.o: %.cu $(wildcard *.h test/*.h) | $(BUILD)/test $(BUILD)/bench $(BUILD)/tools
 	$(NVCC) $(NVCCFLAGS) $(NCCL_FLAGS) -I. -c $< -o $@
 
 $(BUILD)/bench:
@@ -71,6 +71,13 @@ test_gpu: $(TEST_GPU_OBJS) $(GPU_KERNEL_OBJS) $(LIB_OBJS)
 	$(NVCC) $(NVCCFLAGS) $^ -o $@ $(GPU_LDLIBS)
 
 bench_quant: $(BUILD)/bench/bench_quant.o $(GPU_KERNEL_OBJS) $(LIB_OBJS)
+	$(NVCC) $(NVCCFLAGS) $^ -o $@ $(GPU_LDLIBS)
+
+# measures the GPU's approximate reciprocal and prints quant_cpu.cpp's emulation tables
+bench_step: $(BUILD)/bench/bench_step.o $(GPU_KERNEL_OBJS) $(LIB_OBJS)
+	$(NVCC) $(NVCCFLAGS) $^ -o $@ $(GPU_LDLIBS)
+
+rcp_probe: $(BUILD)/tools/rcp_probe.o $(GPU_KERNEL_OBJS) $(LIB_OBJS)
 	$(NVCC) $(NVCCFLAGS) $^ -o $@ $(GPU_LDLIBS)
 endif
 

@@ -1,0 +1,127 @@
+// bench/bench_step.cu — one LoRA/QLoRA training step of a Llama-2-shaped model with random weights,
+// built on the GPU (no file): tokens/s, MFU and peak memory. A benchmark, not a test.
+// Run: ./bench_step --model 7b --quant nf4 --seq 2048 [--rows 1] [--rank 64] [--recompute none]
+//                  [--steps 3] [--micro 1]
+//
+// MFU counts model FLOPs only (what the step must do, recompute excluded), over the card's dense
+// bf16 peak (989 TFLOP/s for H100 SXM and H200): per token 4 x (frozen linear params) for the
+// forward and the input-gradient backward (no weight gradients for frozen weights), 6 x r x (in+out)
+// per LoRA linear, 4 x V x C for the LM head, and 12 x D per visible (query, key) pair per head
+// per layer for causal attention.
+#include <chrono>
+#include <cstring>
+#include <string>
+
+#include "../llama2_gpu.h"
+
+static double peak_flops(const cudaDeviceProp& p) {
+    if (strstr(p.name, "H100") || strstr(p.name, "H200")) return 989.4e12;
+    if (strstr(p.name, "A100")) return 312e12;
+    return 0.0;
+}
+
+int main(int argc, char** argv) {
+    std::string model = "7b", quant = "nf4", recompute = "none";
+    int seq = 2048, rows = 1, rank = 64, steps = 3, micro = 1;
+    for (int i = 1; i < argc; i++) {
+        std::string a = argv[i];
+        auto next = [&]() -> std::string {
+            if (i + 1 >= argc) { fprintf(stderr, "bench_step: %s needs a value\n", a.c_str()); exit(2); }
+            return argv[++i];
+        };
+        if (a == "--model") model = next();
+        else if (a == "--quant") quant = next();
+        else if (a == "--seq") seq = std::stoi(next());
+        else if (a == "--rows") rows = std::stoi(next());
+        else if (a == "--rank") rank = std::stoi(next());
+        else if (a == "--recompute") recompute = next();
+        else if (a == "--steps") steps = std::stoi(next());
+        else if (a == "--micro") micro = std::stoi(next());
+        else { fprintf(stderr, "bench_step: unknown flag %s\n", a.c_str()); return 2; }
+    }
+    std::string why;
+    if (!gpu_available(&why)) { fprintf(stderr, "bench_step: needs a GPU (%s)\n", why.c_str()); return 1; }
+    Config c;
+    try {
+        c = llama2_preset(model);
+    } catch (const InputError& e) {
+        fprintf(stderr, "bench_step: %s\n", e.what());
+        return 2;
+    }
+    cudaDeviceProp prop;
+    cudaCheck(cudaGetDeviceProperties(&prop, 0));
+    const int q = quant == "nf4" ? QUANT_NF4 : QUANT_BF16;
+    const int rc = recompute == "full" ? RECOMPUTE_FULL : recompute == "light" ? RECOMPUTE_LIGHT : RECOMPUTE_NONE;
+    LoraConfig lc{rank, 16.0f, 0.1f, LORA_ALL_TARGETS};
+    const int64_t N = (int64_t)rows * seq;
+
+    GpuModel m;
+    auto t0 = std::chrono::steady_clock::now();
+    gpu_model_init(m, c, lc, q, rc, N);
+    gpu_model_random_weights(m, 1234);
+    auto t1 = std::chrono::steady_clock::now();
+    // LoRA with B != 0 so the whole backward does real work
+    std::vector<float> lora((size_t)m.lay.total);
+    Rng rng(5);
+    for (auto& x : lora) x = 0.01f * rng.normal();
+    gpu_lora_set(m, lora);
+    // one conversation per row, every position with a target
+    std::vector<int32_t> tok(N), tgt(N), pos(N);
+    for (int64_t i = 0; i < N; i++) {
+        tok[i] = (int32_t)(rng.next() % c.vocab_size);
+        tgt[i] = (i + 1) % seq == 0 ? -1 : (int32_t)(rng.next() % c.vocab_size);
+        pos[i] = (int32_t)(i % seq);
+    }
+    gpu_set_batch(m, rows, seq, tok.data(), tgt.data(), pos.data());
+    GpuStepOptions opt;
+    opt.training = true;
+    opt.loss_scale = 1.0f / (float)(N * micro);
+
+    auto run_step = [&](int step) {
+        gpu_zero_grads(m);
+        for (int k = 0; k < micro; k++) {
+            opt.dropout_seed = (uint64_t)step * 1000 + k;
+            gpu_forward(m, opt);
+            gpu_backward(m, opt);
+        }
+        gpu_optimizer_step(m, 2e-4f, 0.9f, 0.999f, 1e-8f, 0.0f, 0.3f, step);
+    };
+    run_step(1);  // warm-up: cuBLASLt heuristics, module loading
+    cudaCheck(cudaStreamSynchronize(m.stream));
+    cudaEvent_t e0, e1;
+    cudaCheck(cudaEventCreate(&e0));
+    cudaCheck(cudaEventCreate(&e1));
+    cudaCheck(cudaEventRecord(e0, m.stream));
+    for (int s = 0; s < steps; s++) run_step(2 + s);
+    cudaCheck(cudaEventRecord(e1, m.stream));
+    cudaCheck(cudaEventSynchronize(e1));
+    float ms = 0;
+    cudaCheck(cudaEventElapsedTime(&ms, e0, e1));
+    const float loss = gpu_read_loss_sum(m) / (float)N;
+    const double step_s = ms / 1000.0 / steps, tokens = (double)N * micro;
+
+    double p_linear = 0, lora_per_token = 0;
+    for (int t = 0; t < NUM_LORA_TARGETS; t++) {
+        p_linear += (double)lora_in_dim(c, t) * lora_out_dim(c, t);
+        lora_per_token += 6.0 * rank * (lora_in_dim(c, t) + lora_out_dim(c, t));
+    }
+    const double pairs_per_row = (double)seq * (seq + 1) / 2.0;
+    const double flops = tokens * (4.0 * p_linear * c.n_layers + lora_per_token * c.n_layers + 4.0 * c.vocab_size * c.dim) +
+                         (double)rows * micro * pairs_per_row * 12.0 * c.head_dim * c.n_heads * c.n_layers;
+    const double peak = peak_flops(prop);
+    size_t free_b = 0, total_b = 0;
+    cudaCheck(cudaMemGetInfo(&free_b, &total_b));
+    printf("bench_step %s %s seq=%d rows=%d micro=%d r=%d recompute=%s on %s\n", model.c_str(), quant.c_str(), seq, rows,
+           micro, rank, recompute.c_str(), prop.name);
+    printf("  setup (alloc + random weights%s): %.2f s\n", q == QUANT_NF4 ? " + NF4 quantize" : "",
+           std::chrono::duration<double>(t1 - t0).count());
+    printf("  step %.1f ms  tokens/s %.0f  MFU %s  model TFLOP/s %.1f  loss %.4f\n", step_s * 1000, tokens / step_s,
+           peak > 0 ? (std::to_string(100.0 * flops / step_s / peak).substr(0, 5) + "%").c_str() : "n/a",
+           flops / step_s / 1e12, loss);
+    printf("  memory: model allocations %.2f GiB, device in use %.2f GiB of %.2f GiB\n", m.bytes_allocated / 1073741824.0,
+           (total_b - free_b) / 1073741824.0, total_b / 1073741824.0);
+    printf("RESULT model=%s quant=%s seq=%d tokens_per_s=%.0f mfu=%.4f peak_gib=%.2f\n", model.c_str(), quant.c_str(), seq,
+           tokens / step_s, peak > 0 ? flops / step_s / peak : 0.0, (total_b - free_b) / 1073741824.0);
+    gpu_model_free(m);
+    return 0;
+}

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# tools/gpu_check.sh — the one script the project runs on a GPU machine (CI has no GPU): builds the
+# GPU binaries for Hopper, runs the GPU test suite, runs the benchmarks, and prints a short table
+# of the results last. Exit status 0 only if the build and every test passed.
+# Run from anywhere: bash tools/gpu_check.sh   (ARCH=sm_80 bash tools/gpu_check.sh for an A100;
+# TEST_GPU_ARGS='-ts=nf4*' passes doctest filters to ./test_gpu; SANITIZE=1 also runs
+# compute-sanitizer memcheck on the kernel and step tests and racecheck on the attention kernels;
+# BENCH_STEP=0 skips the 7B training-step benchmarks)
+#
+# The build needs the same headers as the CPU build (doctest, nlohmann-json, OpenSSL) and
+# libcrypto. A GPU image without them can be given a folder holding include/ and lib/ copies:
+# GPU_DEPS=path (default build/gpu_deps); it is used only for what the machine lacks.
+# Later issues add their binaries to GPU_TARGETS and their benchmarks to the list below.
+set -u
+cd "$(dirname "$0")/.."
+ARCH="${ARCH:-sm_90}"
+JOBS="${JOBS:-16}"
+GPU_DEPS="${GPU_DEPS:-build/gpu_deps}"
+GPU_TARGETS="test_gpu bench_quant bench_step"
+LOG_DIR="${LOG_DIR:-build/gpu_check}"
+mkdir -p "$LOG_DIR"
+
+# ---- build dependencies the machine may lack
+missing=""
+for h in doctest/doctest.h nlohmann/json.hpp openssl/evp.h; do
+    echo "#include <$h>" | g++ -std=c++17 -x c++ -E - >/dev/null 2>&1 || missing="$missing $h"
+done
+echo 'int main(){}' | g++ -x c++ - -lcrypto -o /dev/null 2>/dev/null || missing="$missing libcrypto"
+if [ -n "$missing" ]; then
+    if [ -d "$GPU_DEPS/include" ]; then
+        echo "gpu_check: this machine lacks$missing; using $GPU_DEPS"
+        export CPATH="$PWD/$GPU_DEPS/include${CPATH:+:$CPATH}"
+        export LIBRARY_PATH="$PWD/$GPU_DEPS/lib${LIBRARY_PATH:+:$LIBRARY_PATH}"
+        export LD_LIBRARY_PATH="$PWD/$GPU_DEPS/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    else
+        echo "gpu_check: this machine lacks$missing and there is no $GPU_DEPS (see the header of $0)" >&2
+        exit 1
+    fi
+fi
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | sed 's/^/gpu: /'
+# The fixture tests read ${FIXTURES_DIR:-../shared/fixtures}; on a machine without ../shared, copy the
+# fixtures into a folder that travels with the tree and point FIXTURES_DIR at it.
+fixtures="${FIXTURES_DIR:-../shared/fixtures}"
+[ -d "$fixtures" ] || echo "gpu_check: WARNING: no fixtures at $fixtures (set FIXTURES_DIR); fixture tests will fail" >&2
+
+# ---- build
+t0=$(date +%s)
+if make ARCH="$ARCH" -j"$JOBS" $GPU_TARGETS >"$LOG_DIR/build.log" 2>&1; then
+    build="ok ($(( $(date +%s) - t0 )) s)"
+else
+    tail -n 40 "$LOG_DIR/build.log"
+    echo "gpu_check: build failed (full log: $LOG_DIR/build.log)" >&2
+    exit 1
+fi
+
+# ---- tests
+# shellcheck disable=SC2086  # TEST_GPU_ARGS is a list of doctest flags
+./test_gpu ${TEST_GPU_ARGS:-} 2>&1 | tee "$LOG_DIR/test_gpu.log"
+test_rc=${PIPESTATUS[0]}
+tests=$(grep -E '^\[doctest\] test cases:' "$LOG_DIR/test_gpu.log" | sed 's/\[doctest\] test cases: *//')
+asserts=$(grep -E '^\[doctest\] assertions:' "$LOG_DIR/test_gpu.log" | sed 's/\[doctest\] assertions: *//')
+
+# ---- benchmarks (not tests: they report, they do not fail the check unless they crash)
+./bench_quant 2>&1 | tee "$LOG_DIR/bench_quant.log"
+bench_rc=${PIPESTATUS[0]}
+step_rc=0
+if [ "${BENCH_STEP:-1}" = 1 ]; then
+    for q in nf4 bf16; do
+        ./bench_step --model 7b --quant $q --seq 2048 --rank 64 --steps 3 2>&1 | tee "$LOG_DIR/bench_step_$q.log"
+        [ "${PIPESTATUS[0]}" -eq 0 ] || step_rc=1
+    done
+fi
+san="not run"
+if [ "${SANITIZE:-0}" = 1 ]; then
+    san_rc=0
+    compute-sanitizer --tool memcheck --error-exitcode 9 ./test_gpu -tc='kernel*,step*' >"$LOG_DIR/memcheck.log" 2>&1 || san_rc=1
+    compute-sanitizer --tool racecheck --error-exitcode 9 ./test_gpu -tc='*attention*' >"$LOG_DIR/racecheck.log" 2>&1 || san_rc=1
+    tail -n 3 "$LOG_DIR/memcheck.log" "$LOG_DIR/racecheck.log"
+    san=$([ $san_rc -eq 0 ] && echo "memcheck + racecheck clean" || echo "FAILED (see $LOG_DIR/*check.log)")
+fi
+result() { grep -E "^RESULT $1 " "$LOG_DIR"/bench_*.log | head -n 1 | sed "s/^.*RESULT $1 //"; }
+
+# ---- summary table
+echo
+echo "| gpu_check ($ARCH)          | result |"
+echo "| --- | --- |"
+echo "| card                       | $(result card) |"
+echo "| build                      | $build |"
+echo "| test_gpu (exit $test_rc)            | ${tests:-none} / assertions ${asserts:-none} |"
+echo "| NF4 dequantize -> bf16     | $(result dequant_gbs_4096x4096) / $(result dequant_gbs_11008x4096) / $(result dequant_gbs_4096x11008) GB/s (4096x4096 / 11008x4096 / 4096x11008) |"
+echo "| NF4 quantize 7B linears    | $(result quantize_7b_ms) ms, $(result bits_per_param) bits/param (bench exit $bench_rc) |"
+step_line() { grep -E "^RESULT model=7b quant=$1 " "$LOG_DIR/bench_step_$1.log" 2>/dev/null | sed 's/^RESULT //'; }
+echo "| 7B QLoRA step (NF4), seq 2048 | $(step_line nf4) |"
+echo "| 7B LoRA step (bf16), seq 2048 | $(step_line bf16) |"
+echo "| compute-sanitizer          | $san |"
+[ "$test_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ] && [ "$step_rc" -eq 0 ]
