@@ -13,12 +13,12 @@ CUDA_HOME ?= /usr/local/cuda
 LDLIBS_CPU = -lcrypto -fopenmp
 
 BUILD := build
-LIB_SRCS := model.cpp hf.cpp llama2_cpu.cpp quant_cpu.cpp
+LIB_SRCS := model.cpp hf.cpp llama2_cpu.cpp quant_cpu.cpp train_util.cpp sampling.cpp
 LIB_OBJS := $(LIB_SRCS:%.cpp=$(BUILD)/%.o)
 TEST_CPU_SRCS := $(wildcard test/cpu_*.cpp) test/test_cpu.cpp
 TEST_CPU_OBJS := $(TEST_CPU_SRCS:%.cpp=$(BUILD)/%.o)
 
-CPU_BINS := export_hf prepare_lima convert_adapter test_cpu
+CPU_BINS := export_hf prepare_lima convert_adapter train sample test_cpu
 GPU_BINS :=
 
 # nvcc: on PATH or in $(CUDA_HOME). Missing nvcc is an error, never a silent CPU-only build.
@@ -88,6 +88,21 @@ convert_adapter: $(BUILD)/tools/convert_adapter.o $(LIB_OBJS)
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS_CPU)
 
 prepare_lima: $(BUILD)/data/prepare_lima.o $(LIB_OBJS)
+	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS_CPU) -lsentencepiece
+
+# ./train: the CUDA backend when CUDA is built (USE_CUDA), the CPU reference always (--device cpu)
+ifneq ($(NO_CUDA),1)
+$(BUILD)/train.o: train.cpp $(wildcard *.h) | $(BUILD)/test
+	$(CXX) $(CXXFLAGS) -DUSE_CUDA -I$(CUDA_HOME)/include -I. -c $< -o $@
+train: $(BUILD)/train.o $(GPU_KERNEL_OBJS) $(LIB_OBJS)
+	$(NVCC) $(NVCCFLAGS) $^ -o $@ $(GPU_LDLIBS) -lsentencepiece
+else
+train: $(BUILD)/train.o $(LIB_OBJS)
+	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS_CPU) -lsentencepiece
+endif
+
+# chat / generation on the CPU reference (the GPU decoder plugs in through make_gpu_decoder, sampling.h)
+sample: $(BUILD)/sample.o $(LIB_OBJS)
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS_CPU) -lsentencepiece
 
 test_cpu: $(TEST_CPU_OBJS) $(LIB_OBJS)

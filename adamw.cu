@@ -9,6 +9,7 @@ __global__ void adamw_kernel(float* params, bf16* params_bf16, const float* grad
                              float bc2_sqrt, const float* norm_sq, float max_norm) {
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
+    if (!isfinite(norm_sq[0])) return;  // a NaN/Inf gradient: keep the last good weights (the host stops the run)
     float clip = 1.0f;  // torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6) when < 1
     if (max_norm > 0.0f) clip = fminf(1.0f, max_norm / (sqrtf(norm_sq[0]) + 1e-6f));
     const float g = grads[i] * clip;

@@ -778,6 +778,8 @@ __global__ void f16_to_bf16_kernel(bf16* out, const __half* in, int64_t n) {
     if (i < n) out[i] = __float2bfloat16(__half2float(in[i]));
 }
 
+__global__ void accumulate_kernel(float* acc, const float* v) { acc[0] += v[0]; }
+
 // Carves `count` named regions out of one allocation; sizes in bytes, each region 256-aligned.
 static void* carve(void** ptrs[], const size_t sizes[], int count, size_t* total_out) {
     size_t total = 0;
@@ -890,13 +892,13 @@ void gpu_model_init(GpuModel& m, const Config& cfg, const LoraConfig& lora, int 
                           (size_t)(N * C) * 4, (size_t)(N * QD) * 4, (size_t)(N * QD) * 2, (size_t)(H * N) * 4,
                           (size_t)(N * QD) * 2, (size_t)(N * KVD) * 2, (size_t)(N * KVD) * 2, (size_t)(N * F) * 4,
                           (size_t)(N * F) * 2, (size_t)(N * F) * 2, (size_t)(N * max_in) * 2, (size_t)(N * max_in) * 4,
-                          (size_t)(N * std::max<int64_t>(r, 1)) * 2, (size_t)max_weight * 2, quant_ws, 1024 * 4, 4, 4};
+                          (size_t)(N * std::max<int64_t>(r, 1)) * 2, (size_t)max_weight * 2, quant_ws, 1024 * 4, 4, 4, 4};
         void** ptrs[] = {(void**)&s.logits,  (void**)&s.dlogits,  (void**)&s.dres,     (void**)&s.dres_bf16,
                          (void**)&s.dxn,     (void**)&s.dctx,     (void**)&s.dctx_bf16, (void**)&s.delta,
                          (void**)&s.dq,      (void**)&s.dk,       (void**)&s.dv,       (void**)&s.dhmid,
                          (void**)&s.dgate,   (void**)&s.dup,      (void**)&s.lora_xd,  (void**)&s.lora_tmp,
                          (void**)&s.lora_du, (void**)&s.weight,   (void**)&s.quant_ws, (void**)&s.reduce,
-                         (void**)&s.loss_sum, (void**)&s.norm_sq};
+                         (void**)&s.loss_sum, (void**)&s.step_loss, (void**)&s.norm_sq};
         static_assert(sizeof(sizes) / sizeof(sizes[0]) == sizeof(ptrs) / sizeof(ptrs[0]), "one size per pointer");
         size_t total;
         m.scratch_mem = carve(ptrs, sizes, (int)(sizeof(sizes) / sizeof(sizes[0])), &total);
@@ -908,14 +910,21 @@ void gpu_model_init(GpuModel& m, const Config& cfg, const LoraConfig& lora, int 
     m.d_targets = m.d_tokens + N;
     m.d_pos = m.d_targets + N;
     m.bytes_allocated += (size_t)N * 3 * sizeof(int32_t);
-    cudaCheck(cudaMallocHost(&m.h_batch, (size_t)N * 3 * sizeof(int32_t)));
+    for (int i = 0; i < 2; i++) {
+        cudaCheck(cudaMallocHost(&m.h_batch[i], (size_t)N * 3 * sizeof(int32_t)));
+        cudaCheck(cudaEventCreateWithFlags(&m.h_batch_done[i], cudaEventDisableTiming));
+        cudaCheck(cudaEventRecord(m.h_batch_done[i], m.stream));
+    }
 }
 
 void gpu_model_free(GpuModel& m) {
     cudaCheck(cudaStreamSynchronize(m.stream));
     for (void* p : {m.weights_mem, (void*)m.nf4_mem, m.lora_mem, m.acts_mem, m.scratch_mem, (void*)m.d_tokens})
         if (p) cudaCheck(cudaFree(p));
-    if (m.h_batch) cudaCheck(cudaFreeHost(m.h_batch));
+    for (int i = 0; i < 2; i++) {
+        if (m.h_batch[i]) cudaCheck(cudaFreeHost(m.h_batch[i]));
+        if (m.h_batch_done[i]) cudaCheck(cudaEventDestroy(m.h_batch_done[i]));
+    }
     blas_destroy(m.blas);
     cudaCheck(cudaStreamDestroy(m.stream));
     m = GpuModel{};
@@ -977,26 +986,43 @@ void gpu_model_set_weights(GpuModel& m, const std::vector<float>& weights_f32) {
     cudaCheck(cudaFree(staging));
 }
 
+// Streams one tensor of one layer at a time through a pinned host buffer. Dense linears are placed
+// by place_linear (quantized on the GPU under QUANT_NF4); pre-quantized NF4 records (export_hf
+// --dtype nf4) are the very bytes the GPU holds: checked on the host, then copied into place.
 void gpu_model_load_file(GpuModel& m, const std::string& path) {
     InFile in(path);
     ModelHeader h = read_model_header(in);
     if (!same_architecture(h.config, m.cfg))
         fail("%s: holds %s, the model was set up for %s", path.c_str(), config_summary(h.config).c_str(),
              config_summary(m.cfg).c_str());
-    const size_t es = dtype_size(h.dtype);
-    int64_t max_n = 0;
-    for (int id = 0; id < NUM_WEIGHTS; id++) max_n = std::max(max_n, weight_info(m.cfg, id).numel());
+    const bool nf4_file = h.linear_format == LINEAR_NF4;
+    // dequantizing to bf16 would train on other weights than the bf16 checkpoint: refuse
+    if (nf4_file && m.quant != QUANT_NF4)
+        fail("%s: linear weights are pre-quantized to NF4; train with --quant nf4 or export with --dtype bf16",
+             path.c_str());
+    auto layers_of = [&](int id) { return weight_info(m.cfg, id).per_layer ? m.cfg.n_layers : 1; };
+    int64_t max_slice = 0;  // bytes of one layer's slice of a weight, as stored in the file
+    for (int id = 0; id < NUM_WEIGHTS; id++) max_slice = std::max(max_slice, model_weight_bytes(h, id) / layers_of(id));
     void *host = nullptr, *staging = nullptr;
-    cudaCheck(cudaMallocHost(&host, max_n * es));
-    cudaCheck(cudaMalloc(&staging, max_n * es));
+    cudaCheck(cudaMallocHost(&host, max_slice));
+    cudaCheck(cudaMalloc(&staging, max_slice));
     int64_t off = sizeof(ModelHeader);
     for (int id = 0; id < NUM_WEIGHTS; id++) {
         if (weight_numel(m.cfg, id) == 0) continue;
         const WeightInfo wi = weight_info(m.cfg, id);
-        for (int l = 0; l < (wi.per_layer ? m.cfg.n_layers : 1); l++, off += wi.numel() * es) {
+        const int64_t slice = model_weight_bytes(h, id) / layers_of(id);
+        for (int l = 0; l < layers_of(id); l++, off += slice) {
             const std::string name = weight_hf_name(id, l);
-            in.read_at(off, host, wi.numel() * es, name.c_str());
-            cudaCheck(cudaMemcpy(staging, host, wi.numel() * es, cudaMemcpyHostToDevice));
+            in.read_at(off, host, slice, name.c_str());
+            if (nf4_file && is_linear(id)) {
+                const int t = target_of_weight(id);
+                ASSERT(slice == m.nf4_record_bytes[t], "a file record has the layout the model allocated");
+                check_nf4_record((const uint8_t*)host, wi.numel(), path, name);
+                // synchronous (pinned source): the host buffer is free again when it returns
+                cudaCheck(cudaMemcpy(m.nf4_base[t] + l * m.nf4_record_bytes[t], host, slice, cudaMemcpyHostToDevice));
+                continue;
+            }
+            cudaCheck(cudaMemcpy(staging, host, slice, cudaMemcpyHostToDevice));
             if (is_linear(id)) {
                 place_linear(m, target_of_weight(id), l, staging, h.dtype, name.c_str());
             } else {
@@ -1065,19 +1091,44 @@ std::vector<float> gpu_lora_grads_get(GpuModel& m) {
 
 void gpu_zero_grads(GpuModel& m) {
     if (m.lay.total) cudaCheck(cudaMemsetAsync(m.lora_grads, 0, (size_t)m.lay.total * 4, m.stream));
+    cudaCheck(cudaMemsetAsync(m.scr.step_loss, 0, 4, m.stream));
+}
+
+void gpu_lora_state_set(GpuModel& m, const std::vector<float>& params, const std::vector<float>& mom,
+                        const std::vector<float>& vel) {
+    gpu_lora_set(m, params);
+    ASSERT(mom.size() == params.size() && vel.size() == params.size(), "moments match the parameters");
+    cudaCheck(cudaMemcpy(m.adam_m, mom.data(), mom.size() * 4, cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(m.adam_v, vel.data(), vel.size() * 4, cudaMemcpyHostToDevice));
+}
+
+void gpu_lora_state_get(GpuModel& m, std::vector<float>& params, std::vector<float>& mom, std::vector<float>& vel) {
+    const size_t n = (size_t)m.lay.total;
+    params.resize(n);
+    mom.resize(n);
+    vel.resize(n);
+    cudaCheck(cudaStreamSynchronize(m.stream));
+    cudaCheck(cudaMemcpy(params.data(), m.lora_params, n * 4, cudaMemcpyDeviceToHost));
+    cudaCheck(cudaMemcpy(mom.data(), m.adam_m, n * 4, cudaMemcpyDeviceToHost));
+    cudaCheck(cudaMemcpy(vel.data(), m.adam_v, n * 4, cudaMemcpyDeviceToHost));
 }
 
 void gpu_set_batch(GpuModel& m, int B, int T, const int32_t* tokens, const int32_t* targets, const int32_t* pos) {
     const int64_t N = (int64_t)B * T;
     ASSERT(N > 0 && N <= m.max_tokens, "batch fits the activations (B*T <= max_tokens)");
-    // the previous upload may still be in flight from the staging buffer
-    cudaCheck(cudaStreamSynchronize(m.stream));
-    memcpy(m.h_batch, tokens, N * 4);
-    memcpy(m.h_batch + N, targets, N * 4);
-    memcpy(m.h_batch + 2 * N, pos, N * 4);
-    cudaCheck(cudaMemcpyAsync(m.d_tokens, m.h_batch, N * 4, cudaMemcpyHostToDevice, m.stream));
-    cudaCheck(cudaMemcpyAsync(m.d_targets, m.h_batch + N, N * 4, cudaMemcpyHostToDevice, m.stream));
-    cudaCheck(cudaMemcpyAsync(m.d_pos, m.h_batch + 2 * N, N * 4, cudaMemcpyHostToDevice, m.stream));
+    // Two pinned staging buffers in turn: this one was last read by the upload two batches ago,
+    // long finished, so waiting on its event costs nothing and the step never drains the stream.
+    const int i = m.h_batch_next;
+    m.h_batch_next ^= 1;
+    int32_t* h = m.h_batch[i];
+    cudaCheck(cudaEventSynchronize(m.h_batch_done[i]));
+    memcpy(h, tokens, N * 4);
+    memcpy(h + N, targets, N * 4);
+    memcpy(h + 2 * N, pos, N * 4);
+    cudaCheck(cudaMemcpyAsync(m.d_tokens, h, N * 4, cudaMemcpyHostToDevice, m.stream));
+    cudaCheck(cudaMemcpyAsync(m.d_targets, h + N, N * 4, cudaMemcpyHostToDevice, m.stream));
+    cudaCheck(cudaMemcpyAsync(m.d_pos, h + 2 * N, N * 4, cudaMemcpyHostToDevice, m.stream));
+    cudaCheck(cudaEventRecord(m.h_batch_done[i], m.stream));
     m.B = B;
     m.T = T;
 }
@@ -1202,6 +1253,10 @@ void gpu_forward(GpuModel& m, const GpuStepOptions& opt, float* logits_out) {
                    m.stream);
     }
     sum_reduce(m.scr.loss_sum, m.acts.losses, N, m.scr.reduce, m.stream);
+    if (opt.training) {
+        accumulate_kernel<<<1, 1, 0, m.stream>>>(m.scr.step_loss, m.scr.loss_sum);
+        cudaCheckLaunch();
+    }
 }
 
 void gpu_backward(GpuModel& m, const GpuStepOptions& opt) {
@@ -1252,6 +1307,30 @@ float gpu_read_loss_sum(GpuModel& m) {
     cudaCheck(cudaMemcpyAsync(&v, m.scr.loss_sum, 4, cudaMemcpyDeviceToHost, m.stream));
     cudaCheck(cudaStreamSynchronize(m.stream));
     return v;
+}
+
+float gpu_read_step_loss(GpuModel& m) {
+    float v = 0;
+    cudaCheck(cudaMemcpyAsync(&v, m.scr.step_loss, 4, cudaMemcpyDeviceToHost, m.stream));
+    cudaCheck(cudaStreamSynchronize(m.stream));
+    return v;
+}
+
+double gpu_peak_bf16_flops() {
+    cudaDeviceProp p;
+    int dev = 0;
+    cudaCheck(cudaGetDevice(&dev));
+    cudaCheck(cudaGetDeviceProperties(&p, dev));
+    // dense bf16 tensor-core peaks from the vendor's datasheets (SXM parts)
+    if (strstr(p.name, "H100") || strstr(p.name, "H200")) return 989.4e12;
+    if (strstr(p.name, "A100")) return 312e12;
+    return 0.0;
+}
+
+double gpu_memory_in_use_gib() {
+    size_t free_b = 0, total_b = 0;
+    cudaCheck(cudaMemGetInfo(&free_b, &total_b));
+    return (double)(total_b - free_b) / 1073741824.0;
 }
 
 float gpu_read_grad_norm(GpuModel& m) {

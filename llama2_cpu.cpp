@@ -696,3 +696,178 @@ float cpu_clip_grad_norm(float* g, int64_t n, float max_norm) {
         for (int64_t i = 0; i < n; i++) g[i] *= coef;
     return norm;
 }
+
+// ==============================================================================================
+// KV-cached decoding (./sample). The forward above, reorganised for generation: the tokens of one
+// call are n new positions after c.len cached ones. Every op is the one cpu_forward uses, called
+// on the new rows only, and the attention below does cpu::attention_forward's arithmetic in the
+// same order over the cached keys, so the logits equal cpu_forward's at every position (the tests
+// check it to 1e-5).
+
+static void lora_clear(CpuModel& m) {
+    m.lora = LoraConfig{0, 1.0f, 0.0f, 0};
+    m.lay = LoraLayout{};
+    m.lay.total = 0;
+    m.lora_params.clear();
+    m.lora_grads.clear();
+}
+
+void cpu_kv_cache_init(CpuKVCache& c, const Config& cfg, int max_T) {
+    ASSERT(max_T >= 1, "a cache of at least one position");
+    c.max_T = max_T;
+    c.len = 0;
+    const size_t n = (size_t)cfg.n_layers * max_T * cfg.n_kv_heads * cfg.head_dim;
+    c.k.assign(n, 0.0f);
+    c.v.assign(n, 0.0f);
+}
+
+// ctx (n, H*D) of n new queries q (n, H*D) at positions start .. start+n-1, over one layer's cached
+// keys kc and values vc (max_T, KV*D) that already include the new positions.
+static void attention_cached(float* ctx, const float* q, const float* kc, const float* vc, int start, int n, int H,
+                             int KV, int D) {
+    const float scale = 1.0f / sqrtf((float)D);
+    const int group = H / KV;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int i = 0; i < n; i++)
+        for (int h = 0; h < H; h++) {
+            const int t = start + i, kvh = h / group;
+            const float* qt = q + ((int64_t)i * H + h) * D;
+            std::vector<float> p((size_t)t + 1);  // this query's probabilities over positions 0..t
+            float maxv = -INFINITY;
+            for (int s = 0; s <= t; s++) {
+                const float* ks = kc + ((int64_t)s * KV + kvh) * D;
+                float dot = 0.0f;
+                for (int d = 0; d < D; d++) dot += qt[d] * ks[d];
+                p[s] = dot * scale;
+                maxv = std::max(maxv, p[s]);
+            }
+            float sum = 0.0f;
+            for (int s = 0; s <= t; s++) {
+                p[s] = expf(p[s] - maxv);
+                sum += p[s];
+            }
+            for (int s = 0; s <= t; s++) p[s] = p[s] / sum;
+            float* out = ctx + ((int64_t)i * H + h) * D;
+            for (int d = 0; d < D; d++) out[d] = 0.0f;
+            for (int s = 0; s <= t; s++) {
+                const float* vs = vc + ((int64_t)s * KV + kvh) * D;
+                for (int d = 0; d < D; d++) out[d] += p[s] * vs[d];
+            }
+        }
+}
+
+void cpu_forward_cached(const CpuModel& m, CpuKVCache& c, const int32_t* tokens, int n, float* logits, bool all_logits) {
+    const Config& cfg = m.cfg;
+    ASSERT(n >= 1 && c.len + n <= c.max_T, "room in the KV cache (the caller limits the length)");
+    const int H = cfg.n_heads, KV = cfg.n_kv_heads, D = cfg.head_dim, start = c.len;
+    const int64_t C = cfg.dim, F = cfg.hidden_dim, V = cfg.vocab_size;
+    const int64_t QD = (int64_t)H * D, KVD = (int64_t)KV * D, r = std::max(m.lora.rank, 1);
+    for (int i = 0; i < n; i++) ASSERT(tokens[i] >= 0 && tokens[i] < V, "token ids inside the vocabulary");
+
+    std::vector<int32_t> pos((size_t)n);
+    for (int i = 0; i < n; i++) pos[(size_t)i] = start + i;
+    std::vector<float> cos_t, sin_t;
+    rope_tables(cos_t, sin_t, pos.data(), n, D, cfg.rope_theta);
+
+    std::vector<float> x((size_t)(n * C)), xn((size_t)(n * C)), rstd((size_t)n);  // (n, C), (n)
+    std::vector<float> q((size_t)(n * QD)), ctx((size_t)(n * QD));                 // (n, H*D)
+    std::vector<float> k((size_t)(n * KVD)), v((size_t)(n * KVD));                 // (n, KV*D)
+    std::vector<float> gate((size_t)(n * F)), up((size_t)(n * F)), hmid((size_t)(n * F));  // (n, F)
+    std::vector<float> tmp((size_t)(n * C)), u((size_t)(n * r));                   // (n, C), (n, r)
+    CpuStepOptions opt;  // LoRA on if the model has it, no dropout
+    for (int i = 0; i < n; i++) memcpy(x.data() + i * C, m.w.embed + (int64_t)tokens[i] * C, C * sizeof(float));
+
+    for (int l = 0; l < cfg.n_layers; l++) {
+        float* kc = c.k.data() + (int64_t)l * c.max_T * KVD;  // (max_T, KV*D) this layer's cache
+        float* vc = c.v.data() + (int64_t)l * c.max_T * KVD;
+        // attention block
+        rmsnorm_forward(xn.data(), rstd.data(), x.data(), m.w.attn_norm + l * C, n, C, cfg.norm_eps);
+        linear_lora_forward(q.data(), u.data(), xn.data(), layer_weight(m, LT_Q, l), lora_args(m, opt, LT_Q, l), n, C, QD);
+        linear_lora_forward(k.data(), u.data(), xn.data(), layer_weight(m, LT_K, l), lora_args(m, opt, LT_K, l), n, C, KVD);
+        linear_lora_forward(v.data(), u.data(), xn.data(), layer_weight(m, LT_V, l), lora_args(m, opt, LT_V, l), n, C, KVD);
+        rope_forward(q.data(), cos_t.data(), sin_t.data(), n, H, D);
+        rope_forward(k.data(), cos_t.data(), sin_t.data(), n, KV, D);
+        memcpy(kc + (int64_t)start * KVD, k.data(), (size_t)(n * KVD) * sizeof(float));
+        memcpy(vc + (int64_t)start * KVD, v.data(), (size_t)(n * KVD) * sizeof(float));
+        attention_cached(ctx.data(), q.data(), kc, vc, start, n, H, KV, D);
+        linear_lora_forward(tmp.data(), u.data(), ctx.data(), layer_weight(m, LT_O, l), lora_args(m, opt, LT_O, l), n, QD, C);
+        for (int64_t i = 0; i < n * C; i++) x[i] = x[i] + tmp[i];
+        // MLP block
+        rmsnorm_forward(xn.data(), rstd.data(), x.data(), m.w.mlp_norm + l * C, n, C, cfg.norm_eps);
+        linear_lora_forward(gate.data(), u.data(), xn.data(), layer_weight(m, LT_GATE, l), lora_args(m, opt, LT_GATE, l), n, C, F);
+        linear_lora_forward(up.data(), u.data(), xn.data(), layer_weight(m, LT_UP, l), lora_args(m, opt, LT_UP, l), n, C, F);
+        swiglu_forward(hmid.data(), gate.data(), up.data(), n * F);
+        linear_lora_forward(tmp.data(), u.data(), hmid.data(), layer_weight(m, LT_DOWN, l), lora_args(m, opt, LT_DOWN, l), n, F, C);
+        for (int64_t i = 0; i < n * C; i++) x[i] = x[i] + tmp[i];
+    }
+    // head: only the rows whose logits are wanted (generation needs the last one)
+    const int first = all_logits ? 0 : n - 1, rows = n - first;
+    rmsnorm_forward(xn.data(), rstd.data(), x.data() + first * C, m.w.final_norm, rows, C, cfg.norm_eps);
+    matmul_forward(logits, xn.data(), m.w.lm_head, rows, C, V);
+    c.len += n;
+}
+
+void cpu_lora_merge(CpuModel& m) {
+    if (m.lora.rank <= 0) return;
+    const int r = m.lora.rank;
+    const float s = m.lora.scaling();
+    for (int t = 0; t < NUM_LORA_TARGETS; t++) {
+        if (!m.has_lora(t)) continue;
+        const int id = lora_target_weight(t);
+        const int64_t IC = lora_in_dim(m.cfg, t), OC = lora_out_dim(m.cfg, t);
+        for (int l = 0; l < m.cfg.n_layers; l++) {
+            float* W = *m.w.ptr(id) + (int64_t)l * OC * IC;  // (OC, IC)
+            const float* A = m.lora_params.data() + m.lora_A_off(t, l);  // (r, IC)
+            const float* B = m.lora_params.data() + m.lora_B_off(t, l);  // (OC, r)
+#pragma omp parallel for schedule(static)
+            for (int64_t o = 0; o < OC; o++)
+                for (int64_t i = 0; i < IC; i++) {
+                    float acc = 0.0f;  // (B A)[o, i], then scaled: PEFT's merge, W + (B @ A) * scaling
+                    for (int j = 0; j < r; j++) acc += B[o * r + j] * A[j * IC + i];
+                    W[o * IC + i] += acc * s;
+                }
+        }
+    }
+    lora_clear(m);
+}
+
+CpuDecoder::CpuDecoder(CpuModel model, int max_context) : m_(std::move(model)) {
+    m_.w = carve_weights(m_.cfg, m_.weights_mem.data());  // the pointers must point into our copy
+    cpu_kv_cache_init(cache_, m_.cfg, max_context);
+    logits_.resize((size_t)m_.cfg.vocab_size);
+}
+
+void CpuDecoder::set_adapter(const Adapter* adapter, bool merge) {
+    // W_Q .. W_DOWN are contiguous in file order (W_MLP_NORM among them, untouched by a merge)
+    float* linears = m_.w.wq;
+    const int64_t n_linears = (m_.w.w_down + weight_numel(m_.cfg, W_DOWN)) - m_.w.wq;
+    if (merged_) {  // back to the exact base weights: subtracting B A again would leave rounding behind
+        std::copy(base_linears_.begin(), base_linears_.end(), linears);
+        merged_ = false;
+    }
+    lora_clear(m_);
+    if (adapter) {
+        ASSERT(same_architecture(adapter->base, m_.cfg), "adapter checked against the model by the caller");
+        LoraConfig lc = adapter->lora;
+        lc.dropout = 0.0f;  // inference
+        cpu_lora_set(m_, lc, adapter->params);
+        if (merge) {
+            if (base_linears_.empty()) base_linears_.assign(linears, linears + n_linears);
+            cpu_lora_merge(m_);
+            merged_ = true;
+        }
+    }
+    reset();
+}
+
+const float* CpuDecoder::prefill(const int32_t* tokens, int n) {
+    cpu_forward_cached(m_, cache_, tokens, n, logits_.data(), false);
+    return logits_.data();
+}
+
+std::string CpuDecoder::describe() const {
+    std::string s = "cpu fp32 reference, ";
+    if (merged_) return s + "LoRA merged";
+    if (m_.lora.rank > 0) return s + "LoRA r=" + std::to_string(m_.lora.rank) + " unmerged";
+    return s + "base model";
+}

@@ -158,3 +158,51 @@ float cpu_grad_norm(const float* g, int64_t n);
 // torch.nn.utils.clip_grad_norm_: scales g by max_norm / (norm + 1e-6) when that is < 1.
 // Returns the norm before clipping.
 float cpu_clip_grad_norm(float* g, int64_t n, float max_norm);
+
+// ==============================================================================================
+// KV-cached decoding, for ./sample (implemented at the end of llama2_cpu.cpp)
+//
+// The same model as cpu_forward, fed a few tokens at a time: each layer's keys (after RoPE) and
+// values of the tokens already seen stay in a cache, so a new token costs one pass over the
+// weights instead of a pass over the whole sequence. Built from the ops above; the tests check
+// that it gives cpu_forward's logits at every position (test/cpu_sample.cpp).
+#include "sampling.h"
+
+struct CpuKVCache {
+    int max_T = 0;            // positions it holds
+    int len = 0;              // positions filled (the next token goes to position len)
+    std::vector<float> k, v;  // (L, max_T, KV*D) keys after RoPE, values
+};
+void cpu_kv_cache_init(CpuKVCache& c, const Config& cfg, int max_T);
+
+// Feeds tokens (n) at positions c.len .. c.len+n-1: each attends to the cached positions and to
+// the new ones up to itself. Appends their keys/values. logits: (n, V) of every new position when
+// all_logits, else (V) of the last one. LoRA is applied unmerged when the model has it (no dropout).
+void cpu_forward_cached(const CpuModel& m, CpuKVCache& c, const int32_t* tokens, int n, float* logits, bool all_logits);
+
+// W += (alpha / r) * B A on every adapted linear, then drops the LoRA parameters (rank 0): the
+// merged model computes what the adapted one does, up to fp32 rounding.
+void cpu_lora_merge(CpuModel& m);
+
+// The CPU Decoder: owns the model (fp32) and its cache. set_adapter with merge keeps a copy of the
+// original linear weights, so a later set_adapter starts from the exact base again.
+class CpuDecoder : public Decoder {
+   public:
+    CpuDecoder(CpuModel model, int max_context);
+    const Config& config() const override { return m_.cfg; }
+    int max_context() const override { return cache_.max_T; }
+    int position() const override { return cache_.len; }
+    void reset() override { cache_.len = 0; }
+    void set_adapter(const Adapter* adapter, bool merge) override;
+    const float* prefill(const int32_t* tokens, int n) override;
+    const float* step(int32_t token) override { return prefill(&token, 1); }
+    std::string describe() const override;
+    const CpuModel& model() const { return m_; }
+
+   private:
+    CpuModel m_;
+    CpuKVCache cache_;
+    std::vector<float> logits_;         // (V)
+    std::vector<float> base_linears_;   // W_Q .. W_DOWN as loaded, kept while an adapter is merged
+    bool merged_ = false;
+};

@@ -169,7 +169,8 @@ struct GpuScratch {
     bf16* weight;       // (max out*in) a dequantized NF4 weight
     void* quant_ws;     // NF4 quantizer workspace
     float* reduce;      // (1024) partial sums
-    float* loss_sum;    // (1)
+    float* loss_sum;    // (1) of the last forward
+    float* step_loss;   // (1) summed over the training forwards since gpu_zero_grads
     float* norm_sq;     // (1)
 };
 
@@ -209,7 +210,9 @@ struct GpuModel {
     GpuScratch scr;
 
     int32_t *d_tokens = nullptr, *d_targets = nullptr, *d_pos = nullptr;  // (max_tokens)
-    int32_t* h_batch = nullptr;  // pinned (3, max_tokens) staging for uploads
+    int32_t* h_batch[2] = {};    // pinned (3, max_tokens) staging for uploads, two in turn
+    cudaEvent_t h_batch_done[2] = {};  // the upload from staging i has been read by the device
+    int h_batch_next = 0;
     int B = 0, T = 0;            // shape of the batch last set
     size_t bytes_allocated = 0;  // everything this model holds on the device
 };
@@ -220,13 +223,18 @@ void gpu_model_init(GpuModel& m, const Config& cfg, const LoraConfig& lora, int 
 void gpu_model_free(GpuModel& m);
 // Base weights from fp32 host values in file order (quantized to NF4 on the GPU when quant is NF4).
 void gpu_model_set_weights(GpuModel& m, const std::vector<float>& weights_f32);
-// Base weights from a model file, streamed tensor by tensor (quantized on the GPU when NF4).
+// Base weights from a model file, streamed tensor by tensor (quantized on the GPU when NF4; an
+// NF4 file's pre-quantized records are copied as they are, and refused unless quant is NF4).
 void gpu_model_load_file(GpuModel& m, const std::string& path);
 // Random base weights generated on the GPU (N(0, 0.02), norms 1), for benchmarks.
 void gpu_model_random_weights(GpuModel& m, uint64_t seed);
 // LoRA master weights (LoraLayout order, fp32) to/from the host; set also zeroes the moments.
 void gpu_lora_set(GpuModel& m, const std::vector<float>& params);
 std::vector<float> gpu_lora_get(GpuModel& m);
+// The optimizer's whole state (weights and AdamW moments), for checkpoints and --resume.
+void gpu_lora_state_set(GpuModel& m, const std::vector<float>& params, const std::vector<float>& mom,
+                        const std::vector<float>& vel);
+void gpu_lora_state_get(GpuModel& m, std::vector<float>& params, std::vector<float>& mom, std::vector<float>& vel);
 std::vector<float> gpu_lora_grads_get(GpuModel& m);
 void gpu_zero_grads(GpuModel& m);
 
@@ -237,9 +245,14 @@ void gpu_set_batch(GpuModel& m, int B, int T, const int32_t* tokens, const int32
 void gpu_forward(GpuModel& m, const GpuStepOptions& opt, float* logits_out = nullptr);
 // Backward after a training forward: accumulates LoRA gradients into m.lora_grads.
 void gpu_backward(GpuModel& m, const GpuStepOptions& opt);
-// Global-norm clip + AdamW (step counts from 1). max_norm <= 0: no clipping.
+// Global-norm clip + AdamW (step counts from 1). max_norm <= 0: no clipping. A NaN/Inf gradient
+// norm leaves the weights and moments untouched (the host sees it in gpu_read_grad_norm).
 void gpu_optimizer_step(GpuModel& m, float lr, float beta1, float beta2, float eps, float weight_decay, float max_norm,
                         int step);
 // Synchronising reads, for logging at step boundaries only.
 float gpu_read_loss_sum(GpuModel& m);   // sum of per-position CE of the last forward
 float gpu_read_grad_norm(GpuModel& m);  // sqrt of the norm_sq of the last optimizer step
+float gpu_read_step_loss(GpuModel& m);  // summed CE of the training forwards since gpu_zero_grads
+// The card's dense bf16 peak in FLOP/s (0 when unknown), and device memory in use now (GiB).
+double gpu_peak_bf16_flops();
+double gpu_memory_in_use_gib();

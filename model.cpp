@@ -10,6 +10,8 @@
 #include <cerrno>
 #include <sstream>
 
+#include "quant.h"
+
 // ----------------------------------------------------------------------------------------------
 // config
 
@@ -311,6 +313,31 @@ static void check_magic(const std::string& path, uint32_t magic, uint32_t versio
 // ----------------------------------------------------------------------------------------------
 // model file
 
+int64_t model_weight_bytes(const ModelHeader& h, int id) {
+    const Config& c = h.config;
+    if (weight_numel(c, id) == 0) return 0;  // tied lm_head
+    const WeightInfo wi = weight_info(c, id);
+    const int64_t layers = wi.per_layer ? c.n_layers : 1;
+    if (h.linear_format == LINEAR_NF4 && weight_is_linear(id)) return layers * nf4_layout(wi.numel()).bytes;
+    return layers * wi.numel() * (int64_t)dtype_size(h.dtype);
+}
+
+void check_nf4_record(const uint8_t* record, int64_t numel, const std::string& path, const std::string& tensor) {
+    // the same rule as nf4_from_record, without copying the packed codes (a 7B layer's are 22 MB)
+    const Nf4Layout lay = nf4_layout(numel);
+    float offset;
+    memcpy(&offset, record + lay.offset_at, 4);
+    if (!std::isfinite(offset))
+        fail("%s: %s: corrupt NF4 record (offset is %g)", path.c_str(), tensor.c_str(), (double)offset);
+    for (int64_t g = 0; g < lay.n_dq_blocks; g++) {
+        float s;
+        memcpy(&s, record + lay.scale2_at + 4 * g, 4);
+        if (!std::isfinite(s) || s < 0.0f)
+            fail("%s: %s: corrupt NF4 record (second-level scale %lld is %g; must be finite and >= 0)", path.c_str(),
+                 tensor.c_str(), (long long)g, (double)s);
+    }
+}
+
 ModelHeader read_model_header(InFile& in) {
     ModelHeader h;
     if (in.size < (int64_t)sizeof(h)) {
@@ -326,7 +353,13 @@ ModelHeader read_model_header(InFile& in) {
     validate_config(h.config, in.path.c_str());
     if (h.dtype != DT_F32 && h.dtype != DT_F16 && h.dtype != DT_BF16)
         fail("%s: unknown weight dtype %d in header", in.path.c_str(), h.dtype);
-    int64_t want = (int64_t)sizeof(h) + total_weight_numel(h.config) * (int64_t)dtype_size(h.dtype);
+    if (h.linear_format != LINEAR_DENSE && h.linear_format != LINEAR_NF4)
+        fail("%s: unknown linear_format %d in header (0: dense, 1: NF4)", in.path.c_str(), h.linear_format);
+    if (h.linear_format == LINEAR_NF4 && h.dtype == DT_F32)
+        fail("%s: corrupt header: NF4 linears with f32 non-linear weights (export_hf writes f16 or bf16)",
+             in.path.c_str());
+    int64_t want = (int64_t)sizeof(h);
+    for (int id = 0; id < NUM_WEIGHTS; id++) want += model_weight_bytes(h, id);
     if (in.size != want)
         fail("%s: %s file (%lld bytes, the header implies %lld)", in.path.c_str(),
              in.size < want ? "truncated" : "oversized", (long long)in.size, (long long)want);
@@ -336,14 +369,38 @@ ModelHeader read_model_header(InFile& in) {
 ModelHeader load_model_f32(const std::string& path, std::vector<float>& weights) {
     InFile in(path);
     ModelHeader h = read_model_header(in);
-    int64_t n = total_weight_numel(h.config);
-    weights.resize((size_t)n);
+    const Config& c = h.config;
+    weights.resize((size_t)total_weight_numel(c));
+    const size_t es = dtype_size(h.dtype);
     const int64_t chunk = 1 << 22;
-    std::vector<uint8_t> buf((size_t)chunk * dtype_size(h.dtype));
-    for (int64_t done = 0; done < n; done += chunk) {
-        int64_t m = std::min(chunk, n - done);
-        in.read(buf.data(), (size_t)m * dtype_size(h.dtype), "weights");
-        convert_to_f32(weights.data() + done, buf.data(), h.dtype, (size_t)m);
+    std::vector<uint8_t> buf;
+    std::vector<uint16_t> deq;  // (rows * cols) one dequantized NF4 weight, bf16
+    float* dst = weights.data();
+    for (int id = 0; id < NUM_WEIGHTS; id++) {
+        const int64_t total = weight_numel(c, id);
+        if (total == 0) continue;
+        if (h.linear_format == LINEAR_NF4 && weight_is_linear(id)) {
+            const int64_t n = weight_info(c, id).numel();
+            const Nf4Layout lay = nf4_layout(n);
+            buf.resize((size_t)lay.bytes);
+            deq.resize((size_t)n);
+            for (int l = 0; l < c.n_layers; l++, dst += n) {
+                const std::string name = weight_hf_name(id, l);
+                in.read(buf.data(), (size_t)lay.bytes, name.c_str());
+                check_nf4_record(buf.data(), n, path, name);
+                // bf16, as the GPU dequantizes for its matmuls; widening to fp32 is exact
+                nf4_dequantize_dq_cpu(deq.data(), DT_BF16, nf4_from_record(buf.data(), n, name.c_str()));
+                convert_to_f32(dst, deq.data(), DT_BF16, (size_t)n);
+            }
+            continue;
+        }
+        buf.resize((size_t)(std::min(chunk, total) * (int64_t)es));
+        for (int64_t done = 0; done < total; done += chunk) {
+            const int64_t m = std::min(chunk, total - done);
+            in.read(buf.data(), (size_t)m * es, "weights");
+            convert_to_f32(dst + done, buf.data(), h.dtype, (size_t)m);
+        }
+        dst += total;
     }
     return h;
 }

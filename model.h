@@ -322,16 +322,22 @@ constexpr uint32_t fourcc(const char s[5]) {
 }
 
 // Model file (export_hf): header, then every WeightId in order (lm_head absent when tied), each
-// stacked over layers, in `dtype`.
+// stacked over layers. With LINEAR_DENSE every tensor is stored in `dtype`. With LINEAR_NF4 the
+// seven linear weights (W_Q..W_DOWN) are stored pre-quantized: for each of them, L NF4 records
+// (quant.h: Nf4Layout) of nf4_layout(rows * cols).bytes back to back, the same bytes the GPU holds;
+// embeddings, norms and the LM head stay in `dtype`, which is then f16 or bf16 (as bitsandbytes +
+// transformers keep them). model_weight_bytes() gives each weight's size in the file.
 constexpr uint32_t MODEL_MAGIC = fourcc("L2MD");
 constexpr uint32_t MODEL_VERSION = 1;
+enum LinearFormat : int32_t { LINEAR_DENSE = 0, LINEAR_NF4 = 1 };
 struct ModelHeader {
     uint32_t magic;
     uint32_t version;
     Config config;
-    int32_t dtype;                 // DType of every stored tensor
+    int32_t dtype;                 // DType of every stored tensor (of the non-linear ones under NF4)
+    int32_t linear_format;         // LinearFormat of W_Q..W_DOWN (0 in files made before it existed)
     uint8_t tokenizer_sha256[32];  // of the tokenizer.model checked at export; zeros if none
-    uint8_t reserved[256 - 8 - sizeof(Config) - 4 - 32];
+    uint8_t reserved[256 - 8 - sizeof(Config) - 4 - 4 - 32];
 };
 static_assert(sizeof(ModelHeader) == 256, "header is 256 bytes");
 
@@ -411,13 +417,23 @@ std::string hex_digest(const uint8_t d[32]);
 bool digest_is_zero(const uint8_t d[32]);
 
 // model file
-ModelHeader read_model_header(InFile& in);  // checks magic, version, config, dtype and file size
-// Load all weights of a model file as fp32 (CPU reference). Returns the header.
+// The seven linear weights W_Q..W_DOWN (the ones LoRA adapts and NF4 quantizes).
+inline bool weight_is_linear(int id) { return id >= W_Q && id <= W_DOWN && id != W_MLP_NORM; }
+// Bytes weight `id` (all layers) takes in a model file with header h; 0 for a tied lm_head.
+int64_t model_weight_bytes(const ModelHeader& h, int id);
+// Checks one NF4 record of weight `tensor` (an HF name) read from `path`: offset and second-level
+// scales finite, scales >= 0 (nf4_from_record's rule; any code byte is valid). Throws
+// "path: tensor: corrupt NF4 record (...)". Cheap: it does not touch the packed codes.
+void check_nf4_record(const uint8_t* record, int64_t numel, const std::string& path, const std::string& tensor);
+// checks magic, version, config, dtype, linear_format and the exact file size
+ModelHeader read_model_header(InFile& in);
+// Load all weights of a model file as fp32 (CPU reference). Returns the header. NF4 linears are
+// dequantized to bf16 (nf4_dequantize_dq_cpu), then widened: the numbers the GPU computes with.
 ModelHeader load_model_f32(const std::string& path, std::vector<float>& weights);
 
 // data file
 struct Dataset {
-    DataHeader header;
+    DataHeader header = {};  // zero until read or filled in
     std::vector<int32_t> tokens;         // (n_tokens)
     std::vector<uint8_t> loss_mask;      // (n_tokens)
     std::vector<int64_t> conv_offsets;   // (n_conversations + 1)

@@ -301,11 +301,12 @@ const float* dynamic_code8() {
 uint8_t nf4_code_of(float x) {
     // bnb's 4-level decision tree, written as the binary search it is: the result is the number
     // of boundaries below x (x > b). A NaN is never > anything and ends at code 0.
-    int c = 0;
-    if (x > NF4_BOUNDARY[c + 7]) c += 8;
-    if (x > NF4_BOUNDARY[c + 3]) c += 4;
-    if (x > NF4_BOUNDARY[c + 1]) c += 2;
-    if (x > NF4_BOUNDARY[c]) c += 1;
+    // Comparisons turned into bits rather than branches: weights are noise to a branch predictor,
+    // and the branchy form was 6x slower (most of the CPU quantizer's time). Same tests, same codes.
+    int c = (int)(x > NF4_BOUNDARY[7]) << 3;
+    c |= (int)(x > NF4_BOUNDARY[c + 3]) << 2;
+    c |= (int)(x > NF4_BOUNDARY[c + 1]) << 1;
+    c |= (int)(x > NF4_BOUNDARY[c]);
     return (uint8_t)c;
 }
 
@@ -434,11 +435,23 @@ static std::vector<float> load_checked(const void* w, int32_t dtype, int64_t n, 
     if (dtype != DT_F32 && dtype != DT_F16 && dtype != DT_BF16)
         fail("%s: cannot quantize dtype %d (need f32, f16 or bf16)", name, (int)dtype);
     std::vector<float> x((size_t)n);
-    convert_to_f32(x.data(), w, dtype, (size_t)n);
-    for (int64_t i = 0; i < n; i++)
-        if (!std::isfinite(x[i]))
-            fail("%s: %s at element %lld: NF4 quantization needs finite weights", name,
-                 std::isnan(x[i]) ? "NaN" : "Inf", (long long)i);
+    // in parallel (a 7B MLP weight is 45M values); an exception must not leave an OpenMP region,
+    // so the threads only find the first bad element and the error is thrown after the loop
+    const int64_t chunk = 1 << 16;
+    int64_t first_bad = n;
+#pragma omp parallel for schedule(static) reduction(min : first_bad)
+    for (int64_t c0 = 0; c0 < n; c0 += chunk) {
+        const int64_t m = std::min(chunk, n - c0);
+        convert_to_f32(x.data() + c0, (const uint8_t*)w + c0 * (int64_t)dtype_size(dtype), dtype, (size_t)m);
+        for (int64_t i = c0; i < c0 + m; i++)
+            if (!std::isfinite(x[i])) {
+                first_bad = std::min(first_bad, i);
+                break;
+            }
+    }
+    if (first_bad < n)
+        fail("%s: %s at element %lld: NF4 quantization needs finite weights", name,
+             std::isnan(x[first_bad]) ? "NaN" : "Inf", (long long)first_bad);
     return x;
 }
 
@@ -446,6 +459,8 @@ void nf4_quantize_cpu(uint8_t* packed, float* absmax, const void* w, int32_t dty
                       const char* name) {
     std::vector<float> x = load_checked(w, dtype, n, name);
     const int64_t nb = nf4_num_blocks(n);
+    // blocks are independent (as on the GPU): any thread split gives the same bytes
+#pragma omp parallel for schedule(static)
     for (int64_t b = 0; b < nb; b++) {
         const int64_t begin = b * NF4_BLOCK, end = std::min(n, begin + NF4_BLOCK);
         // absmax over the block; fabsf/fmaxf under ftz see a subnormal as 0

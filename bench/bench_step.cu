@@ -3,22 +3,14 @@
 // Run: ./bench_step --model 7b --quant nf4 --seq 2048 [--rows 1] [--rank 64] [--recompute none]
 //                  [--steps 3] [--micro 1]
 //
-// MFU counts model FLOPs only (what the step must do, recompute excluded), over the card's dense
-// bf16 peak (989 TFLOP/s for H100 SXM and H200): per token 4 x (frozen linear params) for the
-// forward and the input-gradient backward (no weight gradients for frozen weights), 6 x r x (in+out)
-// per LoRA linear, 4 x V x C for the LM head, and 12 x D per visible (query, key) pair per head
-// per layer for causal attention.
+// MFU counts model FLOPs only (training_flops() in train_util.h: what the step must do, recompute
+// excluded) over the card's dense bf16 peak (989 TFLOP/s for H100 SXM and H200).
 #include <chrono>
 #include <cstring>
 #include <string>
 
 #include "../llama2_gpu.h"
-
-static double peak_flops(const cudaDeviceProp& p) {
-    if (strstr(p.name, "H100") || strstr(p.name, "H200")) return 989.4e12;
-    if (strstr(p.name, "A100")) return 312e12;
-    return 0.0;
-}
+#include "../train_util.h"
 
 int main(int argc, char** argv) {
     std::string model = "7b", quant = "nf4", recompute = "none";
@@ -100,15 +92,8 @@ int main(int argc, char** argv) {
     const float loss = gpu_read_loss_sum(m) / (float)N;
     const double step_s = ms / 1000.0 / steps, tokens = (double)N * micro;
 
-    double p_linear = 0, lora_per_token = 0;
-    for (int t = 0; t < NUM_LORA_TARGETS; t++) {
-        p_linear += (double)lora_in_dim(c, t) * lora_out_dim(c, t);
-        lora_per_token += 6.0 * rank * (lora_in_dim(c, t) + lora_out_dim(c, t));
-    }
-    const double pairs_per_row = (double)seq * (seq + 1) / 2.0;
-    const double flops = tokens * (4.0 * p_linear * c.n_layers + lora_per_token * c.n_layers + 4.0 * c.vocab_size * c.dim) +
-                         (double)rows * micro * pairs_per_row * 12.0 * c.head_dim * c.n_heads * c.n_layers;
-    const double peak = peak_flops(prop);
+    const double flops = training_flops(c, lc, tokens, (double)rows * micro * (double)seq * (seq + 1) / 2.0);
+    const double peak = gpu_peak_bf16_flops();
     size_t free_b = 0, total_b = 0;
     cudaCheck(cudaMemGetInfo(&free_b, &total_b));
     printf("bench_step %s %s seq=%d rows=%d micro=%d r=%d recompute=%s on %s\n", model.c_str(), quant.c_str(), seq, rows,

@@ -1,7 +1,9 @@
 // test/cpu_export.cpp — tests of the Hugging Face import path: safetensors read/write, config.json
 // (old and new forms), ./export_hf on every fixture checkpoint read back bit for bit, sharded
-// checkpoints, tokenizer checks, the model file readers, and every kind of bad input (exit 1, one
-// line naming the file, no output file left, an existing good output untouched).
+// checkpoints, tokenizer checks, pre-quantized NF4 model files (--dtype nf4: every record against
+// the CPU quantizer, the 7B size arithmetic, corrupt records), the model file readers, and every
+// kind of bad input (exit 1, one line naming the file, no output file left, an existing good
+// output untouched).
 // Run from the repo root after `make NO_CUDA=1 export_hf test_cpu`:
 //   ./test_cpu -tc="export_hf*,safetensors*,config.json*,model file*"
 // Fixtures: every tiny_* directory under $FIXTURES_DIR (default ../shared/fixtures) is used, so a new
@@ -22,6 +24,7 @@
 
 #include "hf.h"
 #include "model.h"
+#include "quant.h"
 #include "test/test_util.h"
 
 using json = nlohmann::json;
@@ -824,4 +827,324 @@ TEST_CASE("model file: damaged or foreign files are refused with the path in the
         }
     }
     CHECK(input_error_of([&] { InFile in(t / "missing.bin"); }).find(t / "missing.bin") != std::string::npos);
+}
+
+// ----------------------------------------------------------------------------------------------
+// NF4 model files (export_hf --dtype nf4): the seven linears as bitsandbytes' NF4 records, the
+// rest 16-bit. Run: ./test_cpu -tc="export_hf --dtype nf4*,model file*"
+
+namespace {
+
+// Where each (weight, layer) lies in an NF4 model file, from nf4_layout and the 16-bit size alone
+// (not from model_weight_bytes, which the tests check against this).
+struct FileSlice {
+    int id, layer;
+    std::string name;
+    int64_t numel, offset, bytes;
+};
+std::vector<FileSlice> nf4_file_slices(const Config& c, int32_t dtype16) {
+    std::vector<FileSlice> out;
+    int64_t off = sizeof(ModelHeader);
+    for (int id = 0; id < NUM_WEIGHTS; id++) {
+        if (id == W_LM_HEAD && c.tie_embeddings) continue;
+        const WeightInfo wi = weight_info(c, id);
+        const bool linear = id == W_Q || id == W_K || id == W_V || id == W_O || id == W_GATE || id == W_UP || id == W_DOWN;
+        const int64_t bytes = linear ? nf4_layout(wi.numel()).bytes : wi.numel() * (int64_t)dtype_size(dtype16);
+        for (int l = 0; l < (wi.per_layer ? c.n_layers : 1); l++, off += bytes)
+            out.push_back({id, l, weight_hf_name(id, l), wi.numel(), off, bytes});
+    }
+    return out;
+}
+
+// The 16-bit values transformers would hand bitsandbytes with torch_dtype = dtype16: the stored
+// bytes when the tensor is in that dtype, else rounded to it (an F32 checkpoint).
+std::vector<uint16_t> tensor_as16(SafeTensors& st, const std::string& name, int32_t dtype16) {
+    const StTensor& t = st.get(name);
+    std::vector<uint16_t> out((size_t)t.numel());
+    if (st_dtype_to_dtype(t.dtype) == dtype16) {
+        st.read_raw(t, out.data());
+    } else {
+        std::vector<float> f = st.read_f32(name);
+        convert_from_f32(out.data(), f.data(), dtype16, f.size());
+    }
+    return out;
+}
+
+int64_t first_byte_diff(const void* a, const void* b, size_t n) {
+    const uint8_t *p = (const uint8_t*)a, *q = (const uint8_t*)b;
+    for (size_t i = 0; i < n; i++)
+        if (p[i] != q[i]) return (int64_t)i;
+    return -1;
+}
+
+// Checks an NF4 model file made from checkpoint file `st_path` (label names it in failures):
+// header, exact size, every linear record == nf4_to_record(nf4_quantize_dq_cpu(its 16-bit values)),
+// every other tensor == its 16-bit bytes, and load_model_f32 == bf16-dequantized linears / exact
+// 16-bit values elsewhere. Returns the linears' storage in bits per parameter.
+double check_nf4_model(const std::string& label, const std::string& st_path, const Config& c, int32_t dtype16,
+                       const std::string& model_path) {
+    InFile in(model_path);
+    const ModelHeader h = read_model_header(in);
+    CHECK(h.magic == MODEL_MAGIC);
+    CHECK(h.version == MODEL_VERSION);
+    CHECK(memcmp(&h.config, &c, sizeof(Config)) == 0);
+    CHECK(h.dtype == dtype16);
+    CHECK(h.linear_format == LINEAR_NF4);
+    const std::vector<FileSlice> slices = nf4_file_slices(c, dtype16);
+    CHECK(in.size == slices.back().offset + slices.back().bytes);
+    int64_t by_header = sizeof(ModelHeader);
+    for (int id = 0; id < NUM_WEIGHTS; id++) by_header += model_weight_bytes(h, id);
+    CHECK(by_header == in.size);
+
+    const std::string file = read_bytes(model_path);
+    std::vector<float> loaded;
+    load_model_f32(model_path, loaded);
+    REQUIRE((int64_t)loaded.size() == total_weight_numel(c));
+    SafeTensors st(st_path);
+    int64_t linear_bytes = 0, linear_params = 0, at = 0;  // at: element offset in `loaded`
+    for (const FileSlice& s : slices) {
+        CAPTURE(s.name);
+        REQUIRE(s.offset + s.bytes <= (int64_t)file.size());
+        const std::vector<uint16_t> w16 = tensor_as16(st, s.name, dtype16);
+        REQUIRE((int64_t)w16.size() == s.numel);
+        std::vector<float> expect((size_t)s.numel);
+        if (s.bytes != s.numel * 2) {  // a linear: an NF4 record
+            const Nf4Tensor q = nf4_quantize_dq_cpu(w16.data(), dtype16, s.numel, s.name.c_str());
+            std::vector<uint8_t> rec((size_t)nf4_layout(s.numel).bytes);
+            REQUIRE((int64_t)rec.size() == s.bytes);
+            nf4_to_record(q, rec.data());
+            const int64_t i = first_byte_diff(file.data() + s.offset, rec.data(), rec.size());
+            if (i >= 0) FAIL_CHECK(label << ": tensor " << s.name << ": NF4 record differs at byte " << i << " of " << rec.size());
+            std::vector<uint16_t> deq((size_t)s.numel);
+            nf4_dequantize_dq_cpu(deq.data(), DT_BF16, q);
+            convert_to_f32(expect.data(), deq.data(), DT_BF16, deq.size());
+            linear_bytes += s.bytes;
+            linear_params += s.numel;
+        } else {
+            const int64_t i = first_byte_diff(file.data() + s.offset, w16.data(), (size_t)s.bytes);
+            if (i >= 0) FAIL_CHECK(label << ": tensor " << s.name << ": 16-bit value differs at byte " << i);
+            convert_to_f32(expect.data(), w16.data(), dtype16, w16.size());
+        }
+        size_t j = 0;
+        if (!bits_equal(loaded.data() + at, expect.data(), expect.size(), &j))
+            FAIL_CHECK(label << ": tensor " << s.name << ": load_model_f32 differs at element " << j << ": "
+                             << loaded[at + j] << " vs " << expect[j]);
+        at += s.numel;
+    }
+    CHECK(at == (int64_t)loaded.size());
+    REQUIRE(linear_params > 0);
+    return 8.0 * (double)linear_bytes / (double)linear_params;
+}
+
+}  // namespace
+
+TEST_CASE("export_hf --dtype nf4: linears are bitsandbytes' NF4 records, everything else the checkpoint's 16-bit values") {
+    std::set<int32_t> dtypes_seen;
+    for (const std::string& fix : tiny_fixtures()) {
+        CAPTURE(fix);
+        TempDir t;
+        CmdResult r = export_hf("-i " + fix + " -o " + (t / "nf4.bin") + " --dtype nf4");
+        REQUIRE_MESSAGE(r.exit_code == 0, r.output);
+        int32_t declared;
+        const Config c = parse_hf_config(fix + "/config.json", &declared);
+        const int32_t dtype16 = declared == DT_F16 || declared == DT_BF16 ? declared : DT_BF16;
+        dtypes_seen.insert(dtype16);
+        const double bits = check_nf4_model(base_name(fix), fix + "/model.safetensors", c, dtype16, t / "nf4.bin");
+        // the summary reports the linears' bits per parameter; bnb's NF4 + double quant is ~4.127
+        char want[64];
+        snprintf(want, sizeof(want), "%.4f bits/param", bits);
+        CHECK_MESSAGE(r.output.find(want) != std::string::npos, r.output);
+        CHECK(std::fabs(bits - 4.127) < 0.005);
+        // the tokenizer hash and the parameter count are those of the dense export
+        CHECK(r.output.find(std::to_string(checkpoint_params(fix)) + " parameters") != std::string::npos);
+        CmdResult d = export_hf("-i " + fix + " -o " + (t / "dense.bin"));
+        REQUIRE_MESSAGE(d.exit_code == 0, d.output);
+        InFile a(t / "nf4.bin"), b(t / "dense.bin");
+        CHECK(memcmp(read_model_header(a).tokenizer_sha256, read_model_header(b).tokenizer_sha256, 32) == 0);
+        CHECK(a.size < b.size / 2);
+    }
+    if (!dtypes_seen.count(DT_F16) || !dtypes_seen.count(DT_BF16)) WARN("the tiny_* fixtures no longer cover both fp16 and bf16");
+}
+
+TEST_CASE("export_hf --dtype nf4: an f32 checkpoint is quantized from its bf16-rounded values") {
+    const std::string fix = tiny_fixtures()[0];
+    TempDir t;
+    REQUIRE(mkdir((t / "ck").c_str(), 0755) == 0);
+    json j = load_json(fix + "/config.json");
+    j.erase("torch_dtype");
+    j["dtype"] = "float32";
+    save_json(t / "ck/config.json", j);
+    // every value nudged off the 16-bit grid (x * (1 + 2^-12) is not a bf16 unless x is 0), so
+    // quantizing the f32 values directly would give other absmax values and other records
+    std::vector<RawTensor> raw = read_raw_tensors(fix + "/model.safetensors");
+    {
+        SafeTensors st(fix + "/model.safetensors");
+        for (RawTensor& r : raw) {
+            std::vector<float> f = st.read_f32(r.name);
+            for (float& x : f) x = x * (1.0f + 1.0f / 4096.0f);
+            r.dtype = "F32";
+            r.bytes.assign((const char*)f.data(), f.size() * 4);
+        }
+    }
+    write_raw_tensors(t / "ck/model.safetensors", raw);
+    CmdResult r = export_hf("-i " + (t / "ck") + " -o " + (t / "nf4.bin") + " --dtype nf4");
+    REQUIRE_MESSAGE(r.exit_code == 0, r.output);
+    int32_t declared;
+    const Config c = parse_hf_config(t / "ck/config.json", &declared);
+    REQUIRE(declared == DT_F32);
+    InFile in(t / "nf4.bin");
+    CHECK(read_model_header(in).dtype == DT_BF16);  // the default rule for an f32 checkpoint
+    check_nf4_model("f32 copy of " + base_name(fix), t / "ck/model.safetensors", c, DT_BF16, t / "nf4.bin");
+    // the test has power: the direct f32 quantization is a different record
+    SafeTensors st(t / "ck/model.safetensors");
+    const std::string name = weight_hf_name(W_Q, 0);
+    std::vector<float> f = st.read_f32(name);
+    std::vector<uint16_t> b16 = tensor_as16(st, name, DT_BF16);
+    const Nf4Tensor from_f32 = nf4_quantize_dq_cpu(f.data(), DT_F32, (int64_t)f.size(), name.c_str());
+    const Nf4Tensor from_bf16 = nf4_quantize_dq_cpu(b16.data(), DT_BF16, (int64_t)b16.size(), name.c_str());
+    CHECK((from_f32.offset != from_bf16.offset || from_f32.scale2 != from_bf16.scale2 || from_f32.absmax_q != from_bf16.absmax_q));
+}
+
+TEST_CASE("export_hf --dtype nf4: a NaN or Inf in a linear weight is an error naming the tensor, no output") {
+    const std::string fix = tiny_fixtures()[0];
+    int32_t declared;
+    parse_hf_config(fix + "/config.json", &declared);
+    const std::vector<RawTensor> raw = read_raw_tensors(fix + "/model.safetensors");
+    struct Bad { int id, layer; float value; const char* kind; };
+    for (const Bad& b : {Bad{W_DOWN, 1, NAN, "NaN"}, Bad{W_K, 0, INFINITY, "Inf"}, Bad{W_GATE, 0, -INFINITY, "Inf"}}) {
+        const std::string name = weight_hf_name(b.id, b.layer);
+        CAPTURE(name);
+        TempDir t;
+        REQUIRE(mkdir((t / "ck").c_str(), 0755) == 0);
+        write_bytes(t / "ck/config.json", read_bytes(fix + "/config.json"));
+        std::vector<RawTensor> bad = raw;
+        bool found = false;
+        for (RawTensor& r : bad) {
+            if (r.name != name) continue;
+            const int32_t d = st_dtype_to_dtype(r.dtype);
+            REQUIRE((d == DT_F16 || d == DT_BF16));
+            uint16_t v;
+            convert_from_f32(&v, &b.value, d, 1);
+            memcpy(&r.bytes[2 * 37], &v, 2);  // element 37
+            found = true;
+        }
+        REQUIRE(found);
+        write_raw_tensors(t / "ck/model.safetensors", bad);
+        CmdResult r = export_hf("-i " + (t / "ck") + " -o " + (t / "nf4.bin") + " --dtype nf4");
+        CHECK(r.exit_code == 1);
+        CHECK(count_lines(r.output) == 1);
+        CHECK_MESSAGE(r.output.find(name) != std::string::npos, r.output);
+        CHECK_MESSAGE(r.output.find(b.kind) != std::string::npos, r.output);
+        CHECK_MESSAGE(r.output.find("element 37") != std::string::npos, r.output);
+        CHECK(!path_exists(t / "nf4.bin"));
+    }
+}
+
+TEST_CASE("model file: NF4 layout arithmetic for Llama-2-7b gives about 3.9 GB") {
+    ModelHeader h;
+    memset(&h, 0, sizeof(h));
+    h.config = llama2_preset("7b");
+    h.dtype = DT_BF16;
+    h.linear_format = LINEAR_DENSE;
+    int64_t dense = sizeof(ModelHeader), nf4 = sizeof(ModelHeader);
+    for (int id = 0; id < NUM_WEIGHTS; id++) dense += model_weight_bytes(h, id);
+    h.linear_format = LINEAR_NF4;
+    for (int id = 0; id < NUM_WEIGHTS; id++) nf4 += model_weight_bytes(h, id);
+    // Llama-2-7b has 6,738,415,616 parameters (its model card's count): 2 bytes each in bf16
+    CHECK(dense == 256 + 2 * 6738415616LL);
+    CHECK(nf4 >= 3.7e9);
+    CHECK(nf4 <= 4.1e9);
+    // by hand: per layer 4 (4096 x 4096) and 3 (11008 x 4096) linears, each record 4 bits a weight,
+    // one byte per 64 weights, one fp32 per 64 * 256 weights, one fp32 offset, padded to 16 bytes
+    const int64_t L = 32, C = 4096, F = 11008, V = 32000;
+    int64_t by_hand = sizeof(ModelHeader) + (2 * V * C + (2 * L + 1) * C) * 2;
+    for (int64_t n : {C * C, C * C, C * C, C * C, F * C, F * C, F * C}) {
+        int64_t rec = 4 + 4 * ((n + 64 * 256 - 1) / (64 * 256));
+        rec = (rec + 15) / 16 * 16 + (n + 63) / 64;
+        rec = (rec + 15) / 16 * 16 + n / 2;
+        by_hand += L * ((rec + 15) / 16 * 16);
+    }
+    CHECK(nf4 == by_hand);
+    MESSAGE("Llama-2-7b model file: " << dense << " bytes bf16, " << nf4 << " bytes with NF4 linears");
+}
+
+TEST_CASE("model file: damaged NF4 files are refused naming the file and the tensor") {
+    const std::string fix = tiny_fixtures()[0];
+    TempDir t;
+    CmdResult ok = export_hf("-i " + fix + " -o " + (t / "good.bin") + " --dtype nf4");
+    REQUIRE_MESSAGE(ok.exit_code == 0, ok.output);
+    CmdResult ok_dense = export_hf("-i " + fix + " -o " + (t / "dense.bin"));
+    REQUIRE_MESSAGE(ok_dense.exit_code == 0, ok_dense.output);
+    const std::string good = read_bytes(t / "good.bin"), dense = read_bytes(t / "dense.bin");
+    std::vector<float> w;
+    REQUIRE(input_error_of([&] { load_model_f32(t / "good.bin", w); }) == "");
+    InFile gin(t / "good.bin");
+    const ModelHeader h = read_model_header(gin);
+    const std::vector<FileSlice> slices = nf4_file_slices(h.config, h.dtype);
+    auto slice_of = [&](int id, int layer) {
+        for (const FileSlice& s : slices)
+            if (s.id == id && s.layer == layer) return s;
+        FAIL("no slice");
+        return slices[0];
+    };
+    auto patched = [](std::string b, size_t offset, const void* v, size_t n) {
+        memcpy(&b[offset], v, n);
+        return b;
+    };
+    const float nan = NAN, inf = INFINITY, minus_one = -1.0f;
+    const int32_t lf2 = 2, lf_neg = -1, nf4_fmt = LINEAR_NF4, dense_fmt = LINEAR_DENSE, f32 = DT_F32;
+    const FileSlice up = slice_of(W_UP, h.config.n_layers - 1), q = slice_of(W_Q, 0), down = slice_of(W_DOWN, 0);
+    const Nf4Layout up_l = nf4_layout(up.numel), q_l = nf4_layout(q.numel), down_l = nf4_layout(down.numel);
+    const size_t lf_at = offsetof(ModelHeader, linear_format), dt_at = offsetof(ModelHeader, dtype);
+
+    struct Case { std::string what, bytes, mention, tensor; };
+    std::vector<Case> cases = {
+        {"NaN second-level scale", patched(good, up.offset + up_l.scale2_at, &nan, 4), "corrupt NF4 record", up.name},
+        {"NaN offset", patched(good, q.offset + q_l.offset_at, &nan, 4), "corrupt NF4 record", q.name},
+        {"Inf last second-level scale", patched(good, down.offset + down_l.scale2_at + 4 * (down_l.n_dq_blocks - 1), &inf, 4),
+         "corrupt NF4 record", down.name},
+        {"negative second-level scale", patched(good, up.offset + up_l.scale2_at, &minus_one, 4), "corrupt NF4 record", up.name},
+        {"truncated by one byte", good.substr(0, good.size() - 1), "truncated", ""},
+        {"truncated inside a record", good.substr(0, (size_t)(up.offset + up.bytes / 2)), "truncated", ""},
+        {"oversized", good + std::string(16, '\0'), "oversized", ""},
+        {"linear_format 2", patched(good, lf_at, &lf2, 4), "linear_format", ""},
+        {"linear_format -1", patched(good, lf_at, &lf_neg, 4), "linear_format", ""},
+        {"NF4 file marked dense", patched(good, lf_at, &dense_fmt, 4), "truncated", ""},
+        {"dense file marked NF4", patched(dense, lf_at, &nf4_fmt, 4), "oversized", ""},
+        {"NF4 with f32 non-linear tensors", patched(good, dt_at, &f32, 4), "NF4", ""},
+    };
+    for (const Case& k : cases) {
+        CAPTURE(k.what);
+        const std::string path = t / "bad.bin";
+        write_bytes(path, k.bytes);
+        std::string msg = input_error_of([&] { load_model_f32(path, w); });
+        CHECK_MESSAGE(msg.find(path) != std::string::npos, msg);
+        CHECK_MESSAGE(msg.find(k.mention) != std::string::npos, msg);
+        CHECK_MESSAGE(msg.find(k.tensor) != std::string::npos, msg);
+        CHECK(msg.find('\n') == std::string::npos);
+        if (k.tensor.empty()) {  // header and size problems are found by the header check alone
+            std::string m2 = input_error_of([&] {
+                InFile in(path);
+                read_model_header(in);
+            });
+            CHECK_MESSAGE(m2 == msg, m2);
+        }
+    }
+    // any code byte is valid: inverting the first packed byte of a record loads, and changes
+    // exactly that record's first two weights (element 0 in the high nibble, 1 in the low one)
+    const size_t byte_at = (size_t)(up.offset + up_l.packed_at);
+    const char inverted = (char)~good[byte_at];
+    write_bytes(t / "inverted.bin", patched(good, byte_at, &inverted, 1));
+    std::vector<float> w2;
+    REQUIRE(input_error_of([&] { load_model_f32(t / "inverted.bin", w2); }) == "");
+    REQUIRE(w2.size() == w.size());
+    int64_t up_at = 0;  // element offset of that record's weights in load_model_f32's output
+    for (const FileSlice& s : slices) {
+        if (s.id == W_UP && s.layer == up.layer) break;
+        up_at += s.numel;
+    }
+    std::vector<int64_t> changed;
+    for (size_t i = 0; i < w.size(); i++)
+        if (memcmp(&w[i], &w2[i], 4) != 0) changed.push_back((int64_t)i - up_at);
+    CHECK(changed == std::vector<int64_t>{0, 1});
 }

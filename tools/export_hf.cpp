@@ -4,7 +4,13 @@
 //
 //   ./export_hf -i Llama-2-7b-hf -o llama2-7b.bin                 # lossless: keeps the checkpoint's fp16/bf16
 //   ./export_hf -i Llama-2-7b-hf -o llama2-7b.bin --dtype bf16    # convert (round to nearest even)
+//   ./export_hf -i Llama-2-7b-hf -o llama2-7b-nf4.bin --dtype nf4 # pre-quantized for QLoRA: 3.9 GB, not 13.5
 //   ./export_hf --help
+//
+// --dtype nf4 quantizes the seven linear weights of every layer (q, k, v, o, gate, up, down) to NF4
+// with double quantization, bit for bit as bitsandbytes does when transformers loads the model with
+// load_in_4bit (quant.h), so the trainer copies them to the GPU as they are. Embeddings, norms and
+// the LM head stay 16-bit, as they do in bitsandbytes + transformers.
 //
 // The whole checkpoint is validated (every name, shape and dtype against config.json) before the
 // first byte is written, then streamed one tensor of one layer at a time: Llama-2-70b-hf is 138 GB,
@@ -23,6 +29,7 @@
 
 #include "hf.h"
 #include "model.h"
+#include "quant.h"
 
 static const char* PROG = "export_hf";
 
@@ -45,14 +52,14 @@ static std::vector<Option> options(Args& a) {
     return {
         {"-i", "--input", "HF_DIR", "Hugging Face checkpoint directory: config.json + model.safetensors or model.safetensors.index.json and its shards (required)", &a.input},
         {"-o", "--output", "FILE", "model file to write (required); replaced only when the export succeeds", &a.output},
-        {"-d", "--dtype", "TYPE", "stored weight type: bf16, fp16 or f32 (default: the checkpoint's own fp16/bf16, so the export is exact; bf16 for an fp32 or undeclared checkpoint)", &a.dtype},
+        {"-d", "--dtype", "TYPE", "stored weight type: bf16, fp16, f32, or nf4 (linear layers pre-quantized to NF4 with double quantization, ~4.13 bits per parameter, the rest 16-bit as by default) (default: the checkpoint's own fp16/bf16, so the export is exact; bf16 for an fp32 or undeclared checkpoint)", &a.dtype},
         {"-t", "--tokenizer", "FILE", "sentencepiece tokenizer.model to check against config.json and record (default: HF_DIR/tokenizer.model if present)", &a.tokenizer},
         {"-h", "--help", nullptr, "show this help and exit", &a.help},
     };
 }
 
 static void print_help(std::vector<Option>& opts) {
-    printf("usage: ./%s -i HF_DIR -o model.bin [--dtype bf16|fp16|f32] [-t tokenizer.model]\n", PROG);
+    printf("usage: ./%s -i HF_DIR -o model.bin [--dtype bf16|fp16|f32|nf4] [-t tokenizer.model]\n", PROG);
     printf("Convert a Hugging Face Llama checkpoint into the model file read by train and sample.\n\noptions:\n");
     for (const Option& o : opts) {
         std::string flags = std::string(o.short_name ? o.short_name : "  ") + (o.short_name ? ", " : "  ") + o.long_name;
@@ -141,11 +148,12 @@ static void run(const Args& args) {
     const auto t0 = clock::now();
     auto elapsed = [&] { return std::chrono::duration<double>(clock::now() - t0).count(); };
 
-    int32_t out_dtype = -1;
-    if (!args.dtype.empty()) {
+    int32_t out_dtype = -1;  // of every tensor, or of the non-linear ones with --dtype nf4
+    const bool nf4 = args.dtype == "nf4";
+    if (!args.dtype.empty() && !nf4) {
         const std::string& d = args.dtype;
         out_dtype = d == "bf16" ? DT_BF16 : (d == "fp16" || d == "f16") ? DT_F16 : (d == "f32" || d == "fp32") ? DT_F32 : -1;
-        if (out_dtype < 0) usage_error("--dtype must be bf16, fp16 or f32, not '" + d + "'");
+        if (out_dtype < 0) usage_error("--dtype must be bf16, fp16, f32 or nf4, not '" + d + "'");
     }
     struct stat st;
     if (stat(args.output.c_str(), &st) == 0 && S_ISDIR(st.st_mode))
@@ -154,6 +162,7 @@ static void run(const Args& args) {
     // everything is validated before the output file is created
     HfCheckpoint ck(args.input);
     const Config& c = ck.config;
+    // (with nf4 the linears are quantized from these 16-bit values too: see below)
     if (out_dtype < 0) out_dtype = (ck.dtype == DT_F16 || ck.dtype == DT_BF16) ? ck.dtype : DT_BF16;
 
     ModelHeader h;
@@ -162,6 +171,7 @@ static void run(const Args& args) {
     h.version = MODEL_VERSION;
     h.config = c;
     h.dtype = out_dtype;
+    h.linear_format = nf4 ? LINEAR_NF4 : LINEAR_DENSE;
     std::string tok = !args.tokenizer.empty() ? args.tokenizer
                       : is_file(args.input + "/tokenizer.model") ? args.input + "/tokenizer.model" : "";
     if (!tok.empty()) check_tokenizer(tok, c, args.input + "/config.json", h.tokenizer_sha256);
@@ -171,6 +181,7 @@ static void run(const Args& args) {
     for (int id = 0; id < NUM_WEIGHTS; id++) max_numel = std::max(max_numel, weight_info(c, id).numel());
     std::vector<uint8_t> buf((size_t)max_numel * dtype_size(out_dtype));
     std::vector<float> f32;
+    std::vector<uint8_t> record;  // one NF4 record (nf4_layout(rows * cols).bytes)
 
     // Progress: on a terminal one line rewritten in place; in a log, a line every 10 s at most, so a
     // small export prints nothing but its summary and a failure stays the one line it should be.
@@ -178,7 +189,7 @@ static void run(const Args& args) {
     double last_log = 0;
     AtomicFile out(args.output);
     out.write(&h, sizeof(h));
-    int64_t bytes = sizeof(h), params = 0;
+    int64_t bytes = sizeof(h), params = 0, linear_bytes = 0, linear_params = 0;
     for (int id = 0; id < NUM_WEIGHTS; id++) {
         if (weight_numel(c, id) == 0) continue;  // lm_head of a tied model
         const WeightInfo wi = weight_info(c, id);
@@ -199,8 +210,23 @@ static void run(const Args& args) {
                                  ck.index.at(name).first->path.c_str(), name.c_str(), f32[k]);
                 convert_from_f32(buf.data(), f32.data(), out_dtype, f32.size());
             }
-            const size_t n_bytes = (size_t)wi.numel() * dtype_size(out_dtype);
-            out.write(buf.data(), n_bytes);
+            size_t n_bytes = (size_t)wi.numel() * dtype_size(out_dtype);
+            if (nf4 && weight_is_linear(id)) {
+                // bitsandbytes quantizes the weight as transformers loaded it, i.e. in the model's
+                // 16-bit dtype: the checkpoint's own bytes when it is stored in out_dtype. An f32
+                // tensor is rounded to out_dtype (bf16 for an f32 checkpoint) above first, as loading
+                // with torch_dtype=bfloat16 does; quantizing its f32 values would give other codes.
+                const std::string what = ck.index.at(name).first->path + ": tensor '" + name + "'";
+                const Nf4Tensor q = nf4_quantize_dq_cpu(buf.data(), out_dtype, wi.numel(), what.c_str());
+                n_bytes = (size_t)nf4_layout(wi.numel()).bytes;
+                record.resize(n_bytes);
+                nf4_to_record(q, record.data());
+                out.write(record.data(), n_bytes);
+                linear_bytes += (int64_t)n_bytes;
+                linear_params += wi.numel();
+            } else {
+                out.write(buf.data(), n_bytes);
+            }
             bytes += (int64_t)n_bytes;
             params += wi.numel();
             if (tty) {
@@ -216,8 +242,16 @@ static void run(const Args& args) {
     }
     out.commit();
     clear_progress();
+    // bits per parameter of the linears as stored (records with their 16-byte alignment padding);
+    // bitsandbytes' NF4 with double quantization is 4.127 for a 7B weight
+    char stored[128];
+    if (nf4)
+        snprintf(stored, sizeof(stored), "linears nf4 at %.4f bits/param, other tensors %s",
+                 8.0 * (double)linear_bytes / (double)linear_params, dtype_name(out_dtype));
+    else
+        snprintf(stored, sizeof(stored), "%s", dtype_name(out_dtype));
     printf("%s: wrote %s: %lld parameters (%s), %s from %s %s, %lld bytes, tokenizer %s, %.2f s\n", PROG,
-           args.output.c_str(), (long long)params, config_summary(c).c_str(), dtype_name(out_dtype),
+           args.output.c_str(), (long long)params, config_summary(c).c_str(), stored,
            ck.dtype >= 0 ? dtype_name(ck.dtype) : "undeclared-dtype", args.input.c_str(), (long long)bytes,
            tok.empty() ? "none" : hex_digest(h.tokenizer_sha256).substr(0, 16).c_str(), elapsed());
 }

@@ -1,0 +1,216 @@
+// sampling.cpp — Hugging Face's logits processors as plain loops, the generation loop over a
+// Decoder, the Llama 2 chat template and the demo's byte tokenizer. See sampling.h for the contract
+// of each function; test/cpu_sample.cpp checks them on hand-computed cases (./test_cpu -ts="sample*").
+//
+// Matching transformers, number by number:
+//  - every step works on fp32 logits, like HF with an fp32 lm_head output;
+//  - temperature divides; repetition penalty multiplies negatives and divides the rest;
+//  - top-k keeps ties with the k-th value (it removes `scores < kth`);
+//  - top-p compares the fp32 cumulative probabilities with 1 - top_p rounded to fp32 (torch
+//    compares a float tensor with a Python scalar in the tensor's dtype); the cumulative sum is
+//    accumulated in double, as torch's CPU cumsum does (acc_type<float> is double there);
+//  - greedy takes the first maximum, as torch.argmax does.
+// The random draw itself cannot match torch.multinomial bit for bit (another generator): it draws
+// from the same distribution, reproducibly under the seed.
+#include "sampling.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <numeric>
+
+// ----------------------------------------------------------------------------------------------
+// logits processors
+
+void apply_repetition_penalty(float* logits, int V, const int32_t* seq, size_t n, float penalty) {
+    // HF's gather -> transform -> scatter reads every original value before writing any, so a
+    // token that occurs twice is penalized once: mark the distinct ids first.
+    std::vector<uint8_t> seen((size_t)V, 0);
+    for (size_t i = 0; i < n; i++) {
+        ASSERT(seq[i] >= 0 && seq[i] < V, "token id inside the vocabulary");
+        seen[(size_t)seq[i]] = 1;
+    }
+    for (int v = 0; v < V; v++)
+        if (seen[(size_t)v]) logits[v] = logits[v] < 0.0f ? logits[v] * penalty : logits[v] / penalty;
+}
+
+void apply_temperature(float* logits, int V, float temperature) {
+    for (int v = 0; v < V; v++) logits[v] = logits[v] / temperature;
+}
+
+void apply_top_k(float* logits, int V, int k, int min_keep) {
+    k = std::min(std::max(k, min_keep), V);
+    if (k <= 0 || k >= V) return;  // k >= V: torch.topk's k-th is the minimum; nothing is below it
+    std::vector<float> sorted(logits, logits + V);
+    // the k-th largest value (index k-1 in descending order)
+    std::nth_element(sorted.begin(), sorted.begin() + (k - 1), sorted.end(), std::greater<float>());
+    const float kth = sorted[(size_t)(k - 1)];
+    for (int v = 0; v < V; v++)
+        if (logits[v] < kth) logits[v] = -INFINITY;
+}
+
+void apply_top_p(float* logits, int V, double top_p, int min_keep) {
+    // ascending order; equal logits by id, so the result does not depend on the sort's whims
+    std::vector<int32_t> order((size_t)V);
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return logits[a] < logits[b]; });
+    // softmax of the sorted logits: the largest is the last
+    const float maxv = logits[order[(size_t)V - 1]];
+    std::vector<float> e((size_t)V);
+    float sum = 0.0f;
+    for (int i = 0; i < V; i++) {
+        e[(size_t)i] = expf(logits[order[(size_t)i]] - maxv);
+        sum += e[(size_t)i];
+    }
+    const float threshold = (float)(1.0 - top_p);  // Python computes 1 - top_p in double; torch compares in fp32
+    std::vector<uint8_t> remove((size_t)V, 0);
+    double cumulative = 0.0;
+    for (int i = 0; i < V; i++) {
+        cumulative += (double)(e[(size_t)i] / sum);
+        remove[(size_t)i] = (float)cumulative <= threshold;
+    }
+    for (int i = std::max(0, V - min_keep); i < V; i++) remove[(size_t)i] = 0;  // the most probable stay
+    for (int i = 0; i < V; i++)
+        if (remove[(size_t)i]) logits[order[(size_t)i]] = -INFINITY;
+}
+
+void process_logits(float* logits, int V, const int32_t* seq, size_t n, const SamplingConfig& cfg) {
+    if (cfg.repetition_penalty != 1.0f) apply_repetition_penalty(logits, V, seq, n, cfg.repetition_penalty);
+    if (!cfg.do_sample) return;  // HF adds the warpers only when sampling
+    if (cfg.temperature != 1.0f) apply_temperature(logits, V, cfg.temperature);
+    if (cfg.top_k != 0) apply_top_k(logits, V, cfg.top_k, 1);
+    if (cfg.top_p < 1.0) apply_top_p(logits, V, cfg.top_p, 1);
+}
+
+// ----------------------------------------------------------------------------------------------
+// choosing the token
+
+void softmax(float* probs, const float* logits, int V) {
+    float maxv = -INFINITY;
+    for (int v = 0; v < V; v++) maxv = std::max(maxv, logits[v]);
+    ASSERT(maxv > -INFINITY, "at least one token left to sample (processors keep one)");
+    float sum = 0.0f;
+    for (int v = 0; v < V; v++) {
+        probs[v] = expf(logits[v] - maxv);  // exp(-inf) = 0 exactly
+        sum += probs[v];
+    }
+    for (int v = 0; v < V; v++) probs[v] /= sum;
+}
+
+int32_t argmax(const float* x, int V) {
+    int32_t best = 0;
+    for (int v = 1; v < V; v++)
+        if (x[v] > x[best]) best = v;  // strict: the first maximum wins
+    return best;
+}
+
+int32_t sample_multinomial(const float* probs, int V, Rng& rng) {
+    // 53 random bits: the 24 of Rng::uniform() would make tokens of probability below 6e-8
+    // (most of a 32000-token tail) impossible to draw, or drawn at the wrong rate.
+    double total = 0.0;
+    for (int v = 0; v < V; v++) total += probs[v];
+    const double u = (double)(rng.next() >> 11) * (1.0 / 9007199254740992.0) * total;  // [0, total)
+    double cumulative = 0.0;
+    int32_t last_nonzero = -1;
+    for (int v = 0; v < V; v++) {
+        if (probs[v] <= 0.0f) continue;
+        cumulative += probs[v];
+        last_nonzero = v;
+        if (u < cumulative) return v;
+    }
+    ASSERT(last_nonzero >= 0, "a distribution with some mass");
+    return last_nonzero;  // u within rounding of the total
+}
+
+int32_t choose_next_token(float* logits, int V, const int32_t* seq, size_t n, const SamplingConfig& cfg, Rng& rng) {
+    process_logits(logits, V, seq, n, cfg);
+    if (!cfg.do_sample) return argmax(logits, V);
+    std::vector<float> probs((size_t)V);
+    softmax(probs.data(), logits, V);
+    return sample_multinomial(probs.data(), V, rng);
+}
+
+// ----------------------------------------------------------------------------------------------
+// the generation loop
+
+std::vector<int32_t> generate(Decoder& dec, const std::vector<int32_t>& context, int64_t max_total, int32_t eos_id,
+                              const SamplingConfig& cfg, Rng& rng, const std::function<void(int32_t)>& on_token,
+                              GenerateStats* stats) {
+    using clock = std::chrono::steady_clock;
+    const int V = dec.config().vocab_size;
+    ASSERT(!context.empty(), "a prompt of at least one token (<s>)");
+    ASSERT((int64_t)context.size() < max_total, "room for one new token (checked by the caller)");
+    ASSERT(max_total <= (int64_t)dec.max_context() + 1, "the cache holds every token fed (the last one is not fed)");
+    // the cache must hold a strict prefix: the logits after the last context token are needed
+    if (dec.position() >= (int)context.size()) dec.reset();
+    GenerateStats st;
+    std::vector<int32_t> seq = context;  // the whole sequence, for the repetition penalty
+    std::vector<float> logits((size_t)V);
+
+    auto t0 = clock::now();
+    const int fed = dec.position();
+    const float* out = dec.prefill(context.data() + fed, (int)context.size() - fed);
+    std::copy(out, out + V, logits.begin());
+    st.prefill_tokens = (int64_t)context.size() - fed;
+    st.prefill_s = std::chrono::duration<double>(clock::now() - t0).count();
+
+    std::vector<int32_t> generated;
+    auto t1 = clock::now();
+    while (true) {
+        const int32_t next = choose_next_token(logits.data(), V, seq.data(), seq.size(), cfg, rng);
+        if (next == eos_id) {
+            st.hit_eos = true;
+            break;
+        }
+        generated.push_back(next);
+        seq.push_back(next);
+        if (on_token) on_token(next);
+        if ((int64_t)seq.size() >= max_total) break;  // HF's MaxLengthCriteria: the sequence is full
+        out = dec.step(next);
+        std::copy(out, out + V, logits.begin());
+        st.decode_tokens++;
+    }
+    st.decode_s = std::chrono::duration<double>(clock::now() - t1).count();
+    if (stats) *stats = st;
+    return generated;
+}
+
+// ----------------------------------------------------------------------------------------------
+// chat template
+
+std::string llama2_inst_text(const std::string& user, const std::string& system) {
+    if (system.empty()) return "[INST] " + user + " [/INST]";
+    return "[INST] <<SYS>>\n" + system + "\n<</SYS>>\n\n" + user + " [/INST]";
+}
+
+std::vector<int32_t> llama2_chat_tokens(const std::vector<ChatTurn>& turns, const std::string& system,
+                                        const EncodeFn& encode, int32_t bos_id, int32_t eos_id) {
+    std::vector<int32_t> ids;
+    for (size_t i = 0; i < turns.size(); i++) {
+        const ChatTurn& t = turns[i];
+        ASSERT(t.answered || i + 1 == turns.size(), "only the last turn may be unanswered");
+        ids.push_back(bos_id);
+        std::vector<int32_t> p = encode(llama2_inst_text(t.user, i == 0 ? system : std::string()));
+        ids.insert(ids.end(), p.begin(), p.end());
+        if (!t.answered) break;
+        ids.insert(ids.end(), t.answer.begin(), t.answer.end());
+        ids.push_back(eos_id);
+    }
+    return ids;
+}
+
+// ----------------------------------------------------------------------------------------------
+// byte tokenizer
+
+std::vector<int32_t> ByteTokenizer::encode(const std::string& text) {
+    std::vector<int32_t> ids(text.size());
+    for (size_t i = 0; i < text.size(); i++) ids[i] = OFFSET + (int32_t)(unsigned char)text[i];
+    return ids;
+}
+
+std::string ByteTokenizer::decode(const int32_t* ids, size_t n) {
+    std::string s;
+    for (size_t i = 0; i < n; i++)
+        if (ids[i] >= OFFSET && ids[i] < VOCAB) s += (char)(unsigned char)(ids[i] - OFFSET);
+    return s;
+}

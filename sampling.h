@@ -1,0 +1,143 @@
+// sampling.h — text generation without a model in sight: Hugging Face's logits-processor pipeline
+// (repetition penalty -> temperature -> top-k -> top-p -> sample, as transformers' generate()
+// builds it), the Llama 2 chat template, the byte-level tokenizer of the built-in demo, and the
+// Decoder interface that separates all of this from the model that produces the logits.
+// Implemented in sampling.cpp; used by sample.cpp (and the demo's byte tokens by train.cpp).
+// Tested by test/cpu_sample.cpp:  ./test_cpu -tc="sample:*"
+//
+// The seam for the GPU: sample.cpp only talks to a Decoder. llama2_cpu.h has the CPU one
+// (CpuDecoder, fp32, KV cache); a GPU build of ./sample links a definition of make_gpu_decoder()
+// (declared below, weak), and --device cuda uses it.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model.h"
+
+// ----------------------------------------------------------------------------------------------
+// the logits processors, one pure function each, in transformers' order for generate():
+//   RepetitionPenaltyLogitsProcessor, then (only when sampling) TemperatureLogitsWarper,
+//   TopKLogitsWarper, TopPLogitsWarper; then softmax + multinomial (or argmax when greedy).
+// (transformers/generation/utils.py: _get_logits_processor; logits_process.py for each one.)
+// All work in place on one row of logits (V); removed tokens become -inf (HF's filter_value).
+
+struct SamplingConfig {
+    bool do_sample = true;            // false: greedy (argmax after the repetition penalty)
+    float temperature = 0.7f;         // > 0; 1 = off
+    int top_k = 50;                   // 0 = off (HF's implicit default is 50)
+    double top_p = 0.8;               // in [0, 1]; 1 = off. double: HF compares with 1 - top_p computed in Python
+    float repetition_penalty = 1.2f;  // > 0; 1 = off
+};
+
+// For every DISTINCT id in seq (prompt included): logit < 0 ? logit * penalty : logit / penalty.
+// (HF gathers, transforms and scatters: a token seen twice is still penalized once.)
+void apply_repetition_penalty(float* logits, int V, const int32_t* seq, size_t n, float penalty);
+// logits / temperature (a division, as HF does, not a multiplication by 1/t)
+void apply_temperature(float* logits, int V, float temperature);
+// Keeps every token whose logit is >= the k-th largest: ties with the k-th are all kept (HF removes
+// `scores < topk(scores, k).values[-1]`). k >= V keeps all; k is raised to min_keep first.
+void apply_top_k(float* logits, int V, int k, int min_keep = 1);
+// Sorts ascending, cumulative softmax, removes tokens whose cumulative probability is <= 1 - top_p,
+// but never the min_keep most probable. Equal logits sort by id (a stable sort), so of tied tokens
+// at the boundary the lower ids go first.
+void apply_top_p(float* logits, int V, double top_p, int min_keep = 1);
+// The whole list for one step, as generate() builds it from cfg: penalty (if != 1), then when
+// sampling temperature (if != 1), top-k (if != 0), top-p (if < 1).
+void process_logits(float* logits, int V, const int32_t* seq, size_t n, const SamplingConfig& cfg);
+
+// probs (V) = softmax(logits); -inf gives exactly 0
+void softmax(float* probs, const float* logits, int V);
+// First index of the largest value (torch.argmax's tie rule).
+int32_t argmax(const float* x, int V);
+// One draw from probs (V, sums to ~1) by inverse CDF with a 53-bit uniform from rng; never returns
+// a token of probability 0.
+int32_t sample_multinomial(const float* probs, int V, Rng& rng);
+// process_logits, then argmax (greedy) or softmax + sample. Modifies logits.
+int32_t choose_next_token(float* logits, int V, const int32_t* seq, size_t n, const SamplingConfig& cfg, Rng& rng);
+
+// ----------------------------------------------------------------------------------------------
+// the Decoder: whatever turns tokens into next-token logits, with its own KV cache.
+// prefill() and step() append to the cache (positions position() onwards) and return the logits
+// after the last token fed, valid until the next call. A GPU implementation keeps everything on
+// the card and copies back only the (V) floats.
+
+class Decoder {
+   public:
+    virtual ~Decoder() = default;
+    virtual const Config& config() const = 0;
+    virtual int max_context() const = 0;  // positions the cache holds
+    virtual int position() const = 0;     // tokens in the cache
+    virtual void reset() = 0;             // empty the cache (a new conversation)
+    // nullptr: the base model. merge: fold s*B*A into the base weights (faster per token, same
+    // function up to rounding) instead of computing the LoRA path unmerged. Empties the cache.
+    // The caller has checked the adapter against the model (check_adapter_matches_model).
+    virtual void set_adapter(const Adapter* adapter, bool merge) = 0;
+    // Feeds n >= 1 tokens in one pass; returns the (V) logits after the last of them.
+    virtual const float* prefill(const int32_t* tokens, int n) = 0;
+    // Feeds one token; returns the (V) logits after it.
+    virtual const float* step(int32_t token) = 0;
+    virtual std::string describe() const = 0;  // "cpu fp32", "cuda NF4 ..." for the stats line
+};
+
+// Defined only in a GPU build of ./sample (the GPU decoder's source); a CPU-only build leaves the
+// symbol null and sample.cpp says so when --device cuda is asked for.
+std::unique_ptr<Decoder> make_gpu_decoder(const std::string& model_path, int max_context) __attribute__((weak));
+
+struct GenerateStats {
+    int64_t prefill_tokens = 0;  // tokens fed by prefill()
+    double prefill_s = 0;
+    int64_t decode_tokens = 0;   // tokens fed by step()
+    double decode_s = 0;
+    bool hit_eos = false;        // stopped at eos (else at the length limit)
+    void add(const GenerateStats& o) {
+        prefill_tokens += o.prefill_tokens, prefill_s += o.prefill_s;
+        decode_tokens += o.decode_tokens, decode_s += o.decode_s;
+    }
+};
+
+// Generates the continuation of `context` (the whole sequence so far, prompt included) until eos
+// or until context + generated reaches max_total tokens (HF's max_length). The decoder's cache must
+// hold a prefix of context (position() <= context.size()); only the rest is prefilled, so a chat
+// turn reuses the previous turns' cache. Returns the new tokens without the eos; on_token sees
+// each as it is chosen (eos excluded). The last token chosen is not fed (nothing needs its logits).
+std::vector<int32_t> generate(Decoder& dec, const std::vector<int32_t>& context, int64_t max_total, int32_t eos_id,
+                              const SamplingConfig& cfg, Rng& rng, const std::function<void(int32_t)>& on_token,
+                              GenerateStats* stats);
+
+// ----------------------------------------------------------------------------------------------
+// the Llama 2 chat template, as the training data has it (data/prepare_lima.cpp):
+//   turn:  <s> encode("[INST] " + user + " [/INST]")  encode(answer) </s>
+// and Meta's system prompt inside the first [INST]:
+//   "[INST] <<SYS>>\n" + system + "\n<</SYS>>\n\n" + user + " [/INST]"
+// Texts are not stripped (the training data keeps them as they are).
+
+using EncodeFn = std::function<std::vector<int32_t>(const std::string&)>;
+
+struct ChatTurn {
+    std::string user;
+    std::vector<int32_t> answer;  // tokens of the answer, without </s>
+    bool answered = false;        // false: the open turn the model is to answer (the last one)
+};
+
+// The text inside one turn's [INST] ... [/INST]; system is used when non-empty.
+std::string llama2_inst_text(const std::string& user, const std::string& system);
+// The token sequence of a conversation: every turn as above; the system prompt goes into the first
+// turn; an unanswered turn ends right after its [/INST] (the model answers from there).
+std::vector<int32_t> llama2_chat_tokens(const std::vector<ChatTurn>& turns, const std::string& system,
+                                        const EncodeFn& encode, int32_t bos_id, int32_t eos_id);
+
+// ----------------------------------------------------------------------------------------------
+// the built-in demo's tokenizer: one token per byte, no download needed.
+// ids 0 = unk/pad, 1 = <s>, 2 = </s>, byte b = 3 + b; vocabulary 259.
+
+struct ByteTokenizer {
+    static constexpr int32_t UNK = 0, BOS = 1, EOS = 2, OFFSET = 3, VOCAB = 256 + 3;
+    static std::vector<int32_t> encode(const std::string& text);
+    // Bytes of the byte tokens; special ids give nothing.
+    static std::string decode(const int32_t* ids, size_t n);
+    static std::string decode(const std::vector<int32_t>& ids) { return decode(ids.data(), ids.size()); }
+};
