@@ -91,10 +91,11 @@ prepare_lima: $(BUILD)/data/prepare_lima.o $(LIB_OBJS)
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS_CPU) -lsentencepiece
 
 # ./train: the CUDA backend when CUDA is built (USE_CUDA), the CPU reference always (--device cpu)
+# (the CUDA variant's object has its own name, so a later NO_CUDA=1 build never links it)
 ifneq ($(NO_CUDA),1)
-$(BUILD)/train.o: train.cpp $(wildcard *.h) | $(BUILD)/test
+$(BUILD)/train_cuda.o: train.cpp $(wildcard *.h) | $(BUILD)/test
 	$(CXX) $(CXXFLAGS) -DUSE_CUDA -I$(CUDA_HOME)/include -I. -c $< -o $@
-train: $(BUILD)/train.o $(GPU_KERNEL_OBJS) $(LIB_OBJS)
+train: $(BUILD)/train_cuda.o $(GPU_KERNEL_OBJS) $(LIB_OBJS)
 	$(NVCC) $(NVCCFLAGS) $^ -o $@ $(GPU_LDLIBS) -lsentencepiece
 else
 train: $(BUILD)/train.o $(LIB_OBJS)

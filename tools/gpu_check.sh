@@ -5,7 +5,9 @@
 # Run from anywhere: bash tools/gpu_check.sh   (ARCH=sm_80 bash tools/gpu_check.sh for an A100;
 # TEST_GPU_ARGS='-ts=nf4*' passes doctest filters to ./test_gpu; SANITIZE=1 also runs
 # compute-sanitizer memcheck on the kernel and step tests and racecheck on the attention kernels;
-# BENCH_STEP=0 skips the 7B training-step benchmarks)
+# BENCH_STEP=0 skips the 7B training-step benchmarks; TRAIN=1 runs ./train's demo on the GPU and
+# checks that 10 steps + --resume + 10 equal 20 straight, bit for bit; LIMA_DIR=dir (holding
+# lima.bin, lima_val.bin from ./prepare_lima) trains a 7B-shaped random model LIMA_EPOCHS (3) epochs)
 #
 # The build needs the same headers as the CPU build (doctest, nlohmann-json, OpenSSL) and
 # libcrypto. A GPU image without them can be given a folder holding include/ and lib/ copies:
@@ -16,7 +18,7 @@ cd "$(dirname "$0")/.."
 ARCH="${ARCH:-sm_90}"
 JOBS="${JOBS:-16}"
 GPU_DEPS="${GPU_DEPS:-build/gpu_deps}"
-GPU_TARGETS="test_gpu bench_quant bench_step"
+GPU_TARGETS="test_gpu bench_quant bench_step train export_hf"
 LOG_DIR="${LOG_DIR:-build/gpu_check}"
 mkdir -p "$LOG_DIR"
 
@@ -54,7 +56,9 @@ else
     exit 1
 fi
 
-# ---- tests
+# ---- tests (TESTS=0 skips them and the NF4 benchmark, for a run that only trains)
+test_rc=0; bench_rc=0; tests="skipped"; asserts="skipped"
+if [ "${TESTS:-1}" = 1 ]; then
 # shellcheck disable=SC2086  # TEST_GPU_ARGS is a list of doctest flags
 ./test_gpu ${TEST_GPU_ARGS:-} 2>&1 | tee "$LOG_DIR/test_gpu.log"
 test_rc=${PIPESTATUS[0]}
@@ -64,12 +68,37 @@ asserts=$(grep -E '^\[doctest\] assertions:' "$LOG_DIR/test_gpu.log" | sed 's/\[
 # ---- benchmarks (not tests: they report, they do not fail the check unless they crash)
 ./bench_quant 2>&1 | tee "$LOG_DIR/bench_quant.log"
 bench_rc=${PIPESTATUS[0]}
+fi
+result() { grep -E "^RESULT $1 " "$LOG_DIR"/bench_*.log 2>/dev/null | head -n 1 | sed "s/^.*RESULT $1 //"; }
 step_rc=0
 if [ "${BENCH_STEP:-1}" = 1 ]; then
     for q in nf4 bf16; do
         ./bench_step --model 7b --quant $q --seq 2048 --rank 64 --steps 3 2>&1 | tee "$LOG_DIR/bench_step_$q.log"
         [ "${PIPESTATUS[0]}" -eq 0 ] || step_rc=1
     done
+fi
+train_demo="not run"; train_resume="not run"; train_lima="not run"
+if [ "${TRAIN:-0}" = 1 ]; then
+    rm -rf "$LOG_DIR/demo" build/resume_a build/resume_b
+    ./train -o "$LOG_DIR/demo" 2>&1 | tee "$LOG_DIR/train_demo.log" | grep -E "^step (1|20|40|60)/|^train:"
+    train_demo=$(awk -F, 'NR==2{a=$3} END{print "loss " a " -> " $3 ", val " $4}' "$LOG_DIR/demo/log.csv" 2>/dev/null)
+    ./train --steps 20 --eval-every 10 -o build/resume_a >/dev/null 2>&1
+    ./train --steps 20 --eval-every 10 --stop-at 10 -o build/resume_b >/dev/null 2>&1
+    ./train --steps 20 --eval-every 10 --resume -o build/resume_b >/dev/null 2>&1
+    if cmp -s build/resume_a/adapter.bin build/resume_b/adapter.bin && cmp -s build/resume_a/state.bin build/resume_b/state.bin &&
+        [ "$(cut -d, -f1-6 build/resume_a/log.csv)" = "$(cut -d, -f1-6 build/resume_b/log.csv)" ]; then
+        train_resume="20 steps == 10 + resume + 10: adapter, state and losses bitwise identical"
+    else
+        train_resume="FAILED: resumed run differs"
+        step_rc=1
+    fi
+fi
+if [ -n "${LIMA_DIR:-}" ]; then
+    rm -rf "$LOG_DIR/lima7b"
+    ./train -i "$LIMA_DIR/lima.bin" -v "$LIMA_DIR/lima_val.bin" -m random:7b --epochs "${LIMA_EPOCHS:-3}" --eval-every 21 \
+        -o "$LOG_DIR/lima7b" 2>&1 | tee "$LOG_DIR/train_lima.log" | awk 'NR<=2 || /val/ || /^train:/'
+    [ "${PIPESTATUS[0]}" -eq 0 ] || step_rc=1
+    train_lima=$(tail -n 1 "$LOG_DIR/lima7b/log.csv" 2>/dev/null | awk -F, '{print "step " $1 " loss " $3 " val " $4 ", " $7 " tok/s, MFU " $8 ", " $9 " GiB"}')
 fi
 san="not run"
 if [ "${SANITIZE:-0}" = 1 ]; then
@@ -79,7 +108,6 @@ if [ "${SANITIZE:-0}" = 1 ]; then
     tail -n 3 "$LOG_DIR/memcheck.log" "$LOG_DIR/racecheck.log"
     san=$([ $san_rc -eq 0 ] && echo "memcheck + racecheck clean" || echo "FAILED (see $LOG_DIR/*check.log)")
 fi
-result() { grep -E "^RESULT $1 " "$LOG_DIR"/bench_*.log | head -n 1 | sed "s/^.*RESULT $1 //"; }
 
 # ---- summary table
 echo
@@ -93,5 +121,8 @@ echo "| NF4 quantize 7B linears    | $(result quantize_7b_ms) ms, $(result bits_
 step_line() { grep -E "^RESULT model=7b quant=$1 " "$LOG_DIR/bench_step_$1.log" 2>/dev/null | sed 's/^RESULT //'; }
 echo "| 7B QLoRA step (NF4), seq 2048 | $(step_line nf4) |"
 echo "| 7B LoRA step (bf16), seq 2048 | $(step_line bf16) |"
+echo "| train demo (GPU)           | $train_demo |"
+echo "| train resume (GPU)         | $train_resume |"
+echo "| train LIMA, random 7B NF4  | $train_lima |"
 echo "| compute-sanitizer          | $san |"
 [ "$test_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ] && [ "$step_rc" -eq 0 ]
