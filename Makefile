@@ -28,8 +28,8 @@ ifneq ($(NO_CUDA),1)
     $(error nvcc not found (looked on PATH and in $(CUDA_HOME)/bin): install the CUDA toolkit, set CUDA_HOME, or build the CPU-only binaries with 'make NO_CUDA=1')
   endif
   NVCCFLAGS ?= -O3 -std=c++17 -arch=$(ARCH) -lineinfo -Xcompiler -fopenmp -Xcompiler -Wall
-  GPU_LDLIBS = -lcublasLt -lcrypto -lgomp
-  GPU_BINS := test_gpu bench_quant bench_step rcp_probe
+  GPU_LDLIBS = -lcublasLt -lcrypto -lgomp -lsentencepiece
+  GPU_BINS := test_gpu bench_quant bench_step bench_decode rcp_probe
   NCCL_FLAGS :=
   NCCL_LIBS :=
   ifneq ($(NO_NCCL),1)
@@ -77,6 +77,9 @@ bench_quant: $(BUILD)/bench/bench_quant.o $(GPU_KERNEL_OBJS) $(LIB_OBJS)
 bench_step: $(BUILD)/bench/bench_step.o $(GPU_KERNEL_OBJS) $(LIB_OBJS)
 	$(NVCC) $(NVCCFLAGS) $^ -o $@ $(GPU_LDLIBS)
 
+bench_decode: $(BUILD)/bench/bench_decode.o $(GPU_KERNEL_OBJS) $(LIB_OBJS)
+	$(NVCC) $(NVCCFLAGS) $^ -o $@ $(GPU_LDLIBS) -lsentencepiece
+
 rcp_probe: $(BUILD)/tools/rcp_probe.o $(GPU_KERNEL_OBJS) $(LIB_OBJS)
 	$(NVCC) $(NVCCFLAGS) $^ -o $@ $(GPU_LDLIBS)
 endif
@@ -102,9 +105,15 @@ train: $(BUILD)/train.o $(LIB_OBJS)
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS_CPU) -lsentencepiece
 endif
 
-# chat / generation on the CPU reference (the GPU decoder plugs in through make_gpu_decoder, sampling.h)
+# chat / generation: the CPU decoder always, the GPU one (decode.cu, make_gpu_decoder in sampling.h)
+# linked in when CUDA is built
+ifneq ($(NO_CUDA),1)
+sample: $(BUILD)/sample.o $(GPU_KERNEL_OBJS) $(LIB_OBJS)
+	$(NVCC) $(NVCCFLAGS) $^ -o $@ $(GPU_LDLIBS) -lsentencepiece
+else
 sample: $(BUILD)/sample.o $(LIB_OBJS)
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS_CPU) -lsentencepiece
+endif
 
 test_cpu: $(TEST_CPU_OBJS) $(LIB_OBJS)
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS_CPU) -lsentencepiece -lsentencepiece_train

@@ -8,6 +8,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <memory>
 #include <vector>
 
 #include "model.h"
@@ -256,3 +257,9 @@ float gpu_read_step_loss(GpuModel& m);  // summed CE of the training forwards si
 // The card's dense bf16 peak in FLOP/s (0 when unknown), and device memory in use now (GiB).
 double gpu_peak_bf16_flops();
 double gpu_memory_in_use_gib();
+
+// ----------------------------------------------------------------------------------------------
+// the GPU decoder (decode.cu) behind ./sample: make_gpu_decoder() is declared in sampling.h; this
+// one builds a model of random weights on the device, for benchmarks.
+class Decoder;
+std::unique_ptr<Decoder> make_gpu_decoder_random(const Config& c, bool nf4, int max_context, uint64_t seed);

@@ -150,7 +150,7 @@ static Cli make_cli(Args& a) {
             {nullptr, "--max-new-tokens", "N", "new tokens at most, instead of --max-length", &a.max_new_tokens},
             {nullptr, "--greedy", nullptr, "argmax instead of sampling (the repetition penalty still applies, as in transformers)", &a.greedy},
             {"-s", "--seed", "N", "random seed; each prompt of -p/-f starts from it (default: from the clock, printed)", &a.seed},
-            {"-d", "--device", "NAME", "cuda or cpu (default: cuda when this build has the GPU decoder, else cpu)", &a.device},
+            {"-d", "--device", "NAME", "cuda or cpu (default: cuda when this build has the GPU decoder and a GPU is usable)", &a.device},
             {nullptr, "--merge", nullptr, "merge each adapter into the base weights instead of applying it unmerged", &a.merge},
             {nullptr, "--table", nullptr, "print a markdown table: one row per prompt, one column per adapter", &a.table},
             {"-h", "--help", nullptr, "show this help and exit", nullptr},
@@ -385,7 +385,8 @@ static int run(Settings& s, const std::string& prompts_file) {
                           s.prompts.size() == 1 ? std::string("the prompt") : "prompt " + std::to_string(i + 1) + " of " + prompts_file);
     }
 
-    const std::string device = !s.device.empty() ? s.device : make_gpu_decoder ? "cuda" : "cpu";
+    const std::string device =
+        !s.device.empty() ? s.device : (make_gpu_decoder && gpu_decoder_usable && gpu_decoder_usable()) ? "cuda" : "cpu";
     const int64_t max_context = context_limit(s, cfg);
     std::unique_ptr<Decoder> dec = make_decoder(s, device, (int)max_context);
     if (!s.seed_given) fprintf(stderr, "%s: seed %llu (pass --seed to repeat this run)\n", PROG, (unsigned long long)s.seed);

@@ -86,6 +86,9 @@ class Decoder {
 // Defined only in a GPU build of ./sample (the GPU decoder's source); a CPU-only build leaves the
 // symbol null and sample.cpp says so when --device cuda is asked for.
 std::unique_ptr<Decoder> make_gpu_decoder(const std::string& model_path, int max_context) __attribute__((weak));
+// Defined beside it: whether a GPU can be used right now (a GPU build on a machine without one
+// falls back to the CPU by default).
+bool gpu_decoder_usable() __attribute__((weak));
 
 struct GenerateStats {
     int64_t prefill_tokens = 0;  // tokens fed by prefill()

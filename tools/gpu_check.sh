@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 ARCH="${ARCH:-sm_90}"
 JOBS="${JOBS:-16}"
 GPU_DEPS="${GPU_DEPS:-build/gpu_deps}"
-GPU_TARGETS="test_gpu bench_quant bench_step train export_hf"
+GPU_TARGETS="test_gpu bench_quant bench_step bench_decode train sample export_hf"
 LOG_DIR="${LOG_DIR:-build/gpu_check}"
 mkdir -p "$LOG_DIR"
 
@@ -77,11 +77,20 @@ if [ "${BENCH_STEP:-1}" = 1 ]; then
         [ "${PIPESTATUS[0]}" -eq 0 ] || step_rc=1
     done
 fi
+if [ "${BENCH_DECODE:-1}" = 1 ]; then
+    ./bench_decode --model 7b --quant nf4 --rank 64 2>&1 | tee "$LOG_DIR/bench_decode_nf4.log"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || step_rc=1
+    ./bench_decode --model 7b --quant bf16 --rank 64 --merge 2>&1 | tee "$LOG_DIR/bench_decode_bf16.log"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || step_rc=1
+fi
 train_demo="not run"; train_resume="not run"; train_lima="not run"
 if [ "${TRAIN:-0}" = 1 ]; then
     rm -rf "$LOG_DIR/demo" build/resume_a build/resume_b
     ./train -o "$LOG_DIR/demo" 2>&1 | tee "$LOG_DIR/train_demo.log" | grep -E "^step (1|20|40|60)/|^train:"
     train_demo=$(awk -F, 'NR==2{a=$3} END{print "loss " a " -> " $3 ", val " $4}' "$LOG_DIR/demo/log.csv" 2>/dev/null)
+    # ./sample on the demo's model and adapter, on the GPU
+    ./sample -m "$LOG_DIR/demo/model.bin" -a "$LOG_DIR/demo/adapter.bin" -p "What is the capital of France?" --greedy \
+        2>&1 | tee "$LOG_DIR/sample_demo.log" | tail -n 4
     ./train --steps 20 --eval-every 10 -o build/resume_a >/dev/null 2>&1
     ./train --steps 20 --eval-every 10 --stop-at 10 -o build/resume_b >/dev/null 2>&1
     ./train --steps 20 --eval-every 10 --resume -o build/resume_b >/dev/null 2>&1
@@ -103,7 +112,7 @@ fi
 san="not run"
 if [ "${SANITIZE:-0}" = 1 ]; then
     san_rc=0
-    compute-sanitizer --tool memcheck --error-exitcode 9 ./test_gpu -tc='kernel*,step*' >"$LOG_DIR/memcheck.log" 2>&1 || san_rc=1
+    compute-sanitizer --tool memcheck --error-exitcode 9 ./test_gpu -tc='kernel*,step*,decode*' >"$LOG_DIR/memcheck.log" 2>&1 || san_rc=1
     compute-sanitizer --tool racecheck --error-exitcode 9 ./test_gpu -tc='*attention*' >"$LOG_DIR/racecheck.log" 2>&1 || san_rc=1
     tail -n 3 "$LOG_DIR/memcheck.log" "$LOG_DIR/racecheck.log"
     san=$([ $san_rc -eq 0 ] && echo "memcheck + racecheck clean" || echo "FAILED (see $LOG_DIR/*check.log)")
@@ -121,6 +130,9 @@ echo "| NF4 quantize 7B linears    | $(result quantize_7b_ms) ms, $(result bits_
 step_line() { grep -E "^RESULT model=7b quant=$1 " "$LOG_DIR/bench_step_$1.log" 2>/dev/null | sed 's/^RESULT //'; }
 echo "| 7B QLoRA step (NF4), seq 2048 | $(step_line nf4) |"
 echo "| 7B LoRA step (bf16), seq 2048 | $(step_line bf16) |"
+dec_line() { grep -E "^RESULT decode model=7b quant=$1 " "$LOG_DIR/bench_decode_$1.log" 2>/dev/null | sed 's/^RESULT decode //'; }
+echo "| 7B decode, NF4 + LoRA r=64 unmerged | $(dec_line nf4) |"
+echo "| 7B decode, bf16 + LoRA merged | $(dec_line bf16) |"
 echo "| train demo (GPU)           | $train_demo |"
 echo "| train resume (GPU)         | $train_resume |"
 echo "| train LIMA, random 7B NF4  | $train_lima |"

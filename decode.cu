@@ -1,0 +1,425 @@
+// decode.cu — the GPU Decoder behind ./sample: a KV cache on the card, the prompt prefilled in one
+// pass (cuBLASLt, NF4 weights dequantized to bf16 per matrix), and batch-1 decoding with fused
+// mat-vec kernels that read the 4-bit weights directly (a 7B NF4 model is 3.9 GB per token instead
+// of 13.5 GB of bf16). LoRA runs unmerged (two skinny mat-vecs per linear) or merged into bf16
+// copies of the linears (--merge). Only the (V) logits travel back to the host, where
+// sampling.cpp applies Hugging Face's pipeline.
+//
+// The base weights follow the model file: a file exported with --dtype nf4 decodes on NF4 (what a
+// QLoRA adapter was trained against), a dense file on bf16.
+// CPU twin: CpuDecoder (llama2_cpu.cpp); tests: test/gpu_decode.cu; benchmark: bench/bench_decode.cu.
+#include <cfloat>
+#include <string>
+
+#include "llama2_gpu.h"
+#include "quant.h"
+#include "sampling.h"
+
+namespace {
+
+constexpr int MV_THREADS = 256;  // 8 warps, one output row each
+
+struct Nf4Consts {
+    float nf4[16];
+    float code8[256];
+};
+
+__device__ __forceinline__ float mul_rn_ftz(float a, float b) {  // bnb's fast-math multiply (quant.cu)
+    float r;
+    asm("mul.rn.ftz.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+    return r;
+}
+
+__device__ __forceinline__ float warp_reduce_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// x (cols) into shared memory once per block: every warp of the block reads all of it, and from
+// L1/L2 that is 8x the traffic of the weights themselves
+__device__ __forceinline__ void stage_x(bf16* xs, const bf16* x, int cols) {
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) xs[i] = x[i];
+    __syncthreads();
+}
+
+// y (rows) = (accumulate ? y : 0) + scale * W x with W an NF4 record (rows, cols), cols % 16 == 0.
+// Each weight is dequantized exactly as nf4_dequantize_gpu does (code8 * scale2 + offset, then
+// NF4[c] * absmax, rounded to bf16) before it meets x, so prefill and decode see the same weights.
+// A lane takes 16 weights (8 packed bytes, one absmax block) per iteration. Dynamic shared memory:
+// cols bf16 for x.
+__global__ void __launch_bounds__(MV_THREADS) matvec_nf4_kernel(bf16* y, const bf16* x, Nf4View W, int rows, int cols,
+                                                                float scale, bool accumulate, Nf4Consts consts) {
+    extern __shared__ __align__(16) bf16 xs[];
+    __shared__ float s_nf4[16], s_code8[256];
+    if (threadIdx.x < 16) s_nf4[threadIdx.x] = consts.nf4[threadIdx.x];
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) s_code8[i] = consts.code8[i];
+    stage_x(xs, x, cols);
+    const int row = blockIdx.x * (MV_THREADS / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    const float offset = *W.offset;
+    float acc = 0.0f;
+    for (int c16 = lane; c16 < cols / 16; c16 += 32) {
+        const int64_t i = (int64_t)row * cols + (int64_t)c16 * 16;  // 16 weights, one absmax block
+        const int64_t b = i / NF4_BLOCK;
+        const float amax = __fadd_rn(mul_rn_ftz(s_code8[W.absmax_q[b]], W.scale2[b / NF4_DQ_BLOCK]), offset);
+        const uint2 bytes = *reinterpret_cast<const uint2*>(W.packed + i / 2);
+        const uint4* xv = reinterpret_cast<const uint4*>(xs + c16 * 16);
+        const uint4 xa = xv[0], xb = xv[1];
+        const bf16* xa_s = reinterpret_cast<const bf16*>(&xa);
+        const bf16* xb_s = reinterpret_cast<const bf16*>(&xb);
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            const uint32_t byte = ((k < 4 ? bytes.x : bytes.y) >> (8 * (k % 4))) & 0xffu;  // element 2k high nibble
+            const float w0 = __bfloat162float(__float2bfloat16_rn(mul_rn_ftz(s_nf4[byte >> 4], amax)));
+            const float w1 = __bfloat162float(__float2bfloat16_rn(mul_rn_ftz(s_nf4[byte & 0x0f], amax)));
+            const bf16* xk = k < 4 ? xa_s + 2 * k : xb_s + 2 * (k - 4);
+            acc += w0 * __bfloat162float(xk[0]) + w1 * __bfloat162float(xk[1]);
+        }
+    }
+    acc = warp_reduce_sum(acc);
+    if (lane == 0) y[row] = __float2bfloat16((accumulate ? __bfloat162float(y[row]) : 0.0f) + scale * acc);
+}
+
+// y (rows) = (accumulate ? y : 0) + scale * W x, W bf16 (rows, cols); fp32 or bf16 output
+template <typename Out>
+__global__ void __launch_bounds__(MV_THREADS) matvec_bf16_kernel(Out* y, const bf16* x, const bf16* W, int rows, int cols,
+                                                                 float scale, bool accumulate) {
+    extern __shared__ __align__(16) bf16 xs[];
+    stage_x(xs, x, cols);
+    const int row = blockIdx.x * (MV_THREADS / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    const bf16* w = W + (int64_t)row * cols;
+    float acc = 0.0f;
+    if (cols % 8 == 0) {  // 16-byte loads of the weights
+        for (int c8 = lane; c8 < cols / 8; c8 += 32) {
+            const uint4 wv = *reinterpret_cast<const uint4*>(w + c8 * 8), xv = *reinterpret_cast<const uint4*>(xs + c8 * 8);
+            const bf16 *ws = reinterpret_cast<const bf16*>(&wv), *xq = reinterpret_cast<const bf16*>(&xv);
+#pragma unroll
+            for (int k = 0; k < 8; k++) acc += __bfloat162float(ws[k]) * __bfloat162float(xq[k]);
+        }
+    } else {  // a LoRA B with r = 4, say
+        for (int c = lane; c < cols; c += 32) acc += __bfloat162float(w[c]) * __bfloat162float(xs[c]);
+    }
+    acc = warp_reduce_sum(acc);
+    if (lane == 0) {
+        const float prev = accumulate ? (float)y[row] : 0.0f;
+        y[row] = (Out)(prev + scale * acc);
+    }
+}
+
+// launchers: x staged in dynamic shared memory (up to 227 KB on Hopper once opted in)
+void matvec_nf4(bf16* y, const bf16* x, Nf4View W, int rows, int cols, float scale, bool accumulate, const Nf4Consts& c,
+                cudaStream_t stream) {
+    const size_t smem = (size_t)cols * 2;
+    static size_t opted = 48 << 10;
+    if (smem > opted) {
+        cudaCheck(cudaFuncSetAttribute(matvec_nf4_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        opted = smem;
+    }
+    matvec_nf4_kernel<<<(unsigned)((rows + MV_THREADS / 32 - 1) / (MV_THREADS / 32)), MV_THREADS, smem, stream>>>(
+        y, x, W, rows, cols, scale, accumulate, c);
+    cudaCheckLaunch();
+}
+
+template <typename Out>
+void matvec_bf16(Out* y, const bf16* x, const bf16* W, int rows, int cols, float scale, bool accumulate, cudaStream_t stream) {
+    const size_t smem = ((size_t)cols * 2 + 15) & ~(size_t)15;
+    static size_t opted = 48 << 10;
+    if (smem > opted) {
+        cudaCheck(cudaFuncSetAttribute(matvec_bf16_kernel<Out>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        opted = smem;
+    }
+    matvec_bf16_kernel<Out><<<(unsigned)((rows + MV_THREADS / 32 - 1) / (MV_THREADS / 32)), MV_THREADS, smem, stream>>>(
+        y, x, W, rows, cols, scale, accumulate);
+    cudaCheckLaunch();
+}
+
+// Attention of n new queries (positions pos0 .. pos0+n-1) over the cache (keys 0 .. own position).
+// One block per (query, head): scores into shared memory, softmax, then thread d sums p * v[:, d].
+// scores: dynamic shared memory of (pos0 + n) floats.
+__global__ void attention_cached_kernel(bf16* out, const bf16* q, const bf16* kc, const bf16* vc, int pos0, int H, int KV,
+                                        int D, float scale) {
+    extern __shared__ float scores[];
+    __shared__ float red[32];
+    const int qi = blockIdx.x, h = blockIdx.y, kvh = h / (H / KV), p = pos0 + qi;
+    const bf16* qv = q + ((int64_t)qi * H + h) * D;
+    float mx = -FLT_MAX;
+    for (int j = threadIdx.x; j <= p; j += blockDim.x) {
+        const bf16* kv = kc + ((int64_t)j * KV + kvh) * D;
+        float dot = 0.0f;
+        for (int d = 0; d < D; d += 8) {
+            const uint4 a = *reinterpret_cast<const uint4*>(qv + d), b = *reinterpret_cast<const uint4*>(kv + d);
+            const bf16 *as = reinterpret_cast<const bf16*>(&a), *bs = reinterpret_cast<const bf16*>(&b);
+#pragma unroll
+            for (int k = 0; k < 8; k++) dot += __bfloat162float(as[k]) * __bfloat162float(bs[k]);
+        }
+        scores[j] = dot * scale;
+        mx = fmaxf(mx, scores[j]);
+    }
+    // block max and sum (warp shuffles, then one value per warp)
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    if (lane == 0) red[warp] = mx;
+    __syncthreads();
+    mx = -FLT_MAX;
+    for (int w = 0; w < n_warps; w++) mx = fmaxf(mx, red[w]);
+    __syncthreads();
+    float sum = 0.0f;
+    for (int j = threadIdx.x; j <= p; j += blockDim.x) {
+        scores[j] = expf(scores[j] - mx);
+        sum += scores[j];
+    }
+    sum = warp_reduce_sum(sum);
+    if (lane == 0) red[warp] = sum;
+    __syncthreads();
+    sum = 0.0f;
+    for (int w = 0; w < n_warps; w++) sum += red[w];
+    const float inv = 1.0f / sum;
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        float acc = 0.0f;
+        for (int j = 0; j <= p; j++) acc += scores[j] * __bfloat162float(vc[((int64_t)j * KV + kvh) * D + d]);
+        out[((int64_t)qi * H + h) * D + d] = __float2bfloat16(acc * inv);
+    }
+}
+
+// rows n of (n, KV*D) into the cache at positions pos0..
+__global__ void cache_store_kernel(bf16* cache, const bf16* src, int64_t pos0, int64_t n_elems) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n_elems) cache[pos0 + i] = src[i];
+}
+
+Nf4Consts nf4_consts() {
+    Nf4Consts c;
+    memcpy(c.nf4, NF4_CODE, sizeof(c.nf4));
+    memcpy(c.code8, dynamic_code8(), sizeof(c.code8));
+    return c;
+}
+
+
+}  // namespace
+
+// ----------------------------------------------------------------------------------------------
+// the decoder
+
+class GpuDecoder : public Decoder {
+   public:
+    GpuDecoder(const std::string& model_path, int max_context);
+    GpuDecoder(const Config& c, bool nf4, int max_context, uint64_t seed);  // random weights (benchmarks)
+    ~GpuDecoder() override;
+    const Config& config() const override { return m_.cfg; }
+    int max_context() const override { return max_ctx_; }
+    int position() const override { return len_; }
+    void reset() override { len_ = 0; }
+    void set_adapter(const Adapter* adapter, bool merge) override;
+    const float* prefill(const int32_t* tokens, int n) override;
+    const float* step(int32_t token) override { return prefill(&token, 1); }
+    std::string describe() const override;
+
+   private:
+    void linear(bf16* y, const bf16* x, int t, int l, int n, bool accumulate);
+    const bf16* dense_weight(int t, int l);  // bf16 (merged, dense or dequantized into scratch)
+
+    GpuModel m_;                // base weights, cuBLASLt, stream, NF4 scratch
+    int max_ctx_ = 0, len_ = 0;
+    bool nf4_ = false, merged_ = false;
+    Nf4Consts consts_;
+    LoraConfig lcfg_{0, 1.0f, 0.0f, 0};         // rank 0: no adapter
+    LoraLayout lay_{};
+    bf16* lora_w_ = nullptr;                    // (lay_.total) bf16 A and B, LoraLayout order (unmerged)
+    bf16* merged_w_[NUM_LORA_TARGETS] = {};     // (L, out, in) bf16 with s B A folded in
+    bf16 *kc_ = nullptr, *vc_ = nullptr;        // (L, max_ctx, KV*D)
+    // per-pass buffers for up to max_ctx tokens
+    bf16 *x_, *xn_, *q_, *k_, *v_, *ctx_, *g_, *u_, *h_, *lu_;
+    int32_t *d_tok_, *d_pos_;
+    float *rstd_, *d_logits_;
+    float* h_logits_ = nullptr;  // pinned (V)
+    void allocate_buffers();
+    std::vector<void*> allocs_;
+    void* alloc(size_t bytes) {
+        void* p = nullptr;
+        cudaCheck(cudaMalloc(&p, bytes ? bytes : 16));
+        allocs_.push_back(p);
+        return p;
+    }
+};
+
+GpuDecoder::GpuDecoder(const std::string& path, int max_context) : max_ctx_(max_context) {
+    InFile f(path);
+    ModelHeader h = read_model_header(f);
+    nf4_ = h.linear_format == LINEAR_NF4;
+    // the base weights only: no LoRA training state, activations for a single token
+    gpu_model_init(m_, h.config, LoraConfig{0, 1.0f, 0.0f, 0}, nf4_ ? QUANT_NF4 : QUANT_BF16, RECOMPUTE_FULL, 1);
+    gpu_model_load_file(m_, path);
+    allocate_buffers();
+}
+
+GpuDecoder::GpuDecoder(const Config& c, bool nf4, int max_context, uint64_t seed) : max_ctx_(max_context), nf4_(nf4) {
+    gpu_model_init(m_, c, LoraConfig{0, 1.0f, 0.0f, 0}, nf4_ ? QUANT_NF4 : QUANT_BF16, RECOMPUTE_FULL, 1);
+    gpu_model_random_weights(m_, seed);
+    allocate_buffers();
+}
+
+void GpuDecoder::allocate_buffers() {
+    const Config& c = m_.cfg;
+    consts_ = nf4_consts();
+    const int64_t N = max_ctx_, C = c.dim, F = c.hidden_dim, QD = (int64_t)c.n_heads * c.head_dim;
+    const int64_t KVD = (int64_t)c.n_kv_heads * c.head_dim;
+    kc_ = (bf16*)alloc((size_t)c.n_layers * N * KVD * 2);
+    vc_ = (bf16*)alloc((size_t)c.n_layers * N * KVD * 2);
+    x_ = (bf16*)alloc(N * C * 2);
+    xn_ = (bf16*)alloc(N * C * 2);
+    q_ = (bf16*)alloc(N * QD * 2);
+    k_ = (bf16*)alloc(N * KVD * 2);
+    v_ = (bf16*)alloc(N * KVD * 2);
+    ctx_ = (bf16*)alloc(N * QD * 2);
+    g_ = (bf16*)alloc(N * F * 2);
+    u_ = (bf16*)alloc(N * F * 2);
+    h_ = (bf16*)alloc(N * F * 2);
+    lu_ = (bf16*)alloc(N * 1024 * 2);  // LoRA u for ranks up to 1024
+    d_tok_ = (int32_t*)alloc(N * 4);
+    d_pos_ = (int32_t*)alloc(N * 4);
+    rstd_ = (float*)alloc(N * 4);
+    d_logits_ = (float*)alloc((size_t)c.vocab_size * 4);
+    cudaCheck(cudaMallocHost(&h_logits_, (size_t)c.vocab_size * 4));
+}
+
+GpuDecoder::~GpuDecoder() {
+    cudaCheck(cudaStreamSynchronize(m_.stream));
+    for (void* p : allocs_) cudaCheck(cudaFree(p));
+    if (lora_w_) cudaCheck(cudaFree(lora_w_));
+    for (bf16* w : merged_w_)
+        if (w) cudaCheck(cudaFree(w));
+    cudaCheck(cudaFreeHost(h_logits_));
+    gpu_model_free(m_);
+}
+
+std::string GpuDecoder::describe() const {
+    std::string s = std::string("cuda ") + (nf4_ && !merged_ ? "NF4" : "bf16") + " base";
+    if (lcfg_.rank > 0 && !merged_) s += ", LoRA r=" + std::to_string(lcfg_.rank) + " unmerged";
+    if (merged_) s += ", LoRA merged";
+    return s;
+}
+
+const bf16* GpuDecoder::dense_weight(int t, int l) {
+    const int64_t n = lora_in_dim(m_.cfg, t) * lora_out_dim(m_.cfg, t);
+    if (merged_) return merged_w_[t] + l * n;
+    if (!nf4_) return *m_.w.ptr(lora_target_weight(t)) + l * n;
+    nf4_dequantize_gpu(m_.scr.weight, DT_BF16, nf4_view(m_.nf4_base[t] + l * m_.nf4_record_bytes[t], n), m_.stream);
+    return m_.scr.weight;
+}
+
+void GpuDecoder::set_adapter(const Adapter* a, bool merge) {
+    cudaCheck(cudaStreamSynchronize(m_.stream));
+    len_ = 0;
+    merged_ = false;
+    if (lora_w_) cudaCheck(cudaFree(lora_w_));
+    lora_w_ = nullptr;
+    lcfg_ = LoraConfig{0, 1.0f, 0.0f, 0};
+    if (!a) return;
+    if (a->lora.rank > 1024) fail("adapter: rank %d is above the decoder's 1024", a->lora.rank);
+    lcfg_ = a->lora;
+    lay_ = lora_layout(m_.cfg, lcfg_);
+    std::vector<uint16_t> h(a->params.size());
+    convert_from_f32(h.data(), a->params.data(), DT_BF16, h.size());
+    cudaCheck(cudaMalloc(&lora_w_, h.size() * 2));
+    cudaCheck(cudaMemcpy(lora_w_, h.data(), h.size() * 2, cudaMemcpyHostToDevice));
+    if (!merge) return;
+    // W' = W + s B A for every adapted linear, into bf16 copies (the NF4 base is dequantized first)
+    const int64_t r = lcfg_.rank;
+    for (int t = 0; t < NUM_LORA_TARGETS; t++) {
+        const int64_t in = lora_in_dim(m_.cfg, t), out = lora_out_dim(m_.cfg, t);
+        if (!merged_w_[t]) cudaCheck(cudaMalloc(&merged_w_[t], (size_t)m_.cfg.n_layers * in * out * 2));
+        for (int l = 0; l < m_.cfg.n_layers; l++) {
+            bf16* W = merged_w_[t] + l * in * out;
+            cudaCheck(cudaMemcpyAsync(W, dense_weight(t, l), in * out * 2, cudaMemcpyDeviceToDevice, m_.stream));
+            if (!lcfg_.has(t)) continue;
+            const bf16* A = lora_w_ + lay_.a_offset[t] + l * r * in;
+            const bf16* B = lora_w_ + lay_.b_offset[t] + l * out * r;
+            matmul(m_.blas, W, false, B, false, A, false, out, in, r, lcfg_.scaling(), 1.0f, m_.stream);
+        }
+    }
+    merged_ = true;
+    cudaCheck(cudaStreamSynchronize(m_.stream));
+}
+
+// y (n, OC) = (accumulate ? y : 0) + x W^T (+ s (x A^T) B^T when unmerged)
+void GpuDecoder::linear(bf16* y, const bf16* x, int t, int l, int n, bool accumulate) {
+    const int64_t IC = lora_in_dim(m_.cfg, t), OC = lora_out_dim(m_.cfg, t);
+    if (n == 1 && !merged_ && nf4_) {  // batch-1 decode: read the 4-bit weights directly
+        ASSERT(IC % 16 == 0, "the NF4 mat-vec needs in_features % 16 == 0 (every Llama 2 size)");
+        Nf4View W = nf4_view(m_.nf4_base[t] + l * m_.nf4_record_bytes[t], IC * OC);
+        matvec_nf4(y, x, W, (int)OC, (int)IC, 1.0f, accumulate, consts_, m_.stream);
+    } else if (n == 1) {
+        matvec_bf16<bf16>(y, x, dense_weight(t, l), (int)OC, (int)IC, 1.0f, accumulate, m_.stream);
+    } else {
+        matmul(m_.blas, y, false, x, false, dense_weight(t, l), true, n, OC, IC, 1.0f, accumulate ? 1.0f : 0.0f, m_.stream);
+    }
+    if (merged_ || lcfg_.rank == 0 || !lcfg_.has(t)) return;
+    const int64_t r = lcfg_.rank;
+    const bf16* A = lora_w_ + lay_.a_offset[t] + l * r * IC;
+    const bf16* B = lora_w_ + lay_.b_offset[t] + l * OC * r;
+    if (n == 1) {
+        matvec_bf16<bf16>(lu_, x, A, (int)r, (int)IC, 1.0f, false, m_.stream);
+        matvec_bf16<bf16>(y, lu_, B, (int)OC, (int)r, lcfg_.scaling(), true, m_.stream);
+    } else {
+        LoraGpuArgs la{A, B, (int)r, lcfg_.scaling(), 0.0f, 0, 0};
+        lora_forward(m_.blas, y, lu_, nullptr, x, la, n, IC, OC, m_.stream);
+    }
+}
+
+const float* GpuDecoder::prefill(const int32_t* tokens, int n) {
+    const Config& c = m_.cfg;
+    if (n < 1 || len_ + n > max_ctx_)
+        fail("decoder: %d tokens after %d do not fit the context of %d", n, len_, max_ctx_);
+    const int64_t C = c.dim, F = c.hidden_dim, KVD = (int64_t)c.n_kv_heads * c.head_dim;
+    std::vector<int32_t> pos(n);
+    for (int i = 0; i < n; i++) pos[i] = len_ + i;
+    cudaCheck(cudaMemcpyAsync(d_tok_, tokens, n * 4, cudaMemcpyHostToDevice, m_.stream));
+    cudaCheck(cudaMemcpyAsync(d_pos_, pos.data(), n * 4, cudaMemcpyHostToDevice, m_.stream));
+    embedding_forward(x_, d_tok_, m_.w.embed, n, (int)C, m_.stream);
+    const float scale = 1.0f / sqrtf((float)c.head_dim);
+    for (int l = 0; l < c.n_layers; l++) {
+        rmsnorm_forward(xn_, rstd_, x_, m_.w.attn_norm + l * C, n, (int)C, c.norm_eps, m_.stream);
+        linear(q_, xn_, LT_Q, l, n, false);
+        linear(k_, xn_, LT_K, l, n, false);
+        linear(v_, xn_, LT_V, l, n, false);
+        rope_forward(q_, d_pos_, n, c.n_heads, c.head_dim, c.rope_theta, m_.stream);
+        rope_forward(k_, d_pos_, n, c.n_kv_heads, c.head_dim, c.rope_theta, m_.stream);
+        bf16* kc = kc_ + (int64_t)l * max_ctx_ * KVD;
+        bf16* vc = vc_ + (int64_t)l * max_ctx_ * KVD;
+        const int64_t ne = (int64_t)n * KVD;
+        cache_store_kernel<<<(unsigned)((ne + 255) / 256), 256, 0, m_.stream>>>(kc, k_, (int64_t)len_ * KVD, ne);
+        cudaCheckLaunch();
+        cache_store_kernel<<<(unsigned)((ne + 255) / 256), 256, 0, m_.stream>>>(vc, v_, (int64_t)len_ * KVD, ne);
+        cudaCheckLaunch();
+        // +16 floats: the compiler's unrolled read of scores[] may touch a few past the last key
+        attention_cached_kernel<<<dim3(n, c.n_heads), 128, (size_t)(len_ + n + 16) * 4, m_.stream>>>(
+            ctx_, q_, kc, vc, len_, c.n_heads, c.n_kv_heads, c.head_dim, scale);
+        cudaCheckLaunch();
+        linear(x_, ctx_, LT_O, l, n, true);  // the residual add rides on the accumulation
+        rmsnorm_forward(xn_, rstd_, x_, m_.w.mlp_norm + l * C, n, (int)C, c.norm_eps, m_.stream);
+        linear(g_, xn_, LT_GATE, l, n, false);
+        linear(u_, xn_, LT_UP, l, n, false);
+        swiglu_forward(h_, g_, u_, (int64_t)n * F, m_.stream);
+        linear(x_, h_, LT_DOWN, l, n, true);
+    }
+    // only the last position's logits are needed
+    rmsnorm_forward(xn_, rstd_, x_ + (int64_t)(n - 1) * C, m_.w.final_norm, 1, (int)C, c.norm_eps, m_.stream);
+    matvec_bf16<float>(d_logits_, xn_, m_.w.lm_head, c.vocab_size, (int)C, 1.0f, false, m_.stream);
+    cudaCheck(cudaMemcpyAsync(h_logits_, d_logits_, (size_t)c.vocab_size * 4, cudaMemcpyDeviceToHost, m_.stream));
+    cudaCheck(cudaStreamSynchronize(m_.stream));
+    len_ += n;
+    return h_logits_;
+}
+
+std::unique_ptr<Decoder> make_gpu_decoder(const std::string& model_path, int max_context) {
+    std::string why;
+    if (!gpu_available(&why)) fail("--device cuda: no usable GPU (%s)", why.c_str());
+    return std::make_unique<GpuDecoder>(model_path, max_context);
+}
+
+bool gpu_decoder_usable() { return gpu_available(nullptr); }
+
+std::unique_ptr<Decoder> make_gpu_decoder_random(const Config& c, bool nf4, int max_context, uint64_t seed) {
+    return std::make_unique<GpuDecoder>(c, nf4, max_context, seed);
+}
