@@ -51,6 +51,9 @@ $(BUILD)/%.o: %.cpp $(wildcard *.h) | $(BUILD)/test $(BUILD)/tools $(BUILD)/data
 $(BUILD)/test $(BUILD)/tools $(BUILD)/data:
 	mkdir -p $@
 
+# the CPU test objects also include test/*.h (test_util.h, nf4_fixtures.h)
+$(TEST_CPU_OBJS): $(wildcard test/*.h)
+
 # quant_cpu.cpp reproduces GPU float results bit for bit: g++ must never fuse a * b + c into an fma
 # (it would with -march=native and the default -ffp-contract=fast), so the flag is pinned here.
 $(BUILD)/quant_cpu.o: quant_cpu.cpp $(wildcard *.h) | $(BUILD)/test
@@ -61,7 +64,7 @@ ifneq ($(NO_CUDA),1)
 TEST_GPU_OBJS := $(patsubst %.cu,$(BUILD)/%.o,test/test_gpu.cu $(wildcard test/gpu_*.cu))
 GPU_KERNEL_OBJS := $(patsubst %.cu,$(BUILD)/%.o,$(wildcard *.cu))
 
-$(BUILD)/%.o: %.cu $(wildcard *.h test/*.h) | $(BUILD)/test $(BUILD)/bench $(BUILD)/tools
+$(BUILD)/%.o: %.cu $(wildcard *.h test/*.h bench/*.h) | $(BUILD)/test $(BUILD)/bench $(BUILD)/tools
 	$(NVCC) $(NVCCFLAGS) $(NCCL_FLAGS) -I. -c $< -o $@
 
 $(BUILD)/bench:

@@ -53,7 +53,36 @@ Config llama2_preset(const std::string& name) {
     if (name == "7b") c.dim = 4096, c.hidden_dim = 11008, c.n_layers = 32, c.n_heads = 32, c.n_kv_heads = 32;
     else if (name == "13b") c.dim = 5120, c.hidden_dim = 13824, c.n_layers = 40, c.n_heads = 40, c.n_kv_heads = 40;
     else if (name == "70b") c.dim = 8192, c.hidden_dim = 28672, c.n_layers = 80, c.n_heads = 64, c.n_kv_heads = 8;
-    else fail("unknown model preset '%s' (7b, 13b or 70b)", name.c_str());
+    else if (name.find('=') != std::string::npos) {
+        // a custom shape: "layers=4,dim=1024,hidden=2752,heads=8,kv=2[,vocab=32000]" (head_dim = dim / heads)
+        c.n_layers = 2, c.dim = 1024, c.hidden_dim = 2752, c.n_heads = 8, c.n_kv_heads = 8;
+        std::stringstream ss(name);
+        std::string item;
+        int vocab = 32000;
+        while (std::getline(ss, item, ',')) {
+            const size_t eq = item.find('=');
+            const std::string key = item.substr(0, eq);
+            const int v = eq == std::string::npos ? -1 : atoi(item.c_str() + eq + 1);
+            if (v <= 0) fail("model shape '%s': '%s' is not key=positive integer", name.c_str(), item.c_str());
+            if (key == "layers") c.n_layers = v;
+            else if (key == "dim") c.dim = v;
+            else if (key == "hidden") c.hidden_dim = v;
+            else if (key == "heads") c.n_heads = v;
+            else if (key == "kv") c.n_kv_heads = v;
+            else if (key == "vocab") vocab = v;
+            else fail("model shape '%s': unknown key '%s' (layers, dim, hidden, heads, kv, vocab)", name.c_str(), key.c_str());
+        }
+        if (c.dim % c.n_heads != 0) fail("model shape '%s': dim is not a multiple of heads", name.c_str());
+        c.head_dim = c.dim / c.n_heads;
+        c.vocab_size = vocab;
+        c.max_seq_len = 4096;
+        c.bos_id = 1;
+        c.eos_id = 2;
+        c.rope_theta = 10000.0f;
+        c.norm_eps = 1e-5f;
+        validate_config(c, ("model shape '" + name + "'").c_str());
+        return c;
+    } else fail("unknown model preset '%s' (7b, 13b, 70b, or a shape like layers=4,dim=1024,hidden=2752,heads=8,kv=2)", name.c_str());
     c.head_dim = 128;
     c.vocab_size = 32000;
     c.max_seq_len = 4096;
@@ -260,6 +289,17 @@ std::string read_text_file(const std::string& path) {
     std::string s((size_t)in.size, '\0');
     in.read(&s[0], s.size(), "text");
     return s;
+}
+
+std::vector<std::string> split_lines(const std::string& text) {
+    std::vector<std::string> lines;
+    for (size_t pos = 0; pos < text.size();) {
+        size_t end = text.find('\n', pos);
+        if (end == std::string::npos) end = text.size();
+        lines.push_back(text.substr(pos, end - pos));
+        pos = end + 1;
+    }
+    return lines;
 }
 
 void sha256_file(const std::string& path, uint8_t out[32]) {

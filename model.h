@@ -186,7 +186,8 @@ static_assert(sizeof(Config) == 56, "Config is stored verbatim on disk");
 void validate_config(const Config& c, const char* what);
 std::string config_summary(const Config& c);  // "L=32 C=4096 F=11008 H=32 KV=32 D=128 V=32000"
 bool same_architecture(const Config& a, const Config& b);
-// Llama 2's published shapes: "7b", "13b", "70b" (GQA, 8 kv heads); throws on another name.
+// Llama 2's published shapes: "7b", "13b", "70b" (GQA, 8 kv heads), or a custom shape
+// "layers=4,dim=1024,hidden=2752,heads=8,kv=2[,vocab=32000]"; throws InputError otherwise.
 Config llama2_preset(const std::string& name);
 
 // ----------------------------------------------------------------------------------------------
@@ -340,6 +341,18 @@ struct ModelHeader {
     uint8_t reserved[256 - 8 - sizeof(Config) - 4 - 4 - 32];
 };
 static_assert(sizeof(ModelHeader) == 256, "header is 256 bytes");
+// A header for `c` with every tensor stored as `dtype` (LINEAR_DENSE, no tokenizer hash), zeroed
+// first so the reserved bytes (and the padding) on disk are zeros.
+inline ModelHeader make_model_header(const Config& c, int32_t dtype) {
+    ModelHeader h;
+    memset(&h, 0, sizeof(h));
+    h.magic = MODEL_MAGIC;
+    h.version = MODEL_VERSION;
+    h.config = c;
+    h.dtype = dtype;
+    h.linear_format = LINEAR_DENSE;
+    return h;
+}
 
 // Data file (prepare_lima): header, tokens int32[n_tokens], loss_mask uint8[n_tokens],
 // conv_offsets int64[n_conversations + 1] (conversation i is tokens[off[i], off[i+1])).
@@ -412,6 +425,9 @@ struct InFile {
 };
 
 std::string read_text_file(const std::string& path);
+// The lines of `text` without their '\n', numbered from 1 by index + 1 (a '\n' at the very end
+// starts no further line; a '\r' before it stays).
+std::vector<std::string> split_lines(const std::string& text);
 void sha256_file(const std::string& path, uint8_t out[32]);
 std::string hex_digest(const uint8_t d[32]);
 bool digest_is_zero(const uint8_t d[32]);

@@ -212,14 +212,11 @@ static Settings settings_from(Args& a) {
 // One prompt per line; empty lines are skipped; a line starting with '"' is a JSON string, so a
 // prompt can hold newlines ("line 1\nline 2").
 static std::vector<std::string> read_prompts(const std::string& path) {
-    std::string text = read_text_file(path);
+    const std::vector<std::string> lines = split_lines(read_text_file(path));
     std::vector<std::string> prompts;
-    size_t pos = 0;
-    for (int line_no = 1; pos < text.size(); line_no++) {
-        size_t end = text.find('\n', pos);
-        if (end == std::string::npos) end = text.size();
-        std::string line = text.substr(pos, end - pos);
-        pos = end + 1;
+    for (size_t k = 0; k < lines.size(); k++) {
+        const int line_no = (int)k + 1;
+        std::string line = lines[k];
         if (!line.empty() && line.back() == '\r') line.pop_back();
         if (line.find_first_not_of(" \t") == std::string::npos) continue;
         if (line[0] == '"') {

@@ -225,12 +225,7 @@ static void demo_datasets(const std::string& path, int val_every, Dataset& train
 
 // Writes a model file of fp32 weights stored as bf16 (the demo's base model, for ./sample).
 static void write_model_bf16(const std::string& path, const Config& c, const std::vector<float>& w) {
-    ModelHeader h;
-    memset(&h, 0, sizeof(h));
-    h.magic = MODEL_MAGIC;
-    h.version = MODEL_VERSION;
-    h.config = c;
-    h.dtype = DT_BF16;
+    const ModelHeader h = make_model_header(c, DT_BF16);
     std::vector<uint16_t> half(w.size());
     convert_from_f32(half.data(), w.data(), DT_BF16, w.size());
     AtomicFile out(path);
@@ -428,7 +423,9 @@ static int run(int argc, char** argv) {
     if (longest > cfg.max_seq_len)
         fprintf(stderr, "train: note: conversations of up to %lld tokens exceed the model's max_position_embeddings %d\n",
                 (long long)longest, cfg.max_seq_len);
-    const int64_t capacity = std::max<int64_t>(s.micro_tokens, longest);  // a long conversation gets its own row
+    // GPU activations are sized once: a micro-batch, or a longer conversation alone in its row
+    const int64_t capacity = std::max<int64_t>(s.micro_tokens, longest);
+    (void)capacity;  // unused when built without CUDA
     const LoraConfig lora{s.rank, s.alpha, s.dropout, s.targets};
     const DataPlan plan = plan_data(s, train.header.n_conversations);
 

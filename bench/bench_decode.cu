@@ -11,36 +11,32 @@
 
 #include "../llama2_gpu.h"
 #include "../sampling.h"
+#include "bench_util.h"
+
+static const char* PROG = "bench_decode";
 
 int main(int argc, char** argv) {
-    std::string model = "7b", quant = "nf4";
-    int rank = 64, prompt = 128, n_new = 256;
-    bool merge = false;
-    for (int i = 1; i < argc; i++) {
-        std::string a = argv[i];
-        auto next = [&]() -> std::string {
-            if (i + 1 >= argc) { fprintf(stderr, "bench_decode: %s needs a value\n", a.c_str()); exit(2); }
-            return argv[++i];
-        };
-        if (a == "--model") model = next();
-        else if (a == "--quant") quant = next();
-        else if (a == "--rank") rank = std::stoi(next());
-        else if (a == "--prompt") prompt = std::stoi(next());
-        else if (a == "--new") n_new = std::stoi(next());
-        else if (a == "--merge") merge = true;
-        else { fprintf(stderr, "bench_decode: unknown flag %s\n", a.c_str()); return 2; }
-    }
-    std::string why;
-    if (!gpu_available(&why)) { fprintf(stderr, "bench_decode: needs a GPU (%s)\n", why.c_str()); return 1; }
-    Config c;
-    try {
-        c = llama2_preset(model);
-    } catch (const InputError& e) {
-        fprintf(stderr, "bench_decode: %s\n", e.what());
-        return 2;
-    }
+    struct {
+        std::string model = "7b", quant = "nf4", rank = "64", prompt = "128", n_new = "256", merge;
+    } a;
+    const Cli cli{PROG, "./bench_decode [--model 7b] [--quant nf4|bf16] [--rank 64] [--prompt 128] [--new 256] [--merge]",
+                  "Times ./sample's GPU decoder (prefill and batch-1 decode) on a Llama-2-shaped model of random weights.",
+                  {
+                      {nullptr, "--model", "NAME", "7b, 13b, 70b or a custom shape layers=..,dim=.. (default 7b)", &a.model},
+                      {nullptr, "--quant", "nf4|bf16", "base weights (default nf4)", &a.quant},
+                      {nullptr, "--rank", "R", "LoRA rank on all seven linears, 0 = no adapter (default 64)", &a.rank},
+                      {nullptr, "--prompt", "N", "prompt tokens to prefill (default 128)", &a.prompt},
+                      {nullptr, "--new", "N", "tokens to decode (default 256)", &a.n_new},
+                      {nullptr, "--merge", nullptr, "merge the adapter into the base weights instead of applying it unmerged", &a.merge},
+                      {"-h", "--help", nullptr, "show this help and exit", nullptr},
+                  }};
+    if (!cli_parse(cli, argc, argv)) return 0;
+    const std::string model = a.model, quant = cli_choice(PROG, "--quant", a.quant, {"nf4", "bf16"});
+    const int rank = (int)cli_int(PROG, "--rank", a.rank, 0, 4096), prompt = (int)cli_int(PROG, "--prompt", a.prompt, 1, 1 << 20),
+              n_new = (int)cli_int(PROG, "--new", a.n_new, 1, 1 << 20);
+    const bool merge = !a.merge.empty();
     cudaDeviceProp prop;
-    cudaCheck(cudaGetDeviceProperties(&prop, 0));
+    const Config c = bench_setup(PROG, model, &prop);
     std::unique_ptr<Decoder> dec = make_gpu_decoder_random(c, quant == "nf4", prompt + n_new + 8, 77);
     Adapter ad;
     ad.base = c;

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "../cli.h"
 #include "../quant.h"
 
 // Random bf16 weights on the GPU: ~N(0, 0.02) from a hash of (seed, index), Box-Muller.
@@ -28,25 +29,16 @@ __global__ void fill_random_bf16(__nv_bfloat16* w, int64_t n, uint64_t seed) {
     w[i] = __float2bfloat16(0.02f * sqrtf(-2.0f * logf(u1)) * cospif(2.0f * u2));
 }
 
-static void usage_error(const char* msg) {
-    fprintf(stderr, "bench_quant: %s (usage: bench_quant [--layers N])\n", msg);
-    exit(2);
-}
-
 int main(int argc, char** argv) {
-    int layers = 32;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            printf("bench_quant [--layers N]: NF4 dequantize GB/s and 7B quantize time (N layers, default 32)\n");
-            return 0;
-        } else if ((!strcmp(argv[i], "--layers") || !strcmp(argv[i], "-l")) && i + 1 < argc) {
-            char* end = nullptr;
-            layers = (int)strtol(argv[++i], &end, 10);
-            if (*end || layers < 1 || layers > 1000) usage_error("--layers needs an integer in 1..1000");
-        } else {
-            usage_error((std::string("unknown argument ") + argv[i]).c_str());
-        }
-    }
+    std::string layers_arg = "32";
+    const Cli cli{"bench_quant", "./bench_quant [--layers N]",
+                  "NF4 dequantize GB/s per Llama-2 7B shape and the time to quantize a 7B-shaped model's linears.",
+                  {
+                      {"-l", "--layers", "N", "layers of the 7B-shaped model to quantize, 1 to 1000 (default 32)", &layers_arg},
+                      {"-h", "--help", nullptr, "show this help and exit", nullptr},
+                  }};
+    if (!cli_parse(cli, argc, argv)) return 0;
+    const int layers = (int)cli_int(cli.prog, "--layers", layers_arg, 1, 1000);
     try {
         cudaDeviceProp prop;
         cudaCheck(cudaGetDeviceProperties(&prop, 0));

@@ -11,37 +11,36 @@
 
 #include "../llama2_gpu.h"
 #include "../train_util.h"
+#include "bench_util.h"
+
+static const char* PROG = "bench_step";
 
 int main(int argc, char** argv) {
-    std::string model = "7b", quant = "nf4", recompute = "none";
-    int seq = 2048, rows = 1, rank = 64, steps = 3, micro = 1;
-    for (int i = 1; i < argc; i++) {
-        std::string a = argv[i];
-        auto next = [&]() -> std::string {
-            if (i + 1 >= argc) { fprintf(stderr, "bench_step: %s needs a value\n", a.c_str()); exit(2); }
-            return argv[++i];
-        };
-        if (a == "--model") model = next();
-        else if (a == "--quant") quant = next();
-        else if (a == "--seq") seq = std::stoi(next());
-        else if (a == "--rows") rows = std::stoi(next());
-        else if (a == "--rank") rank = std::stoi(next());
-        else if (a == "--recompute") recompute = next();
-        else if (a == "--steps") steps = std::stoi(next());
-        else if (a == "--micro") micro = std::stoi(next());
-        else { fprintf(stderr, "bench_step: unknown flag %s\n", a.c_str()); return 2; }
-    }
-    std::string why;
-    if (!gpu_available(&why)) { fprintf(stderr, "bench_step: needs a GPU (%s)\n", why.c_str()); return 1; }
-    Config c;
-    try {
-        c = llama2_preset(model);
-    } catch (const InputError& e) {
-        fprintf(stderr, "bench_step: %s\n", e.what());
-        return 2;
-    }
+    struct {
+        std::string model = "7b", quant = "nf4", seq = "2048", rows = "1", rank = "64", recompute = "none", steps = "3",
+                    micro = "1";
+    } a;
+    const Cli cli{PROG, "./bench_step [--model 7b] [--quant nf4|bf16] [--seq 2048] [options]",
+                  "Times LoRA/QLoRA training steps of a Llama-2-shaped model with random weights on the GPU.",
+                  {
+                      {nullptr, "--model", "NAME", "7b, 13b, 70b or a custom shape layers=..,dim=.. (default 7b)", &a.model},
+                      {nullptr, "--quant", "nf4|bf16", "frozen base weights (default nf4)", &a.quant},
+                      {nullptr, "--seq", "T", "tokens per row (default 2048)", &a.seq},
+                      {nullptr, "--rows", "N", "rows per micro-batch (default 1)", &a.rows},
+                      {nullptr, "--rank", "R", "LoRA rank on all seven linears (default 64)", &a.rank},
+                      {nullptr, "--recompute", "MODE", "none|light|full (default none)", &a.recompute},
+                      {nullptr, "--steps", "N", "timed steps after one warm-up step (default 3)", &a.steps},
+                      {nullptr, "--micro", "N", "micro-batches per step (default 1)", &a.micro},
+                      {"-h", "--help", nullptr, "show this help and exit", nullptr},
+                  }};
+    if (!cli_parse(cli, argc, argv)) return 0;
+    const std::string model = a.model, quant = cli_choice(PROG, "--quant", a.quant, {"nf4", "bf16"}),
+                      recompute = cli_choice(PROG, "--recompute", a.recompute, {"none", "light", "full"});
+    const int seq = (int)cli_int(PROG, "--seq", a.seq, 1, 1 << 20), rows = (int)cli_int(PROG, "--rows", a.rows, 1, 1 << 16),
+              rank = (int)cli_int(PROG, "--rank", a.rank, 1, 4096), steps = (int)cli_int(PROG, "--steps", a.steps, 1, 1 << 20),
+              micro = (int)cli_int(PROG, "--micro", a.micro, 1, 1 << 20);
     cudaDeviceProp prop;
-    cudaCheck(cudaGetDeviceProperties(&prop, 0));
+    const Config c = bench_setup(PROG, model, &prop);
     const int q = quant == "nf4" ? QUANT_NF4 : QUANT_BF16;
     const int rc = recompute == "full" ? RECOMPUTE_FULL : recompute == "light" ? RECOMPUTE_LIGHT : RECOMPUTE_NONE;
     LoraConfig lc{rank, 16.0f, 0.1f, LORA_ALL_TARGETS};

@@ -27,115 +27,68 @@
 #include <string>
 #include <vector>
 
+#include "cli.h"
 #include "model.h"
 
 using json = nlohmann::json;
 
 // ----------------------------------------------------------------------------------------------
-// command line: one table drives both the parser and --help
+// command line (cli.h: one table drives both the parser and --help)
+
+static const char* PROG = "prepare_lima";
+
+struct Args {  // as given; empty = not given
+    std::string tokenizer, input, output, val_out, n_val, max_len, chat_template, seed;
+};
 
 struct Options {
     std::string tokenizer, input, output, val_out;
     long long n_val = 30;
-    bool n_val_given = false;
     long long max_len = 2048;
     std::string chat_template = "llama2";
     unsigned long long seed = 1234;
 };
 
-struct UsageError : std::runtime_error {
-    using std::runtime_error::runtime_error;
-};
-
-enum class Kind { STRING, INT, UINT64, HELP };
-struct FlagSpec {
-    const char* short_name;  // "-t"
-    const char* long_name;   // "--tokenizer"
-    const char* value_name;  // shown in --help; nullptr for a switch
-    Kind kind;
-    const char* help;
-    bool required;
-};
-
-static const FlagSpec kFlags[] = {
-    {"-t", "--tokenizer", "PATH", Kind::STRING, "sentencepiece model (Llama 2's tokenizer.model)", true},
-    {"-i", "--input", "PATH", Kind::STRING, "LIMA jsonl: one {\"conversations\": [user, assistant, ...]} per line", true},
-    {"-o", "--output", "PATH", Kind::STRING, "data file to write (training conversations)", true},
-    {"-V", "--val-out", "PATH", Kind::STRING, "also write a held-out file of --val conversations", false},
-    {"-n", "--val", "N", Kind::INT, "conversations held out into --val-out (default 30)", false},
-    {"-m", "--max-len", "N", Kind::INT, "tokens per conversation at most; longer ones are cut (default 2048)", false},
-    {"-T", "--template", "NAME", Kind::STRING, "llama2 (<s>[INST] user [/INST] assistant</s>, default) or plain", false},
-    {"-s", "--seed", "S", Kind::UINT64, "seed of the held-out split (default 1234)", false},
-    {"-h", "--help", nullptr, Kind::HELP, "show this help", false},
-};
-
-static void print_help(FILE* f) {
-    fprintf(f,
-            "usage: ./prepare_lima -t tokenizer.model -i train.jsonl -o lima.bin [--val-out lima_val.bin]\n"
-            "                      [--val N] [--max-len N] [--template llama2|plain] [--seed S]\n"
-            "Tokenizes LIMA conversations into the trainer's data file (format: data/README.md).\n\n");
-    for (const FlagSpec& s : kFlags) {
-        std::string left = std::string(s.short_name) + ", " + s.long_name + (s.value_name ? std::string(" ") + s.value_name : "");
-        fprintf(f, "  %-26s %s%s\n", left.c_str(), s.help, s.required ? " (required)" : "");
-    }
-    fprintf(f, "\nExit status: 0 ok, 1 bad input (one line naming the file), 2 bad command line.\n");
+static Cli make_cli(Args& a) {
+    Cli cli{PROG,
+            "./prepare_lima -t tokenizer.model -i train.jsonl -o lima.bin [--val-out lima_val.bin]\n"
+            "                      [--val N] [--max-len N] [--template llama2|plain] [--seed S]",
+            "Tokenizes LIMA conversations into the trainer's data file (format: data/README.md).",
+            {
+                {"-t", "--tokenizer", "PATH", "sentencepiece model (Llama 2's tokenizer.model)", &a.tokenizer, nullptr, /*required=*/true},
+                {"-i", "--input", "PATH", "LIMA jsonl: one {\"conversations\": [user, assistant, ...]} per line", &a.input, nullptr, /*required=*/true},
+                {"-o", "--output", "PATH", "data file to write (training conversations)", &a.output, nullptr, /*required=*/true},
+                {"-V", "--val-out", "PATH", "also write a held-out file of --val conversations", &a.val_out},
+                {"-n", "--val", "N", "conversations held out into --val-out (default 30)", &a.n_val},
+                {"-m", "--max-len", "N", "tokens per conversation at most; longer ones are cut (default 2048)", &a.max_len},
+                {"-T", "--template", "NAME", "llama2 (<s>[INST] user [/INST] assistant</s>, default) or plain", &a.chat_template},
+                {"-s", "--seed", "S", "seed of the held-out split (default 1234)", &a.seed},
+                {"-h", "--help", nullptr, "show this help", nullptr},
+            }};
+    cli.epilog = "Exit status: 0 ok, 1 bad input (one line naming the file), 2 bad command line.";
+    cli.non_empty = true;
+    cli.once = true;
+    return cli;
 }
 
-static long long parse_int(const std::string& flag, const std::string& v, bool is_unsigned) {
-    // strtoll accepts leading spaces and "+", and silently saturates: check everything by hand
-    if (v.empty() || !(isdigit((unsigned char)v[0]) || (!is_unsigned && v[0] == '-')))
-        throw UsageError(flag + ": expected an integer, got '" + v + "'");
-    errno = 0;
-    char* end = nullptr;
-    long long x = is_unsigned ? (long long)strtoull(v.c_str(), &end, 10) : strtoll(v.c_str(), &end, 10);
-    if (errno == ERANGE || *end != '\0') throw UsageError(flag + ": expected an integer, got '" + v + "'");
-    return x;
-}
-
-// Returns false when --help was asked for.
+// Returns false when --help was asked for (and printed); a bad command line exits 2.
 static bool parse_args(int argc, char** argv, Options& o) {
-    bool seen[sizeof(kFlags) / sizeof(kFlags[0])] = {};
-    for (int i = 1; i < argc; i++) {
-        std::string arg = argv[i], value;
-        bool has_inline_value = false;
-        if (arg.rfind("--", 0) == 0 && arg.find('=') != std::string::npos) {  // --flag=value
-            value = arg.substr(arg.find('=') + 1);
-            arg = arg.substr(0, arg.find('='));
-            has_inline_value = true;
-        }
-        int k = -1;
-        for (size_t j = 0; j < sizeof(kFlags) / sizeof(kFlags[0]); j++)
-            if (arg == kFlags[j].short_name || arg == kFlags[j].long_name) k = (int)j;
-        if (k < 0) throw UsageError("unknown argument '" + arg + "' (see --help)");
-        const FlagSpec& s = kFlags[k];
-        if (s.kind == Kind::HELP) return false;
-        if (!has_inline_value) {
-            if (i + 1 >= argc) throw UsageError(std::string(s.long_name) + " needs a value (" + s.value_name + ")");
-            value = argv[++i];
-        }
-        if (seen[k]) throw UsageError(std::string(s.long_name) + " given twice");
-        seen[k] = true;
-        std::string name = s.long_name;
-        if (name == "--tokenizer") o.tokenizer = value;
-        else if (name == "--input") o.input = value;
-        else if (name == "--output") o.output = value;
-        else if (name == "--val-out") o.val_out = value;
-        else if (name == "--val") o.n_val = parse_int(name, value, false), o.n_val_given = true;
-        else if (name == "--max-len") o.max_len = parse_int(name, value, false);
-        else if (name == "--template") o.chat_template = value;
-        else if (name == "--seed") o.seed = (unsigned long long)parse_int(name, value, true);
-        else ASSERT(false, "flag in the table but not handled");
-        if (value.empty() && s.kind == Kind::STRING) throw UsageError(name + ": empty value");
+    Args a;
+    const Cli cli = make_cli(a);
+    if (!cli_parse(cli, argc, argv)) return false;
+    o.tokenizer = a.tokenizer;
+    o.input = a.input;
+    o.output = a.output;
+    o.val_out = a.val_out;
+    if (!a.n_val.empty()) {
+        if (o.val_out.empty()) cli_usage_error(PROG, "--val needs --val-out (where the held-out conversations go)");
+        o.n_val = cli_int(PROG, "--val", a.n_val, 1, LLONG_MAX);
     }
-    for (size_t j = 0; j < sizeof(kFlags) / sizeof(kFlags[0]); j++)
-        if (kFlags[j].required && !seen[j]) throw UsageError(std::string("missing ") + kFlags[j].long_name + " (see --help)");
-    if (o.chat_template != "llama2" && o.chat_template != "plain")
-        throw UsageError("--template: expected llama2 or plain, got '" + o.chat_template + "'");
     // 2 tokens is the least that holds a prompt (<s>) and one answer token
-    if (o.max_len < 2 || o.max_len > INT32_MAX) throw UsageError("--max-len: must be between 2 and 2147483647");
-    if (o.n_val_given && o.val_out.empty()) throw UsageError("--val needs --val-out (where the held-out conversations go)");
-    if (o.n_val < 1) throw UsageError("--val: must be at least 1");
-    if (!o.val_out.empty() && o.val_out == o.output) throw UsageError("--val-out must differ from --output");
+    if (!a.max_len.empty()) o.max_len = cli_int(PROG, "--max-len", a.max_len, 2, INT32_MAX);
+    if (!a.chat_template.empty()) o.chat_template = cli_choice(PROG, "--template", a.chat_template, {"llama2", "plain"});
+    if (!a.seed.empty()) o.seed = cli_uint64(PROG, "--seed", a.seed);
+    if (!o.val_out.empty() && o.val_out == o.output) cli_usage_error(PROG, "--val-out must differ from --output");
     return true;
 }
 
@@ -148,14 +101,11 @@ struct Conversation {
 };
 
 static std::vector<Conversation> read_lima(const std::string& path) {
-    std::string text = read_text_file(path);
+    const std::vector<std::string> lines = split_lines(read_text_file(path));
     std::vector<Conversation> convs;
-    size_t pos = 0;
-    for (int line_no = 1; pos < text.size(); line_no++) {
-        size_t end = text.find('\n', pos);
-        if (end == std::string::npos) end = text.size();
-        std::string line = text.substr(pos, end - pos);
-        pos = end + 1;
+    for (size_t k = 0; k < lines.size(); k++) {
+        const int line_no = (int)k + 1;
+        const std::string& line = lines[k];
         if (line.find_first_not_of(" \t\r") == std::string::npos) continue;  // empty lines are skipped
         json j;
         try {
@@ -379,19 +329,11 @@ static int run(const Options& o) {
 
 int main(int argc, char** argv) {
     Options o;
-    try {
-        if (!parse_args(argc, argv, o)) {
-            print_help(stdout);
-            return 0;
-        }
-    } catch (const UsageError& e) {
-        fprintf(stderr, "prepare_lima: %s\n", e.what());
-        return 2;
-    }
+    if (!parse_args(argc, argv, o)) return 0;
     try {
         return run(o);
     } catch (const InputError& e) {
-        fprintf(stderr, "prepare_lima: %s\n", e.what());
+        fprintf(stderr, "%s: %s\n", PROG, e.what());
         return 1;
     }
 }

@@ -12,7 +12,6 @@
 #include <cstddef>
 #include <cstring>
 #include <functional>
-#include <limits.h>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -27,57 +26,9 @@ using json = nlohmann::json;
 namespace {
 
 // ----------------------------------------------------------------------------------------------
-// helpers (small file utilities; test/cpu_export.cpp has the same few)
-
-// Every tiny_* fixture directory, as a path. A suite with no fixture would pass vacuously: refuse.
-std::vector<std::string> tiny_fixtures() {
-    std::vector<std::string> dirs;
-    for (const std::string& n : list_dir(fixtures_dir(), "tiny_")) {
-        struct stat st;
-        std::string p = fixtures_dir() + "/" + n;
-        if (stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) dirs.push_back(p);
-    }
-    REQUIRE_MESSAGE(!dirs.empty(), "no tiny_* fixture directory under " << fixtures_dir());
-    return dirs;
-}
-
-std::string base_name(const std::string& p) { return p.substr(p.find_last_of('/') + 1); }
-
-std::string read_bytes(const std::string& path) {
-    FILE* f = fopen(path.c_str(), "rb");
-    REQUIRE_MESSAGE(f, "cannot open " << path);
-    std::string s;
-    char buf[1 << 16];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof(buf), f)) > 0) s.append(buf, n);
-    fclose(f);
-    return s;
-}
-
-void write_bytes(const std::string& path, const std::string& bytes) {
-    FILE* f = fopen(path.c_str(), "wb");
-    REQUIRE_MESSAGE(f, "cannot create " << path);
-    REQUIRE(fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size());
-    fclose(f);
-}
+// helpers (file utilities, tiny_fixtures() and input_error_of() are in test/test_util.h)
 
 json load_json(const std::string& path) { return json::parse(read_bytes(path)); }
-
-std::string absolute(const std::string& p) {
-    char buf[PATH_MAX];
-    REQUIRE_MESSAGE(realpath(p.c_str(), buf), "realpath " << p);
-    return buf;
-}
-
-// The InputError message `f` throws, or "" when it throws none.
-std::string input_error_of(const std::function<void()>& f) {
-    try {
-        f();
-    } catch (const InputError& e) {
-        return e.what();
-    }
-    return "";
-}
 
 Config fixture_config(const std::string& fix) {
     int32_t dtype;

@@ -112,17 +112,6 @@ std::vector<uint8_t> conv_mask(const Dataset& d, int64_t i) {
     return std::vector<uint8_t>(d.loss_mask.begin() + d.conv_offsets[i], d.loss_mask.begin() + d.conv_offsets[i + 1]);
 }
 
-std::string file_bytes(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-}
-void write_bytes(const std::string& path, const std::string& bytes) {
-    std::ofstream out(path, std::ios::binary);
-    out << bytes;
-}
-
 // Runs ./prepare_lima with `args`; stdout comes back in output, stderr goes to `err_path`.
 CmdResult prepare(const std::string& args, const std::string& err_path) {
     REQUIRE_MESSAGE(path_exists("./prepare_lima"), "build it first: make NO_CUDA=1 prepare_lima");
@@ -257,20 +246,11 @@ const LimaRun& lima_run(int max_len) {
         std::string args = "-t " + kTokenizer + " -i " + kLima + " -o " + r->train_path + " --val-out " + r->val_path;
         if (max_len != 2048) args += " --max-len " + std::to_string(max_len);  // 2048 is the default
         r->result = prepare(args, r->dir / "stderr.txt");
-        REQUIRE_MESSAGE(r->result.exit_code == 0, r->result.output << file_bytes(r->dir / "stderr.txt"));
+        REQUIRE_MESSAGE(r->result.exit_code == 0, r->result.output << read_bytes(r->dir / "stderr.txt"));
         r->train = read_dataset(r->train_path);
         r->val = read_dataset(r->val_path);
     }
     return *r;
-}
-
-std::string caught_message(const std::function<void()>& f) {
-    try {
-        f();
-    } catch (const InputError& e) {
-        return e.what();
-    }
-    return "<no InputError thrown>";
 }
 
 }  // namespace
@@ -416,13 +396,13 @@ TEST_CASE("prepare_lima: same seed gives byte-identical files, another seed anot
     std::string base = "-t " + kTokenizer + " -i " + kLima + " --val-out ";
     auto run = [&](const std::string& name, const std::string& extra) {
         CmdResult c = prepare(base + (dir / name) + "_val.bin -o " + (dir / name) + ".bin " + extra, dir / "err.txt");
-        REQUIRE_MESSAGE(c.exit_code == 0, file_bytes(dir / "err.txt"));
+        REQUIRE_MESSAGE(c.exit_code == 0, read_bytes(dir / "err.txt"));
     };
     run("a", "--seed 7");
     run("b", "-s 7");
     run("c", "--seed=8");
-    CHECK(file_bytes(dir / "a.bin") == file_bytes(dir / "b.bin"));
-    CHECK(file_bytes(dir / "a_val.bin") == file_bytes(dir / "b_val.bin"));
+    CHECK(read_bytes(dir / "a.bin") == read_bytes(dir / "b.bin"));
+    CHECK(read_bytes(dir / "a_val.bin") == read_bytes(dir / "b_val.bin"));
     Dataset va = read_dataset(dir / "a_val.bin"), vc = read_dataset(dir / "c_val.bin");
     std::set<std::vector<int>> sa, sc;
     for (int64_t i = 0; i < va.header.n_conversations; i++) sa.insert(conv_tokens(va, i));
@@ -440,7 +420,7 @@ TEST_CASE("prepare_lima: plain template on real LIMA, no split") {
     TempDir dir;
     CmdResult c = prepare("-t " + kTokenizer + " -i " + kLima + " -o " + (dir / "plain.bin") + " --template plain --max-len 100000",
                           dir / "err.txt");
-    REQUIRE_MESSAGE(c.exit_code == 0, file_bytes(dir / "err.txt"));
+    REQUIRE_MESSAGE(c.exit_code == 0, read_bytes(dir / "err.txt"));
     Dataset d = read_dataset(dir / "plain.bin");
     check_header_basics(d.header, 100000, TEMPLATE_PLAIN);
     check_arrays(d, 100000);
@@ -495,7 +475,7 @@ TEST_CASE("prepare_lima: truncation rule on a tiny synthetic set") {
         CmdResult c = prepare("-t " + kTokenizer + " -i " + (dir / "tiny.jsonl") + " -o " + out + " -m " +
                                   std::to_string(k.max_len),
                               dir / "err.txt");
-        REQUIRE_MESSAGE(c.exit_code == 0, file_bytes(dir / "err.txt"));
+        REQUIRE_MESSAGE(c.exit_code == 0, read_bytes(dir / "err.txt"));
         Dataset d = read_dataset(out);
         check_arrays(d, (int)k.max_len);
         REQUIRE(d.header.n_conversations == 1);  // conversation 2 is dropped
@@ -527,8 +507,8 @@ TEST_CASE("prepare_lima: bad input gives one line naming the file, exit 1, and w
     std::string out = dir / "out.bin", val = dir / "val.bin";
     CmdResult ok = prepare("-t " + kTokenizer + " -i " + (dir / "good.jsonl") + " -o " + out + " -V " + val + " -n 1",
                            dir / "err.txt");
-    REQUIRE_MESSAGE(ok.exit_code == 0, file_bytes(dir / "err.txt"));
-    const std::string out_before = file_bytes(out), val_before = file_bytes(val);
+    REQUIRE_MESSAGE(ok.exit_code == 0, read_bytes(dir / "err.txt"));
+    const std::string out_before = read_bytes(out), val_before = read_bytes(val);
     REQUIRE(out_before.size() > sizeof(DataHeader));
     write_bytes(dir / "random.bin", std::string(3000, '\x5a'));
 
@@ -594,8 +574,8 @@ TEST_CASE("prepare_lima: bad input gives one line naming the file, exit 1, and w
         CHECK(c.output.rfind("prepare_lima: ", 0) == 0);
         CHECK(c.output.find(b.names) != std::string::npos);
         CHECK(c.output.find(b.says) != std::string::npos);
-        CHECK(file_bytes(out) == out_before);
-        CHECK(file_bytes(val) == val_before);
+        CHECK(read_bytes(out) == out_before);
+        CHECK(read_bytes(val) == val_before);
         // no temporary or partial file left behind
         for (const std::string& f : list_dir(dir.path, "", ""))
             CHECK_MESSAGE((f == "." || f == ".." || f.find(".tmp.") == std::string::npos), f);
@@ -641,7 +621,7 @@ TEST_CASE("data file: write_dataset and read_dataset round trip") {
     TempDir dir;
     Dataset d = small_dataset();
     write_dataset(dir / "d.bin", d);
-    CHECK(file_bytes(dir / "d.bin").size() == sizeof(DataHeader) + 9 * 5 + 3 * 8);
+    CHECK(read_bytes(dir / "d.bin").size() == sizeof(DataHeader) + 9 * 5 + 3 * 8);
     Dataset r = read_dataset(dir / "d.bin");
     CHECK(memcmp(&r.header, &d.header, sizeof(DataHeader)) == 0);
     CHECK(r.tokens == d.tokens);
@@ -649,7 +629,7 @@ TEST_CASE("data file: write_dataset and read_dataset round trip") {
     CHECK(r.conv_offsets == d.conv_offsets);
     CHECK(r.conv_len(1) == 4);
     // the layout data/README.md documents
-    CHECK(file_bytes(dir / "d.bin").substr(0, 4) == "L2DT");
+    CHECK(read_bytes(dir / "d.bin").substr(0, 4) == "L2DT");
     CHECK(offsetof(DataHeader, n_tokens) == 8);
     CHECK(offsetof(DataHeader, n_conversations) == 16);
     CHECK(offsetof(DataHeader, n_turns) == 24);
@@ -668,7 +648,7 @@ TEST_CASE("data file: write_dataset and read_dataset round trip") {
 TEST_CASE("data file: read_dataset rejects broken files with InputError naming the file") {
     TempDir dir;
     write_dataset(dir / "good.bin", small_dataset());
-    const std::string good = file_bytes(dir / "good.bin");
+    const std::string good = read_bytes(dir / "good.bin");
     const size_t hdr = sizeof(DataHeader), tokens_at = hdr, mask_at = hdr + 9 * 4, offs_at = mask_at + 9;
 
     auto patched = [&](size_t at, const void* v, size_t n) {
@@ -705,12 +685,12 @@ TEST_CASE("data file: read_dataset rejects broken files with InputError naming t
         std::string p = dir / "bad.bin";
         write_bytes(p, b.bytes);
         CHECK_THROWS_AS(read_dataset(p), InputError);
-        std::string msg = caught_message([&] { read_dataset(p); });
+        std::string msg = input_error_of([&] { read_dataset(p); });
         CHECK(msg.find(p) != std::string::npos);
         CHECK_MESSAGE(msg.find(b.says) != std::string::npos, msg);
     }
     std::string missing = dir / "missing.bin";
-    CHECK(caught_message([&] { read_dataset(missing); }).find(missing) != std::string::npos);
+    CHECK(input_error_of([&] { read_dataset(missing); }).find(missing) != std::string::npos);
 }
 
 TEST_CASE("data file: check_data_matches_model compares vocabulary, special ids and tokenizer hash") {
@@ -726,7 +706,7 @@ TEST_CASE("data file: check_data_matches_model compares vocabulary, special ids 
 
     ModelHeader small = m;
     small.config.vocab_size = 512;
-    std::string msg = caught_message([&] { check_data_matches_model(d.header, "lima.bin", small, "tiny.bin"); });
+    std::string msg = input_error_of([&] { check_data_matches_model(d.header, "lima.bin", small, "tiny.bin"); });
     CHECK(msg.find("lima.bin") != std::string::npos);
     CHECK(msg.find("tiny.bin") != std::string::npos);
     CHECK(msg.find("32000") != std::string::npos);
@@ -735,7 +715,7 @@ TEST_CASE("data file: check_data_matches_model compares vocabulary, special ids 
 
     ModelHeader other_tok = m;
     other_tok.tokenizer_sha256[5] ^= 1;
-    msg = caught_message([&] { check_data_matches_model(d.header, "lima.bin", other_tok, "model.bin"); });
+    msg = input_error_of([&] { check_data_matches_model(d.header, "lima.bin", other_tok, "model.bin"); });
     CHECK(msg.find("lima.bin") != std::string::npos);
     CHECK(msg.find("tokenizer") != std::string::npos);
 

@@ -9,14 +9,11 @@
 // Fixtures: every tiny_* directory under $FIXTURES_DIR (default ../shared/fixtures) is used, so a new
 // checkpoint in the same layout is tested with no code change; failures name fixture and tensor.
 #include <doctest/doctest.h>
-#include <sentencepiece_trainer.h>
 #include <unistd.h>
 
 #include <cstddef>
 #include <cstring>
-#include <fcntl.h>
 #include <functional>
-#include <limits.h>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -26,64 +23,17 @@
 #include "model.h"
 #include "quant.h"
 #include "test/test_util.h"
+#include "test/tokenizer_util.h"
 
 using json = nlohmann::json;
 
 namespace {
 
 // ----------------------------------------------------------------------------------------------
-// helpers
-
-// Every tiny_* fixture directory, as a path. A suite with no fixture would pass vacuously: refuse.
-std::vector<std::string> tiny_fixtures() {
-    std::vector<std::string> dirs;
-    for (const std::string& n : list_dir(fixtures_dir(), "tiny_")) {
-        struct stat st;
-        std::string p = fixtures_dir() + "/" + n;
-        if (stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) dirs.push_back(p);
-    }
-    REQUIRE_MESSAGE(!dirs.empty(), "no tiny_* fixture directory under " << fixtures_dir());
-    return dirs;
-}
-
-std::string base_name(const std::string& p) { return p.substr(p.find_last_of('/') + 1); }
-
-std::string read_bytes(const std::string& path) {
-    FILE* f = fopen(path.c_str(), "rb");
-    REQUIRE_MESSAGE(f, "cannot open " << path);
-    std::string s;
-    char buf[1 << 16];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof(buf), f)) > 0) s.append(buf, n);
-    fclose(f);
-    return s;
-}
-
-void write_bytes(const std::string& path, const std::string& bytes) {
-    FILE* f = fopen(path.c_str(), "wb");
-    REQUIRE_MESSAGE(f, "cannot create " << path);
-    REQUIRE(fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size());
-    fclose(f);
-}
+// helpers (file utilities, tiny_fixtures() and input_error_of() are in test/test_util.h)
 
 json load_json(const std::string& path) { return json::parse(read_bytes(path)); }
 void save_json(const std::string& path, const json& j) { write_bytes(path, j.dump(2)); }
-
-std::string absolute(const std::string& p) {
-    char buf[PATH_MAX];
-    REQUIRE_MESSAGE(realpath(p.c_str(), buf), "realpath " << p);
-    return buf;
-}
-
-// The InputError message `f` throws, or "" (and a failed check) when it throws none.
-std::string input_error_of(const std::function<void()>& f) {
-    try {
-        f();
-    } catch (const InputError& e) {
-        return e.what();
-    }
-    return "";
-}
 
 // A checkpoint directory `dst` holding fixture `fix`'s config.json (copied, so it can be edited)
 // and its model.safetensors (linked: read-only use).
@@ -132,25 +82,6 @@ void rewrite_header(const std::string& src, const std::string& dst, const std::f
     while (text.size() % 8) text += ' ';
     uint64_t m = text.size();
     write_bytes(dst, std::string((const char*)&m, 8) + text + b.substr(8 + n));
-}
-
-// A sentencepiece BPE model with exactly `vocab` pieces, trained on LIMA text (any text would do).
-std::string train_tokenizer(const std::string& dir, int vocab, int bos, int eos) {
-    std::string prefix = dir + "/tok" + std::to_string(vocab) + "_" + std::to_string(bos) + std::to_string(eos);
-    std::string args = "--input=" + shared_dir() + "/data/lima/train.jsonl --model_prefix=" + prefix +
-                       " --vocab_size=" + std::to_string(vocab) + " --model_type=bpe --input_sentence_size=2000" +
-                       " --unk_id=0 --bos_id=" + std::to_string(bos) + " --eos_id=" + std::to_string(eos) +
-                       " --pad_id=-1 --minloglevel=2 --num_threads=2";
-    // the trainer logs to stderr whatever minloglevel says; keep the test output readable
-    fflush(stderr);
-    int saved = dup(2), devnull = open("/dev/null", O_WRONLY);
-    dup2(devnull, 2);
-    auto status = sentencepiece::SentencePieceTrainer::Train(args);
-    dup2(saved, 2);
-    close(saved);
-    close(devnull);
-    REQUIRE_MESSAGE(status.ok(), "training a test tokenizer: " << status.ToString());
-    return prefix + ".model";
 }
 
 std::string sha256sum_cli(const std::string& path) {  // an independent sha256: coreutils
@@ -510,7 +441,7 @@ TEST_CASE("export_hf: the tokenizer must fit the checkpoint and its sha256 is re
         TempDir t;
         int32_t d;
         Config c = parse_hf_config(fix + "/config.json", &d);
-        std::string good = train_tokenizer(t.path, c.vocab_size, c.bos_id, c.eos_id);
+        std::string good = train_test_tokenizer(t.path, c.vocab_size, "bpe", c.bos_id, c.eos_id);
         CmdResult r = export_hf("-i " + fix + " -o " + (t / "m.bin") + " -t " + good);
         REQUIRE_MESSAGE(r.exit_code == 0, r.output);
         InFile in(t / "m.bin");
@@ -525,7 +456,7 @@ TEST_CASE("export_hf: the tokenizer must fit the checkpoint and its sha256 is re
         CHECK(hex_digest(read_model_header(in2).tokenizer_sha256) == sha256sum_cli(good));
 
         // same size, other special ids: refused, naming the tokenizer
-        std::string swapped = train_tokenizer(t.path, c.vocab_size, c.eos_id, c.bos_id);
+        std::string swapped = train_test_tokenizer(t.path, c.vocab_size, "bpe", c.eos_id, c.bos_id);
         r = export_hf("-i " + fix + " -o " + (t / "m3.bin") + " -t " + swapped);
         CHECK(r.exit_code == 1);
         CHECK(count_lines(r.output) == 1);

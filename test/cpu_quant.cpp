@@ -49,18 +49,7 @@ static void check_case_cpu(SafeTensors& st, const std::string& file, const std::
 
     // both levels (compress_statistics=True)
     const Nf4Tensor t = nf4_quantize_dq_cpu(w.data(), dtype, n, (where + ".weight").c_str());
-    bnb = nf4_read_raw(st, c + ".dq.packed");
-    msg = nf4_compare(where + ".dq.packed", t.packed.data(), bnb.data(), t.packed.size(), bnb.size(), 1);
-    CHECK_MESSAGE(msg.empty(), msg);
-    bnb = nf4_read_raw(st, c + ".dq.absmax_q");
-    msg = nf4_compare(where + ".dq.absmax_q", t.absmax_q.data(), bnb.data(), t.absmax_q.size(), bnb.size(), 1);
-    CHECK_MESSAGE(msg.empty(), msg);
-    bnb = nf4_read_raw(st, c + ".dq.state2_absmax");
-    msg = nf4_compare(where + ".dq.state2_absmax", t.scale2.data(), bnb.data(), 4 * t.scale2.size(), bnb.size(), 4);
-    CHECK_MESSAGE(msg.empty(), msg);
-    bnb = nf4_read_raw(st, c + ".dq.offset");
-    msg = nf4_compare(where + ".dq.offset", &t.offset, bnb.data(), 4, bnb.size(), 4);
-    CHECK_MESSAGE(msg.empty(), msg);
+    nf4_check_dq_fields(st, c, where, t);
     bnb = nf4_read_raw(st, c + ".dq.state2_code");
     msg = nf4_compare(where + ".dq.state2_code", dynamic_code8(), bnb.data(), 4 * 256, bnb.size(), 4);
     CHECK_MESSAGE(msg.empty(), msg);
@@ -81,11 +70,10 @@ static void check_case_cpu(SafeTensors& st, const std::string& file, const std::
 
 TEST_CASE("nf4 fixtures: the CPU twin is bit-identical to bitsandbytes on every case") {
     const std::vector<std::string> files = nf4_fixture_files();
-    REQUIRE_MESSAGE(!files.empty(), "no nf4_*.safetensors under " << fixtures_dir());
     int cases = 0;
     for (const std::string& path : files) {
         SafeTensors st(path);
-        const std::string file = path.substr(path.rfind('/') + 1);
+        const std::string file = base_name(path);
         if (st.has("nf4_code")) {
             const std::vector<uint8_t> code = nf4_read_raw(st, "nf4_code");
             const std::string msg = nf4_compare(file + " nf4_code", NF4_CODE, code.data(), sizeof(NF4_CODE), code.size(), 4);

@@ -21,8 +21,8 @@ static int int_meta(const SafeTensors& st, const std::string& key) {
 }
 
 // One fixture directory: model.safetensors + config.json, adapter/ (peft), reference.safetensors.
-static void check_fixture(const std::string& name) {
-    const std::string dir = fixtures_dir() + "/" + name;
+static void check_fixture(const std::string& dir) {
+    const std::string name = base_name(dir);
     HfCheckpoint ck(dir);
     CpuModel m;
     cpu_model_init(m, ck.config, ck.load_all_f32());
@@ -111,9 +111,7 @@ static void check_fixture(const std::string& name) {
 }
 
 TEST_CASE("reference: every tiny_* fixture matches transformers + peft") {
-    std::vector<std::string> fixtures = list_dir(fixtures_dir(), "tiny_");
-    REQUIRE_MESSAGE(!fixtures.empty(), "no tiny_* fixtures under " << fixtures_dir());
-    for (const std::string& f : fixtures) {
+    for (const std::string& f : tiny_fixtures()) {
         CAPTURE(f);
         check_fixture(f);
     }

@@ -8,9 +8,7 @@
 // Fixtures: every tiny_* directory under $FIXTURES_DIR (default ../shared/fixtures); the chat
 // template and ./sample cases also need ../shared/data (LIMA text, Llama 2's tokenizer.model).
 #include <doctest/doctest.h>
-#include <fcntl.h>
 #include <sentencepiece_processor.h>
-#include <sentencepiece_trainer.h>
 #include <unistd.h>
 
 #include <climits>
@@ -22,6 +20,7 @@
 #include "model.h"
 #include "sampling.h"
 #include "test/test_util.h"
+#include "test/tokenizer_util.h"
 
 namespace {
 
@@ -36,17 +35,6 @@ void check_row(const std::vector<float>& got, const std::vector<float>& want, co
                               : std::fabs(got[i] - want[i]) <= 1e-6f * std::max(1.0f, std::fabs(want[i]));
         CHECK_MESSAGE(same, what << ": element " << i << " is " << got[i] << ", expected " << want[i]);
     }
-}
-
-std::vector<std::string> tiny_fixtures() {
-    std::vector<std::string> dirs;
-    for (const std::string& n : list_dir(fixtures_dir(), "tiny_")) {
-        struct stat st;
-        std::string p = fixtures_dir() + "/" + n;
-        if (stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) dirs.push_back(p);
-    }
-    REQUIRE_MESSAGE(!dirs.empty(), "no tiny_* fixture directory under " << fixtures_dir());
-    return dirs;
 }
 
 // A fixture's model (fp32) and its PEFT adapter (dropout off: the reference has none).
@@ -588,24 +576,6 @@ CmdResult sample_stdout(const std::string& args) {
     return run_cmd("(./sample " + args + " 2>/dev/null)");
 }
 
-// A sentencepiece model with `vocab` pieces trained on LIMA text; `type` bpe or unigram.
-std::string make_tokenizer(const std::string& dir, int vocab, const std::string& type) {
-    const std::string prefix = dir + "/tok_" + type + std::to_string(vocab);
-    const std::string args = "--input=" + shared_dir() + "/data/lima/train.jsonl --model_prefix=" + prefix +
-                             " --vocab_size=" + std::to_string(vocab) + " --model_type=" + type +
-                             " --input_sentence_size=2000 --unk_id=0 --bos_id=1 --eos_id=2 --pad_id=-1"
-                             " --minloglevel=2 --num_threads=2";
-    fflush(stderr);
-    int saved = dup(2), devnull = open("/dev/null", O_WRONLY);  // the trainer talks on stderr regardless
-    dup2(devnull, 2);
-    auto status = sentencepiece::SentencePieceTrainer::Train(args);
-    dup2(saved, 2);
-    close(saved);
-    close(devnull);
-    REQUIRE_MESSAGE(status.ok(), "training a test tokenizer: " << status.ToString());
-    return prefix + ".model";
-}
-
 // Files for the ./sample cases, made once: the mha fixture exported with tokenizer A recorded, its
 // adapter as an adapter file, a second tokenizer B of the same size, an adapter for another model.
 struct SampleFiles {
@@ -617,8 +587,8 @@ struct SampleFiles {
         fixture = tiny_fixtures()[0];
         int32_t dt;
         cfg = parse_hf_config(fixture + "/config.json", &dt);
-        tok_a = make_tokenizer(dir.path, cfg.vocab_size, "bpe");
-        tok_b = make_tokenizer(dir.path, cfg.vocab_size, "unigram");
+        tok_a = train_test_tokenizer(dir.path, cfg.vocab_size, "bpe");
+        tok_b = train_test_tokenizer(dir.path, cfg.vocab_size, "unigram");
         model = dir / "model.bin";
         CmdResult r = run_cmd("./export_hf -i " + fixture + " -o " + model + " -t " + tok_a);
         REQUIRE_MESSAGE(r.exit_code == 0, r.output);
@@ -653,12 +623,7 @@ void write_demo_files(const std::string& dir) {
     c.vocab_size = ByteTokenizer::VOCAB, c.max_seq_len = 96, c.bos_id = ByteTokenizer::BOS, c.eos_id = ByteTokenizer::EOS;
     c.rope_theta = 10000.0f, c.norm_eps = 1e-5f;
     REQUIRE(system(("mkdir -p " + dir + "/out/demo").c_str()) == 0);
-    ModelHeader h;
-    memset(&h, 0, sizeof(h));
-    h.magic = MODEL_MAGIC;
-    h.version = MODEL_VERSION;
-    h.config = c;
-    h.dtype = DT_F32;
+    const ModelHeader h = make_model_header(c, DT_F32);
     std::vector<float> w = cpu_random_weights(c, 5);
     AtomicFile out(dir + "/out/demo/model.bin");
     out.write(&h, sizeof(h));

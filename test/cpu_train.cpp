@@ -38,11 +38,6 @@ static Dataset make_dataset(const std::vector<int>& lens, int vocab = 50) {
     return d;
 }
 
-static std::string file_bytes(const std::string& p) {
-    std::ifstream f(p, std::ios::binary);
-    return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-}
-
 TEST_CASE("train: packing keeps the budget, the order and every conversation once") {
     const std::vector<int> lens = {5, 9, 3, 12, 7, 7, 1, 20, 4};
     Dataset d = make_dataset(lens);
@@ -122,7 +117,7 @@ TEST_CASE("train: log.csv and state.bin round trip, and foreign files are refuse
     TempDir tmp;
     std::vector<LogRow> rows = {{1, 0.5, 2.5, NAN, 1e-4, 0.7, 1234.5, NAN, NAN}, {2, 1.0, 2.25, 2.4, 2e-4, 0.6, 1300.0, 0.31, 15.8}};
     write_log(tmp / "log.csv", rows);
-    CHECK(file_bytes(tmp / "log.csv").rfind(std::string(LOG_HEADER) + "\n", 0) == 0);
+    CHECK(read_bytes(tmp / "log.csv").rfind(std::string(LOG_HEADER) + "\n", 0) == 0);
     std::vector<LogRow> back = read_log(tmp / "log.csv");
     REQUIRE(back.size() == 2);
     CHECK(back[1].val_loss == doctest::Approx(2.4));
@@ -171,7 +166,7 @@ TEST_CASE("train: log.csv and state.bin round trip, and foreign files are refuse
     Dataset d2 = make_dataset({5, 7});
     CHECK_THROWS_AS(check_state_matches(r.header, "state.bin", c, lc, s, d2), InputError);
     // truncated, foreign
-    std::string bytes = file_bytes(tmp / "state.bin");
+    std::string bytes = read_bytes(tmp / "state.bin");
     { std::ofstream(tmp / "cut.bin", std::ios::binary) << bytes.substr(0, bytes.size() - 10); }
     try {
         read_state(tmp / "cut.bin");
@@ -207,9 +202,7 @@ TEST_CASE("train: data made for another vocabulary is refused") {
     write_dataset(tmp / "data.bin", d);
     Config c = llama2_preset("7b");
     c.n_layers = 1, c.dim = 128, c.hidden_dim = 256, c.n_heads = c.n_kv_heads = 1, c.vocab_size = 300;
-    ModelHeader h;
-    memset(&h, 0, sizeof(h));
-    h.magic = MODEL_MAGIC, h.version = MODEL_VERSION, h.config = c, h.dtype = DT_BF16;
+    const ModelHeader h = make_model_header(c, DT_BF16);
     std::vector<uint16_t> w((size_t)total_weight_numel(c), 0x3f80);
     {
         std::ofstream f(tmp / "model.bin", std::ios::binary);
@@ -259,8 +252,8 @@ TEST_CASE("train: 8 steps straight equal 4 + resume + 4, bit for bit (CPU)") {
     CHECK(read_state(tmp / "b/state.bin").header.step == 4);
     CmdResult r = run_cmd(common + "-o " + tmp / "b" + " --resume");
     REQUIRE_MESSAGE(r.exit_code == 0, r.output);
-    CHECK(file_bytes(tmp / "a/adapter.bin") == file_bytes(tmp / "b/adapter.bin"));
-    CHECK(file_bytes(tmp / "a/state.bin") == file_bytes(tmp / "b/state.bin"));
+    CHECK(read_bytes(tmp / "a/adapter.bin") == read_bytes(tmp / "b/adapter.bin"));
+    CHECK(read_bytes(tmp / "a/state.bin") == read_bytes(tmp / "b/state.bin"));
     std::vector<LogRow> la = read_log(tmp / "a/log.csv"), lb = read_log(tmp / "b/log.csv");
     REQUIRE(la.size() == 8);
     REQUIRE(lb.size() == 8);
@@ -282,9 +275,7 @@ TEST_CASE("train: a NaN stops the run with the step number and saves nothing") {
     std::vector<float> w = cpu_random_weights(c, 1);
     Weights<float> wv = carve_weights(c, w.data());
     wv.lm_head[7] = NAN;
-    ModelHeader h;
-    memset(&h, 0, sizeof(h));
-    h.magic = MODEL_MAGIC, h.version = MODEL_VERSION, h.config = c, h.dtype = DT_F32;
+    const ModelHeader h = make_model_header(c, DT_F32);
     {
         std::ofstream f(tmp / "model.bin", std::ios::binary);
         f.write((const char*)&h, sizeof(h));
@@ -296,6 +287,22 @@ TEST_CASE("train: a NaN stops the run with the step number and saves nothing") {
                           " --steps 3");
     CHECK(r.exit_code == 1);
     CHECK_MESSAGE(r.output.find("step 1: the loss is NaN") != std::string::npos, r.output);
-    CHECK(file_bytes(tmp / "adapter.bin") == "previous good adapter");
+    CHECK(read_bytes(tmp / "adapter.bin") == "previous good adapter");
     CHECK(!path_exists(tmp / "state.bin"));
+}
+
+TEST_CASE("train: model presets and custom shapes for random models") {
+    Config c = llama2_preset("70b");
+    CHECK(c.n_layers == 80);
+    CHECK(c.n_kv_heads == 8);  // GQA
+    CHECK(c.dim / c.n_heads == 128);
+    c = llama2_preset("layers=3,dim=512,hidden=1376,heads=4,kv=2,vocab=1000");
+    CHECK(c.n_layers == 3);
+    CHECK(c.head_dim == 128);
+    CHECK(c.n_kv_heads == 2);
+    CHECK(c.vocab_size == 1000);
+    CHECK_THROWS_AS(llama2_preset("8b"), InputError);
+    CHECK_THROWS_AS(llama2_preset("layers=3,dim=500,heads=3"), InputError);  // dim not a multiple of heads
+    CHECK_THROWS_AS(llama2_preset("layers=3,width=512"), InputError);
+    CHECK_THROWS_AS(llama2_preset("layers=-1"), InputError);
 }

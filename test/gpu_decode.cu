@@ -13,21 +13,11 @@
 #include "../llama2_cpu.h"
 #include "../llama2_gpu.h"
 #include "../sampling.h"
+#include "gpu_util.h"
 #include "test_util.h"
 
-static double rel_l2v(const float* a, const float* b, size_t n) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        const double d = (double)a[i] - (double)b[i];
-        if (!(d == d)) return INFINITY;
-        num += d * d;
-        den += (double)b[i] * b[i];
-    }
-    return std::sqrt(num / den);
-}
-
-static void check_decoders(const std::string& fixture, const std::string& dtype) {
-    const std::string dir = fixtures_dir() + "/" + fixture;
+static void check_decoders(const std::string& dir, const std::string& dtype) {
+    const std::string fixture = base_name(dir);
     TempDir tmp;
     CmdResult ex = run_cmd("./export_hf -i " + dir + " -o " + tmp / "model.bin --dtype " + dtype);
     REQUIRE_MESSAGE(ex.exit_code == 0, ex.output);
@@ -51,12 +41,12 @@ static void check_decoders(const std::string& fixture, const std::string& dtype)
         std::vector<float> lc(V), lg(V);
         memcpy(lc.data(), cpu.prefill(tokens.data(), prompt), V * 4);
         memcpy(lg.data(), gpu->prefill(tokens.data(), prompt), V * 4);
-        double worst = rel_l2v(lg.data(), lc.data(), V);
+        double worst = rel_l2(lg.data(), lc.data(), V);
         for (int s = 0; s < 8; s++) {  // feed the CPU's greedy choice to both
             const int32_t next = argmax(lc.data(), V);
             memcpy(lc.data(), cpu.step(next), V * 4);
             memcpy(lg.data(), gpu->step(next), V * 4);
-            worst = std::max(worst, rel_l2v(lg.data(), lc.data(), V));
+            worst = std::max(worst, rel_l2(lg.data(), lc.data(), V));
         }
         CHECK_MESSAGE(worst <= 2e-2, fixture << " " << dtype << " " << what << ": logits rel err " << worst);
         // greedy decisions, teacher-forced on the CPU's choices: a random tiny model's logits are
@@ -86,9 +76,7 @@ static void check_decoders(const std::string& fixture, const std::string& dtype)
 }
 
 TEST_CASE("decode: the GPU decoder equals the CPU decoder on every tiny_* fixture (bf16 and NF4 bases)") {
-    std::vector<std::string> fixtures = list_dir(fixtures_dir(), "tiny_");
-    REQUIRE(!fixtures.empty());
-    for (const std::string& f : fixtures) {
+    for (const std::string& f : tiny_fixtures()) {
         CAPTURE(f);
         check_decoders(f, "bf16");
         check_decoders(f, "nf4");

@@ -16,17 +16,6 @@
 #include "../llama2_gpu.h"
 #include "gpu_util.h"
 
-static double rel_l2(const float* a, const float* b, size_t n) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        const double d = (double)a[i] - (double)b[i];
-        if (!(d == d)) return INFINITY;  // NaN (a poisoned or unwritten output) never passes
-        num += d * d;
-        den += (double)b[i] * b[i];
-    }
-    return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
-}
-
 // n random bf16-representable values ~ N(0, std) (host fp32) and their bf16 bits
 struct RandBf16 {
     std::vector<float> f;

@@ -18,17 +18,6 @@
 
 static const double TOL_LOGITS = 2e-2, TOL_LOSS = 2e-2, TOL_GRAD = 5e-2;
 
-static double rel_l2(const float* a, const float* b, size_t n) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        const double d = (double)a[i] - (double)b[i];
-        if (!(d == d)) return INFINITY;
-        num += d * d;
-        den += (double)b[i] * b[i];
-    }
-    return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
-}
-
 static int int_meta(const SafeTensors& st, const std::string& key) {
     auto it = st.metadata.find(key);
     REQUIRE_MESSAGE(it != st.metadata.end(), st.path << ": no metadata '" << key << "'");
@@ -53,8 +42,8 @@ static double grad_errors(const Config& c, const LoraConfig& lc, const std::vect
     return e_max;
 }
 
-static void check_fixture_gpu(const std::string& name) {
-    const std::string dir = fixtures_dir() + "/" + name;
+static void check_fixture_gpu(const std::string& dir) {
+    const std::string name = base_name(dir);
     HfCheckpoint ck(dir);
     const Config& cfg = ck.config;
     Adapter ad = read_peft_adapter(dir + "/adapter", cfg);
@@ -130,9 +119,7 @@ static void check_fixture_gpu(const std::string& name) {
 }
 
 TEST_CASE("step: every tiny_* fixture, the whole GPU step vs transformers + peft") {
-    std::vector<std::string> fixtures = list_dir(fixtures_dir(), "tiny_");
-    REQUIRE(!fixtures.empty());
-    for (const std::string& f : fixtures) {
+    for (const std::string& f : tiny_fixtures()) {
         CAPTURE(f);
         check_fixture_gpu(f);
     }
@@ -285,11 +272,9 @@ TEST_CASE("step: GPU vs CPU reference on packed rows with dropout, bf16 and NF4 
 
 TEST_CASE("step: NF4 model file loads without quantizing and equals on-GPU quantization") {
     REQUIRE_MESSAGE(path_exists("./export_hf"), "build ./export_hf first (make export_hf)");
-    std::vector<std::string> fixtures = list_dir(fixtures_dir(), "tiny_");
-    REQUIRE(!fixtures.empty());
-    for (const std::string& f : fixtures) {
-        CAPTURE(f);
-        const std::string dir = fixtures_dir() + "/" + f;
+    for (const std::string& dir : tiny_fixtures()) {
+        CAPTURE(dir);
+        const std::string f = base_name(dir);
         TempDir t;
         const std::string dense = t / "dense.bin", nf4 = t / "nf4.bin", patched = t / "patched.bin";
         for (const std::string& args : {"-o " + dense, "-o " + nf4 + " --dtype nf4"}) {

@@ -81,12 +81,10 @@ static void check_gpu_equals_cpu(const std::string& where, const void* w, int32_
 }
 
 TEST_CASE("nf4 gpu: fixtures, the GPU equals bitsandbytes and the CPU twin on every case") {
-    const std::vector<std::string> files = nf4_fixture_files();
-    REQUIRE_MESSAGE(!files.empty(), "no nf4_*.safetensors under " << fixtures_dir());
     int cases = 0;
-    for (const std::string& path : files) {
+    for (const std::string& path : nf4_fixture_files()) {
         SafeTensors st(path);
-        const std::string file = path.substr(path.rfind('/') + 1);
+        const std::string file = base_name(path);
         for (const std::string& c : nf4_case_names(st)) {
             const std::string where = file + " " + c;
             INFO(where);
@@ -121,18 +119,7 @@ TEST_CASE("nf4 gpu: fixtures, the GPU equals bitsandbytes and the CPU twin on ev
             // both levels against bnb, field by field
             const std::vector<uint8_t> rec = gpu_quantize_record(w.data(), dtype, n, where.c_str());
             const Nf4Tensor g = nf4_from_record(rec.data(), n, where.c_str());
-            bnb = nf4_read_raw(st, c + ".dq.packed");
-            m = nf4_compare(where + ".dq.packed (GPU)", g.packed.data(), bnb.data(), g.packed.size(), bnb.size(), 1);
-            CHECK_MESSAGE(m.empty(), m);
-            bnb = nf4_read_raw(st, c + ".dq.absmax_q");
-            m = nf4_compare(where + ".dq.absmax_q (GPU)", g.absmax_q.data(), bnb.data(), g.absmax_q.size(), bnb.size(), 1);
-            CHECK_MESSAGE(m.empty(), m);
-            bnb = nf4_read_raw(st, c + ".dq.state2_absmax");
-            m = nf4_compare(where + ".dq.state2_absmax (GPU)", g.scale2.data(), bnb.data(), 4 * g.scale2.size(), bnb.size(), 4);
-            CHECK_MESSAGE(m.empty(), m);
-            bnb = nf4_read_raw(st, c + ".dq.offset");
-            m = nf4_compare(where + ".dq.offset (GPU)", &g.offset, bnb.data(), 4, bnb.size(), 4);
-            CHECK_MESSAGE(m.empty(), m);
+            nf4_check_dq_fields(st, c, where, g, " (GPU)");
             got = gpu_dequantize_record(rec, n, dtype);
             bnb = nf4_read_raw(st, c + ".dq.dequant");
             m = nf4_compare(where + ".dq.dequant (GPU)", got.data(), bnb.data(), got.size(), bnb.size(), (int)dtype_size(dtype));

@@ -1,8 +1,10 @@
 // test/gpu_util.h — helpers shared by the GPU test files (test/gpu_*.cu): a device buffer that frees
-// itself, uploads and downloads, and poisoning (filling outputs with a byte pattern before a launch,
-// so that anything a kernel fails to write shows up as a mismatch instead of as stale right answers).
+// itself, uploads and downloads, poisoning (filling outputs with a byte pattern before a launch,
+// so that anything a kernel fails to write shows up as a mismatch instead of as stale right answers),
+// and the relative L2 error the GPU results are judged by.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -42,4 +44,17 @@ inline int64_t first_diff(const void* a, const void* b, size_t bytes) {
     for (size_t i = 0; i < bytes; i++)
         if (p[i] != q[i]) return (int64_t)i;
     return -1;
+}
+
+// ||a - b||_2 / ||b||_2 over n values, b the reference (||a - b||_2 when b is all zero). A NaN
+// anywhere (a poisoned or unwritten output) gives INFINITY, so it never passes a tolerance.
+inline double rel_l2(const float* a, const float* b, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        const double d = (double)a[i] - (double)b[i];
+        if (!(d == d)) return INFINITY;
+        num += d * d;
+        den += (double)b[i] * b[i];
+    }
+    return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
 }

@@ -1,7 +1,8 @@
-// test/nf4_fixtures.h — walking the NF4 fixtures made by bitsandbytes, shared by the CPU suite
-// (test/cpu_quant.cpp) and the GPU suite (test/gpu_quant.cu). Every nf4_*.safetensors under
-// $FIXTURES_DIR is used; its cases are found by scanning tensor names for "caseN.weight", so a new
-// file or case of the same layout is picked up with no code change. Layout (../shared/README.md):
+// test/nf4_fixtures.h — walking the NF4 fixtures made by bitsandbytes and comparing our tensors
+// with theirs, shared by the CPU suite (test/cpu_quant.cpp) and the GPU suite (test/gpu_quant.cu).
+// Every nf4_*.safetensors under $FIXTURES_DIR is used; its cases are found by scanning tensor names
+// for "caseN.weight", so a new file or case of the same layout is picked up with no code change.
+// Layout (../shared/README.md):
 //   caseN.weight (F16/BF16 input), caseN.packed, caseN.absmax, caseN.dequant,
 //   caseN.dq.{packed, absmax_q, state2_absmax, state2_code, offset, dequant}, nf4_code.
 #pragma once
@@ -12,11 +13,15 @@
 #include <vector>
 
 #include "../hf.h"
+#include "../quant.h"
 #include "test_util.h"
 
+// Every nf4_*.safetensors under fixtures_dir(), as a path; none at all fails the test (it would
+// pass vacuously).
 inline std::vector<std::string> nf4_fixture_files() {
     std::vector<std::string> out;
     for (const std::string& f : list_dir(fixtures_dir(), "nf4_", ".safetensors")) out.push_back(fixtures_dir() + "/" + f);
+    REQUIRE_MESSAGE(!out.empty(), "no nf4_*.safetensors under " << fixtures_dir());
     return out;
 }
 
@@ -75,4 +80,27 @@ inline std::string nf4_compare(const std::string& where, const void* ours, const
         return m.str();
     }
     return "";
+}
+
+// The double-quantized tensor `t` (ours, of case `c`) field by field against bitsandbytes'
+// c.dq.{packed, absmax_q, state2_absmax, offset}; `tag` follows the tensor name in messages (" (GPU)").
+inline void nf4_check_dq_fields(SafeTensors& st, const std::string& c, const std::string& where, const Nf4Tensor& t,
+                                const std::string& tag = "") {
+    struct Field {
+        const char* suffix;
+        const void* ours;
+        size_t bytes;
+        int elem_size;
+    };
+    const Field fields[] = {
+        {".dq.packed", t.packed.data(), t.packed.size(), 1},
+        {".dq.absmax_q", t.absmax_q.data(), t.absmax_q.size(), 1},
+        {".dq.state2_absmax", t.scale2.data(), 4 * t.scale2.size(), 4},
+        {".dq.offset", &t.offset, 4, 4},
+    };
+    for (const Field& f : fields) {
+        const std::vector<uint8_t> bnb = nf4_read_raw(st, c + f.suffix);
+        const std::string m = nf4_compare(where + f.suffix + tag, f.ours, bnb.data(), f.bytes, bnb.size(), f.elem_size);
+        CHECK_MESSAGE(m.empty(), m);
+    }
 }

@@ -1,9 +1,12 @@
-// test/test_util.h — helpers shared by the CPU test files: where the fixtures are, a scratch
-// directory per test, running a built tool as a subprocess and capturing its exit code and output,
+// test/test_util.h — helpers shared by the test files (test/cpu_*.cpp, and test/gpu_*.cu): where
+// the fixtures are, a scratch directory per test, whole-file reads and writes, running a built tool
+// as a subprocess and capturing its exit code and output, the message of an expected InputError,
 // and error metrics.
 #pragma once
 
 #include <dirent.h>
+#include <doctest/doctest.h>
+#include <limits.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -12,8 +15,11 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <string>
 #include <vector>
+
+#include "../model.h"
 
 // $FIXTURES_DIR, default ../shared/fixtures (tests run from the repo root)
 inline std::string fixtures_dir() {
@@ -41,6 +47,56 @@ inline std::vector<std::string> list_dir(const std::string& dir, const std::stri
     closedir(d);
     std::sort(out.begin(), out.end());
     return out;
+}
+
+// Every tiny_* fixture directory under fixtures_dir(), as a path. A suite with no fixture would
+// pass vacuously: refuse.
+inline std::vector<std::string> tiny_fixtures() {
+    std::vector<std::string> dirs;
+    for (const std::string& n : list_dir(fixtures_dir(), "tiny_")) {
+        struct stat st;
+        std::string p = fixtures_dir() + "/" + n;
+        if (stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) dirs.push_back(p);
+    }
+    REQUIRE_MESSAGE(!dirs.empty(), "no tiny_* fixture directory under " << fixtures_dir());
+    return dirs;
+}
+
+inline std::string base_name(const std::string& p) { return p.substr(p.find_last_of('/') + 1); }
+
+inline std::string absolute(const std::string& p) {
+    char buf[PATH_MAX];
+    REQUIRE_MESSAGE(realpath(p.c_str(), buf), "realpath " << p);
+    return buf;
+}
+
+// The whole file; a file that cannot be opened fails the test (it never reads as "").
+inline std::string read_bytes(const std::string& path) {
+    FILE* f = fopen(path.c_str(), "rb");
+    REQUIRE_MESSAGE(f, "cannot open " << path);
+    std::string s;
+    char buf[1 << 16];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof(buf), f)) > 0) s.append(buf, n);
+    fclose(f);
+    return s;
+}
+
+inline void write_bytes(const std::string& path, const std::string& bytes) {
+    FILE* f = fopen(path.c_str(), "wb");
+    REQUIRE_MESSAGE(f, "cannot create " << path);
+    REQUIRE(fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size());
+    fclose(f);
+}
+
+// The InputError message `f` throws, or "" when it throws none (so find(...) checks then fail).
+inline std::string input_error_of(const std::function<void()>& f) {
+    try {
+        f();
+    } catch (const InputError& e) {
+        return e.what();
+    }
+    return "";
 }
 
 // A fresh scratch directory under /tmp, removed at scope exit.

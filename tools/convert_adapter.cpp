@@ -17,88 +17,35 @@
 #include <string>
 #include <vector>
 
+#include "cli.h"
 #include "hf.h"
 #include "model.h"
 
 static const char* PROG = "convert_adapter";
 
 // ----------------------------------------------------------------------------------------------
-// command line: one table drives both the parser and --help
-
-struct Option {
-    const char* short_name;  // "-i" or nullptr
-    const char* long_name;   // "--input"
-    const char* metavar;     // nullptr for a flag without a value
-    const char* help;
-    std::string* value;      // where the value goes (or "1" for a flag)
-};
+// command line (cli.h: one table drives both the parser and --help)
 
 struct Args {
-    std::string input, output, model, hf, dtype, base_model, help;
+    std::string input, output, model, hf, dtype, base_model;
 };
 
-static std::vector<Option> options(Args& a) {
-    return {
-        {"-i", "--input", "PATH", "adapter to read: a PEFT directory, or an adapter file made by train/convert_adapter (required)", &a.input},
-        {"-o", "--output", "PATH", "what to write: an adapter file when -i is a PEFT directory, else a PEFT directory (required)", &a.output},
-        {"-m", "--model", "FILE", "PEFT -> adapter file: the base model file (its config checks every tensor's shape)", &a.model},
-        {nullptr, "--hf", "DIR", "PEFT -> adapter file: the base model's HF checkpoint directory (or its config.json), instead of -m", &a.hf},
-        {"-d", "--dtype", "TYPE", "adapter file -> PEFT: tensor type, f16 (default, exact) or f32", &a.dtype},
-        {nullptr, "--base-model", "NAME", "adapter file -> PEFT: base_model_name_or_path to record in adapter_config.json", &a.base_model},
-        {"-h", "--help", nullptr, "show this help and exit", &a.help},
-    };
-}
-
-static void print_help(std::vector<Option>& opts) {
-    printf("usage: ./%s -i adapter.bin -o peft_dir [--dtype f16|f32] [--base-model NAME]\n", PROG);
-    printf("       ./%s -i peft_dir -o adapter.bin (-m model.bin | --hf HF_DIR)\n", PROG);
-    printf("Convert a LoRA adapter between this project's adapter file and PEFT's format.\n\noptions:\n");
-    for (const Option& o : opts) {
-        std::string flags = std::string(o.short_name ? o.short_name : "  ") + (o.short_name ? ", " : "  ") + o.long_name;
-        if (o.metavar) flags += std::string(" ") + o.metavar;
-        printf("  %-22s %s\n", flags.c_str(), o.help);
-    }
-}
-
-// Usage errors exit 2 (as getopt-style tools do); bad input exits 1.
-[[noreturn]] static void usage_error(const std::string& msg) {
-    fprintf(stderr, "%s: %s (see --help)\n", PROG, msg.c_str());
-    exit(2);
-}
-
-static void parse_args(int argc, char** argv, Args& a) {
-    std::vector<Option> opts = options(a);
-    for (int i = 1; i < argc; i++) {
-        std::string arg = argv[i], val;
-        bool has_inline = false;
-        if (arg.rfind("--", 0) == 0 && arg.find('=') != std::string::npos) {  // --name=value
-            val = arg.substr(arg.find('=') + 1);
-            arg = arg.substr(0, arg.find('='));
-            has_inline = true;
-        }
-        const Option* o = nullptr;
-        for (const Option& c : opts)
-            if ((c.short_name && arg == c.short_name) || arg == c.long_name) o = &c;
-        if (!o) usage_error("unknown option '" + arg + "'");
-        if (!o->metavar) {
-            if (has_inline) usage_error(std::string(o->long_name) + " takes no value");
-            *o->value = "1";
-            continue;
-        }
-        if (!has_inline) {
-            if (i + 1 >= argc) usage_error(std::string(o->long_name) + " needs a value (" + o->metavar + ")");
-            val = argv[++i];
-        }
-        if (val.empty()) usage_error(std::string(o->long_name) + " needs a non-empty value");
-        *o->value = val;
-    }
-    if (!a.help.empty()) {
-        print_help(opts);
-        exit(0);
-    }
-    if (a.input.empty()) usage_error("missing -i PATH");
-    if (a.output.empty()) usage_error("missing -o PATH");
-    if (!a.model.empty() && !a.hf.empty()) usage_error("give the base model once: -m or --hf, not both");
+static Cli make_cli(Args& a) {
+    Cli cli{PROG,
+            "./convert_adapter -i adapter.bin -o peft_dir [--dtype f16|f32] [--base-model NAME]\n"
+            "       ./convert_adapter -i peft_dir -o adapter.bin (-m model.bin | --hf HF_DIR)",
+            "Convert a LoRA adapter between this project's adapter file and PEFT's format.",
+            {
+                {"-i", "--input", "PATH", "adapter to read: a PEFT directory, or an adapter file made by train/convert_adapter", &a.input, nullptr, /*required=*/true},
+                {"-o", "--output", "PATH", "what to write: an adapter file when -i is a PEFT directory, else a PEFT directory", &a.output, nullptr, /*required=*/true},
+                {"-m", "--model", "FILE", "PEFT -> adapter file: the base model file (its config checks every tensor's shape)", &a.model},
+                {nullptr, "--hf", "DIR", "PEFT -> adapter file: the base model's HF checkpoint directory (or its config.json), instead of -m", &a.hf},
+                {"-d", "--dtype", "TYPE", "adapter file -> PEFT: tensor type, f16 (default, exact) or f32", &a.dtype},
+                {nullptr, "--base-model", "NAME", "adapter file -> PEFT: base_model_name_or_path to record in adapter_config.json", &a.base_model},
+                {"-h", "--help", nullptr, "show this help and exit", nullptr},
+            }};
+    cli.non_empty = true;
+    return cli;
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -133,9 +80,9 @@ static void run(const Args& args) {
     if (is_dir(args.input)) {
         // PEFT directory -> adapter file
         if (args.model.empty() && args.hf.empty())
-            usage_error("reading a PEFT directory needs the base model: -m model.bin or --hf HF_DIR");
+            cli_usage_error(PROG, "reading a PEFT directory needs the base model: -m model.bin or --hf HF_DIR");
         if (!args.dtype.empty() || !args.base_model.empty())
-            usage_error("--dtype and --base-model apply when writing PEFT (-i an adapter file)");
+            cli_usage_error(PROG, "--dtype and --base-model apply when writing PEFT (-i an adapter file)");
         if (is_dir(args.output)) fail("%s: is a directory; -o names the adapter file to write", args.output.c_str());
         uint8_t sha[32];
         std::string from;
@@ -150,7 +97,7 @@ static void run(const Args& args) {
         if (!args.dtype.empty()) {
             const std::string& d = args.dtype;
             dtype = (d == "f16" || d == "fp16") ? DT_F16 : (d == "f32" || d == "fp32") ? DT_F32 : -1;
-            if (dtype < 0) usage_error("--dtype must be f16 or f32, not '" + d + "'");
+            if (dtype < 0) cli_usage_error(PROG, "--dtype must be f16 or f32, not '" + d + "'");
         }
         Adapter a = read_adapter(args.input);
         // a base model given here is a check, not a source: the adapter file carries its own config
@@ -167,7 +114,8 @@ static void run(const Args& args) {
 
 int main(int argc, char** argv) {
     Args args;
-    parse_args(argc, argv, args);
+    if (!cli_parse(make_cli(args), argc, argv)) return 0;
+    if (!args.model.empty() && !args.hf.empty()) cli_usage_error(PROG, "give the base model once: -m or --hf, not both");
     try {
         run(args);
     } catch (const InputError& e) {

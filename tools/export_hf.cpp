@@ -27,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "cli.h"
 #include "hf.h"
 #include "model.h"
 #include "quant.h"
@@ -34,78 +35,25 @@
 static const char* PROG = "export_hf";
 
 // ----------------------------------------------------------------------------------------------
-// command line: one table drives both the parser and --help
-
-struct Option {
-    const char* short_name;  // "-i" or nullptr
-    const char* long_name;   // "--input"
-    const char* metavar;     // nullptr for a flag without a value
-    const char* help;
-    std::string* value;      // where the value goes (or "1" for a flag)
-};
+// command line (cli.h: one table drives both the parser and --help)
 
 struct Args {
-    std::string input, output, dtype, tokenizer, help;
+    std::string input, output, dtype, tokenizer;
 };
 
-static std::vector<Option> options(Args& a) {
-    return {
-        {"-i", "--input", "HF_DIR", "Hugging Face checkpoint directory: config.json + model.safetensors or model.safetensors.index.json and its shards (required)", &a.input},
-        {"-o", "--output", "FILE", "model file to write (required); replaced only when the export succeeds", &a.output},
-        {"-d", "--dtype", "TYPE", "stored weight type: bf16, fp16, f32, or nf4 (linear layers pre-quantized to NF4 with double quantization, ~4.13 bits per parameter, the rest 16-bit as by default) (default: the checkpoint's own fp16/bf16, so the export is exact; bf16 for an fp32 or undeclared checkpoint)", &a.dtype},
-        {"-t", "--tokenizer", "FILE", "sentencepiece tokenizer.model to check against config.json and record (default: HF_DIR/tokenizer.model if present)", &a.tokenizer},
-        {"-h", "--help", nullptr, "show this help and exit", &a.help},
-    };
-}
-
-static void print_help(std::vector<Option>& opts) {
-    printf("usage: ./%s -i HF_DIR -o model.bin [--dtype bf16|fp16|f32|nf4] [-t tokenizer.model]\n", PROG);
-    printf("Convert a Hugging Face Llama checkpoint into the model file read by train and sample.\n\noptions:\n");
-    for (const Option& o : opts) {
-        std::string flags = std::string(o.short_name ? o.short_name : "  ") + (o.short_name ? ", " : "  ") + o.long_name;
-        if (o.metavar) flags += std::string(" ") + o.metavar;
-        printf("  %-26s %s\n", flags.c_str(), o.help);
-    }
-}
-
-// Usage errors exit 2 (as getopt-style tools do); bad input exits 1.
-[[noreturn]] static void usage_error(const std::string& msg) {
-    fprintf(stderr, "%s: %s (see --help)\n", PROG, msg.c_str());
-    exit(2);
-}
-
-static void parse_args(int argc, char** argv, Args& a) {
-    std::vector<Option> opts = options(a);
-    for (int i = 1; i < argc; i++) {
-        std::string arg = argv[i], val;
-        bool has_inline = false;
-        if (arg.rfind("--", 0) == 0 && arg.find('=') != std::string::npos) {  // --name=value
-            val = arg.substr(arg.find('=') + 1);
-            arg = arg.substr(0, arg.find('='));
-            has_inline = true;
-        }
-        const Option* o = nullptr;
-        for (const Option& c : opts)
-            if ((c.short_name && arg == c.short_name) || arg == c.long_name) o = &c;
-        if (!o) usage_error("unknown option '" + arg + "'");
-        if (!o->metavar) {
-            if (has_inline) usage_error(std::string(o->long_name) + " takes no value");
-            *o->value = "1";
-            continue;
-        }
-        if (!has_inline) {
-            if (i + 1 >= argc) usage_error(std::string(o->long_name) + " needs a value (" + o->metavar + ")");
-            val = argv[++i];
-        }
-        if (val.empty()) usage_error(std::string(o->long_name) + " needs a non-empty value");
-        *o->value = val;
-    }
-    if (!a.help.empty()) {
-        print_help(opts);
-        exit(0);
-    }
-    if (a.input.empty()) usage_error("missing -i HF_DIR");
-    if (a.output.empty()) usage_error("missing -o FILE");
+static Cli make_cli(Args& a) {
+    Cli cli{PROG,
+            "./export_hf -i HF_DIR -o model.bin [--dtype bf16|fp16|f32|nf4] [-t tokenizer.model]",
+            "Convert a Hugging Face Llama checkpoint into the model file read by train and sample.",
+            {
+                {"-i", "--input", "HF_DIR", "Hugging Face checkpoint directory: config.json + model.safetensors or model.safetensors.index.json and its shards", &a.input, nullptr, /*required=*/true},
+                {"-o", "--output", "FILE", "model file to write; replaced only when the export succeeds", &a.output, nullptr, /*required=*/true},
+                {"-d", "--dtype", "TYPE", "stored weight type: bf16, fp16, f32, or nf4 (linear layers pre-quantized to NF4 with double quantization, ~4.13 bits per parameter, the rest 16-bit as by default) (default: the checkpoint's own fp16/bf16, so the export is exact; bf16 for an fp32 or undeclared checkpoint)", &a.dtype},
+                {"-t", "--tokenizer", "FILE", "sentencepiece tokenizer.model to check against config.json and record (default: HF_DIR/tokenizer.model if present)", &a.tokenizer},
+                {"-h", "--help", nullptr, "show this help and exit", nullptr},
+            }};
+    cli.non_empty = true;
+    return cli;
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -153,7 +101,7 @@ static void run(const Args& args) {
     if (!args.dtype.empty() && !nf4) {
         const std::string& d = args.dtype;
         out_dtype = d == "bf16" ? DT_BF16 : (d == "fp16" || d == "f16") ? DT_F16 : (d == "f32" || d == "fp32") ? DT_F32 : -1;
-        if (out_dtype < 0) usage_error("--dtype must be bf16, fp16, f32 or nf4, not '" + d + "'");
+        if (out_dtype < 0) cli_usage_error(PROG, "--dtype must be bf16, fp16, f32 or nf4, not '" + d + "'");
     }
     struct stat st;
     if (stat(args.output.c_str(), &st) == 0 && S_ISDIR(st.st_mode))
@@ -165,12 +113,7 @@ static void run(const Args& args) {
     // (with nf4 the linears are quantized from these 16-bit values too: see below)
     if (out_dtype < 0) out_dtype = (ck.dtype == DT_F16 || ck.dtype == DT_BF16) ? ck.dtype : DT_BF16;
 
-    ModelHeader h;
-    memset(&h, 0, sizeof(h));
-    h.magic = MODEL_MAGIC;
-    h.version = MODEL_VERSION;
-    h.config = c;
-    h.dtype = out_dtype;
+    ModelHeader h = make_model_header(c, out_dtype);
     h.linear_format = nf4 ? LINEAR_NF4 : LINEAR_DENSE;
     std::string tok = !args.tokenizer.empty() ? args.tokenizer
                       : is_file(args.input + "/tokenizer.model") ? args.input + "/tokenizer.model" : "";
@@ -258,7 +201,7 @@ static void run(const Args& args) {
 
 int main(int argc, char** argv) {
     Args args;
-    parse_args(argc, argv, args);
+    if (!cli_parse(make_cli(args), argc, argv)) return 0;
     try {
         run(args);
     } catch (const InputError& e) {
