@@ -38,15 +38,22 @@ __device__ __forceinline__ float warp_reduce_sum(float v) {
 // x (cols) into shared memory once per block: every warp of the block reads all of it, and from
 // L1/L2 that is 8x the traffic of the weights themselves
 __device__ __forceinline__ void stage_x(bf16* xs, const bf16* x, int cols) {
-    for (int i = threadIdx.x; i < cols; i += blockDim.x) xs[i] = x[i];
+    if (cols % 8 == 0) {  // 16 bytes a thread: a 4096-wide x is two loads per thread, not sixteen
+        for (int i = threadIdx.x; i < cols / 8; i += blockDim.x)
+            reinterpret_cast<uint4*>(xs)[i] = reinterpret_cast<const uint4*>(x)[i];
+    } else {
+        for (int i = threadIdx.x; i < cols; i += blockDim.x) xs[i] = x[i];
+    }
     __syncthreads();
 }
 
-// y (rows) = (accumulate ? y : 0) + scale * W x with W an NF4 record (rows, cols), cols % 16 == 0.
+// y (rows) = (accumulate ? y : 0) + scale * W x with W an NF4 record (rows, cols), cols % 8 == 0.
 // Each weight is dequantized exactly as nf4_dequantize_gpu does (code8 * scale2 + offset, then
 // NF4[c] * absmax, rounded to bf16) before it meets x, so prefill and decode see the same weights.
-// A lane takes 16 weights (8 packed bytes, one absmax block) per iteration. Dynamic shared memory:
-// cols bf16 for x.
+// A warp takes a row; a lane 8 weights (4 packed bytes, one absmax block) per iteration, reading its
+// 8 inputs as one 16-byte load from shared memory: consecutive lanes read consecutive 16 bytes,
+// free of bank conflicts (32 weights a lane, tried too, ran 2.3x slower from conflicts).
+// Dynamic shared memory: cols bf16 for x.
 __global__ void __launch_bounds__(MV_THREADS) matvec_nf4_kernel(bf16* y, const bf16* x, Nf4View W, int rows, int cols,
                                                                 float scale, bool accumulate, Nf4Consts consts) {
     extern __shared__ __align__(16) bf16 xs[];
@@ -58,22 +65,20 @@ __global__ void __launch_bounds__(MV_THREADS) matvec_nf4_kernel(bf16* y, const b
     if (row >= rows) return;
     const float offset = *W.offset;
     float acc = 0.0f;
-    for (int c16 = lane; c16 < cols / 16; c16 += 32) {
-        const int64_t i = (int64_t)row * cols + (int64_t)c16 * 16;  // 16 weights, one absmax block
+#pragma unroll 4
+    for (int c8 = lane; c8 < cols / 8; c8 += 32) {
+        const int64_t i = (int64_t)row * cols + (int64_t)c8 * 8;  // 8 weights, one absmax block
         const int64_t b = i / NF4_BLOCK;
+        const uint32_t bytes = *reinterpret_cast<const uint32_t*>(W.packed + i / 2);
         const float amax = __fadd_rn(mul_rn_ftz(s_code8[W.absmax_q[b]], W.scale2[b / NF4_DQ_BLOCK]), offset);
-        const uint2 bytes = *reinterpret_cast<const uint2*>(W.packed + i / 2);
-        const uint4* xv = reinterpret_cast<const uint4*>(xs + c16 * 16);
-        const uint4 xa = xv[0], xb = xv[1];
-        const bf16* xa_s = reinterpret_cast<const bf16*>(&xa);
-        const bf16* xb_s = reinterpret_cast<const bf16*>(&xb);
+        const uint4 xv = *reinterpret_cast<const uint4*>(xs + c8 * 8);
+        const bf16* xq = reinterpret_cast<const bf16*>(&xv);
 #pragma unroll
-        for (int k = 0; k < 8; k++) {
-            const uint32_t byte = ((k < 4 ? bytes.x : bytes.y) >> (8 * (k % 4))) & 0xffu;  // element 2k high nibble
+        for (int k = 0; k < 4; k++) {
+            const uint32_t byte = (bytes >> (8 * k)) & 0xffu;  // element 2k in the high nibble
             const float w0 = __bfloat162float(__float2bfloat16_rn(mul_rn_ftz(s_nf4[byte >> 4], amax)));
             const float w1 = __bfloat162float(__float2bfloat16_rn(mul_rn_ftz(s_nf4[byte & 0x0f], amax)));
-            const bf16* xk = k < 4 ? xa_s + 2 * k : xb_s + 2 * (k - 4);
-            acc += w0 * __bfloat162float(xk[0]) + w1 * __bfloat162float(xk[1]);
+            acc += w0 * __bfloat162float(xq[2 * k]) + w1 * __bfloat162float(xq[2 * k + 1]);
         }
     }
     acc = warp_reduce_sum(acc);
@@ -91,6 +96,7 @@ __global__ void __launch_bounds__(MV_THREADS) matvec_bf16_kernel(Out* y, const b
     const bf16* w = W + (int64_t)row * cols;
     float acc = 0.0f;
     if (cols % 8 == 0) {  // 16-byte loads of the weights
+#pragma unroll 4
         for (int c8 = lane; c8 < cols / 8; c8 += 32) {
             const uint4 wv = *reinterpret_cast<const uint4*>(w + c8 * 8), xv = *reinterpret_cast<const uint4*>(xs + c8 * 8);
             const bf16 *ws = reinterpret_cast<const bf16*>(&wv), *xq = reinterpret_cast<const bf16*>(&xv);
@@ -104,6 +110,36 @@ __global__ void __launch_bounds__(MV_THREADS) matvec_bf16_kernel(Out* y, const b
     if (lane == 0) {
         const float prev = accumulate ? (float)y[row] : 0.0f;
         y[row] = (Out)(prev + scale * acc);
+    }
+}
+
+// y (rows) as above but one block per row, its warps splitting the columns: for a handful of long
+// rows (LoRA's A, r x 4096), where a warp per row would leave the card idle
+template <typename Out>
+__global__ void __launch_bounds__(MV_THREADS) matvec_bf16_rowblock_kernel(Out* y, const bf16* x, const bf16* W, int rows,
+                                                                          int cols, float scale, bool accumulate) {
+    __shared__ float red[MV_THREADS / 32];
+    const int row = blockIdx.x;
+    const bf16* w = W + (int64_t)row * cols;
+    float acc = 0.0f;
+    if (cols % 8 == 0) {
+        for (int c8 = threadIdx.x; c8 < cols / 8; c8 += blockDim.x) {
+            const uint4 wv = *reinterpret_cast<const uint4*>(w + c8 * 8), xv = *reinterpret_cast<const uint4*>(x + c8 * 8);
+            const bf16 *ws = reinterpret_cast<const bf16*>(&wv), *xq = reinterpret_cast<const bf16*>(&xv);
+#pragma unroll
+            for (int k = 0; k < 8; k++) acc += __bfloat162float(ws[k]) * __bfloat162float(xq[k]);
+        }
+    } else {
+        for (int c = threadIdx.x; c < cols; c += blockDim.x) acc += __bfloat162float(w[c]) * __bfloat162float(x[c]);
+    }
+    acc = warp_reduce_sum(acc);
+    if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = acc;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float total = 0.0f;
+        for (int i = 0; i < MV_THREADS / 32; i++) total += red[i];  // fixed order: deterministic
+        const float prev = accumulate ? (float)y[row] : 0.0f;
+        y[row] = (Out)(prev + scale * total);
     }
 }
 
@@ -123,6 +159,11 @@ void matvec_nf4(bf16* y, const bf16* x, Nf4View W, int rows, int cols, float sca
 
 template <typename Out>
 void matvec_bf16(Out* y, const bf16* x, const bf16* W, int rows, int cols, float scale, bool accumulate, cudaStream_t stream) {
+    if (rows < 1024 && cols >= 1024) {  // few long rows: a block each
+        matvec_bf16_rowblock_kernel<Out><<<(unsigned)rows, MV_THREADS, 0, stream>>>(y, x, W, rows, cols, scale, accumulate);
+        cudaCheckLaunch();
+        return;
+    }
     const size_t smem = ((size_t)cols * 2 + 15) & ~(size_t)15;
     static size_t opted = 48 << 10;
     if (smem > opted) {
@@ -134,14 +175,14 @@ void matvec_bf16(Out* y, const bf16* x, const bf16* W, int rows, int cols, float
     cudaCheckLaunch();
 }
 
-// Attention of n new queries (positions pos0 .. pos0+n-1) over the cache (keys 0 .. own position).
-// One block per (query, head): scores into shared memory, softmax, then thread d sums p * v[:, d].
-// scores: dynamic shared memory of (pos0 + n) floats.
-__global__ void attention_cached_kernel(bf16* out, const bf16* q, const bf16* kc, const bf16* vc, int pos0, int H, int KV,
-                                        int D, float scale) {
+// Attention of n new queries (positions len .. len+n-1, len = *d_len tokens already cached) over the
+// cache (keys 0 .. own position). One block per (query, head): scores into shared memory, softmax,
+// then thread d sums p * v[:, d]. scores: dynamic shared memory of max_context (+16) floats.
+__global__ void attention_cached_kernel(bf16* out, const bf16* q, const bf16* kc, const bf16* vc, const int* d_len, int H,
+                                        int KV, int D, float scale) {
     extern __shared__ float scores[];
     __shared__ float red[32];
-    const int qi = blockIdx.x, h = blockIdx.y, kvh = h / (H / KV), p = pos0 + qi;
+    const int qi = blockIdx.x, h = blockIdx.y, kvh = h / (H / KV), p = *d_len + qi;
     const bf16* qv = q + ((int64_t)qi * H + h) * D;
     float mx = -FLT_MAX;
     for (int j = threadIdx.x; j <= p; j += blockDim.x) {
@@ -182,10 +223,10 @@ __global__ void attention_cached_kernel(bf16* out, const bf16* q, const bf16* kc
     }
 }
 
-// rows n of (n, KV*D) into the cache at positions pos0..
-__global__ void cache_store_kernel(bf16* cache, const bf16* src, int64_t pos0, int64_t n_elems) {
+// rows n of (n, row_elems) into the cache after its *d_len rows
+__global__ void cache_store_kernel(bf16* cache, const bf16* src, const int* d_len, int64_t row_elems, int64_t n_elems) {
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n_elems) cache[pos0 + i] = src[i];
+    if (i < n_elems) cache[(int64_t)*d_len * row_elems + i] = src[i];
 }
 
 Nf4Consts nf4_consts() {
@@ -212,7 +253,7 @@ class GpuDecoder : public Decoder {
     void reset() override { len_ = 0; }
     void set_adapter(const Adapter* adapter, bool merge) override;
     const float* prefill(const int32_t* tokens, int n) override;
-    const float* step(int32_t token) override { return prefill(&token, 1); }
+    const float* step(int32_t token) override;
     std::string describe() const override;
 
    private:
@@ -230,9 +271,20 @@ class GpuDecoder : public Decoder {
     bf16 *kc_ = nullptr, *vc_ = nullptr;        // (L, max_ctx, KV*D)
     // per-pass buffers for up to max_ctx tokens
     bf16 *x_, *xn_, *q_, *k_, *v_, *ctx_, *g_, *u_, *h_, *lu_;
-    int32_t *d_tok_, *d_pos_;
+    int32_t *d_tok_, *d_pos_, *d_len_;  // (N), (N), (1): inputs of a pass, on the device
+    int32_t* h_in_ = nullptr;           // pinned (2 N + 1) staging for them
     float *rstd_, *d_logits_;
     float* h_logits_ = nullptr;  // pinned (V)
+    // batch-1 decoding replays one captured CUDA graph: ~30 kernels a layer are ~1000 launches a
+    // token, and launching them one by one costs more than running them
+    cudaGraphExec_t step_graph_ = nullptr;
+    int steps_uncaptured_ = 0;
+    void forward(int n);  // the pass over n tokens whose ids/positions/cache length are on the device
+    void drop_graph() {
+        if (step_graph_) cudaCheck(cudaGraphExecDestroy(step_graph_));
+        step_graph_ = nullptr;
+        steps_uncaptured_ = 0;
+    }
     void allocate_buffers();
     std::vector<void*> allocs_;
     void* alloc(size_t bytes) {
@@ -278,6 +330,12 @@ void GpuDecoder::allocate_buffers() {
     lu_ = (bf16*)alloc(N * 1024 * 2);  // LoRA u for ranks up to 1024
     d_tok_ = (int32_t*)alloc(N * 4);
     d_pos_ = (int32_t*)alloc(N * 4);
+    d_len_ = (int32_t*)alloc(4);
+    cudaCheck(cudaMallocHost(&h_in_, (size_t)(2 * N + 1) * 4));
+    // the attention's scores live in shared memory: room for the whole context, asked for once
+    const size_t att_smem = (size_t)(max_ctx_ + 16) * 4;
+    if (att_smem > (48 << 10))
+        cudaCheck(cudaFuncSetAttribute(attention_cached_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)att_smem));
     rstd_ = (float*)alloc(N * 4);
     d_logits_ = (float*)alloc((size_t)c.vocab_size * 4);
     cudaCheck(cudaMallocHost(&h_logits_, (size_t)c.vocab_size * 4));
@@ -285,6 +343,8 @@ void GpuDecoder::allocate_buffers() {
 
 GpuDecoder::~GpuDecoder() {
     cudaCheck(cudaStreamSynchronize(m_.stream));
+    drop_graph();
+    cudaCheck(cudaFreeHost(h_in_));
     for (void* p : allocs_) cudaCheck(cudaFree(p));
     if (lora_w_) cudaCheck(cudaFree(lora_w_));
     for (bf16* w : merged_w_)
@@ -310,6 +370,7 @@ const bf16* GpuDecoder::dense_weight(int t, int l) {
 
 void GpuDecoder::set_adapter(const Adapter* a, bool merge) {
     cudaCheck(cudaStreamSynchronize(m_.stream));
+    drop_graph();  // it holds the previous adapter's pointers
     len_ = 0;
     merged_ = false;
     if (lora_w_) cudaCheck(cudaFree(lora_w_));
@@ -346,7 +407,7 @@ void GpuDecoder::set_adapter(const Adapter* a, bool merge) {
 void GpuDecoder::linear(bf16* y, const bf16* x, int t, int l, int n, bool accumulate) {
     const int64_t IC = lora_in_dim(m_.cfg, t), OC = lora_out_dim(m_.cfg, t);
     if (n == 1 && !merged_ && nf4_) {  // batch-1 decode: read the 4-bit weights directly
-        ASSERT(IC % 16 == 0, "the NF4 mat-vec needs in_features % 16 == 0 (every Llama 2 size)");
+        ASSERT(IC % 8 == 0, "the NF4 mat-vec needs in_features % 8 == 0 (every Llama 2 size)");
         Nf4View W = nf4_view(m_.nf4_base[t] + l * m_.nf4_record_bytes[t], IC * OC);
         matvec_nf4(y, x, W, (int)OC, (int)IC, 1.0f, accumulate, consts_, m_.stream);
     } else if (n == 1) {
@@ -367,15 +428,9 @@ void GpuDecoder::linear(bf16* y, const bf16* x, int t, int l, int n, bool accumu
     }
 }
 
-const float* GpuDecoder::prefill(const int32_t* tokens, int n) {
+void GpuDecoder::forward(int n) {
     const Config& c = m_.cfg;
-    if (n < 1 || len_ + n > max_ctx_)
-        fail("decoder: %d tokens after %d do not fit the context of %d", n, len_, max_ctx_);
     const int64_t C = c.dim, F = c.hidden_dim, KVD = (int64_t)c.n_kv_heads * c.head_dim;
-    std::vector<int32_t> pos(n);
-    for (int i = 0; i < n; i++) pos[i] = len_ + i;
-    cudaCheck(cudaMemcpyAsync(d_tok_, tokens, n * 4, cudaMemcpyHostToDevice, m_.stream));
-    cudaCheck(cudaMemcpyAsync(d_pos_, pos.data(), n * 4, cudaMemcpyHostToDevice, m_.stream));
     embedding_forward(x_, d_tok_, m_.w.embed, n, (int)C, m_.stream);
     const float scale = 1.0f / sqrtf((float)c.head_dim);
     for (int l = 0; l < c.n_layers; l++) {
@@ -388,13 +443,13 @@ const float* GpuDecoder::prefill(const int32_t* tokens, int n) {
         bf16* kc = kc_ + (int64_t)l * max_ctx_ * KVD;
         bf16* vc = vc_ + (int64_t)l * max_ctx_ * KVD;
         const int64_t ne = (int64_t)n * KVD;
-        cache_store_kernel<<<(unsigned)((ne + 255) / 256), 256, 0, m_.stream>>>(kc, k_, (int64_t)len_ * KVD, ne);
+        cache_store_kernel<<<(unsigned)((ne + 255) / 256), 256, 0, m_.stream>>>(kc, k_, d_len_, KVD, ne);
         cudaCheckLaunch();
-        cache_store_kernel<<<(unsigned)((ne + 255) / 256), 256, 0, m_.stream>>>(vc, v_, (int64_t)len_ * KVD, ne);
+        cache_store_kernel<<<(unsigned)((ne + 255) / 256), 256, 0, m_.stream>>>(vc, v_, d_len_, KVD, ne);
         cudaCheckLaunch();
         // +16 floats: the compiler's unrolled read of scores[] may touch a few past the last key
-        attention_cached_kernel<<<dim3(n, c.n_heads), 128, (size_t)(len_ + n + 16) * 4, m_.stream>>>(
-            ctx_, q_, kc, vc, len_, c.n_heads, c.n_kv_heads, c.head_dim, scale);
+        attention_cached_kernel<<<dim3(n, c.n_heads), 128, (size_t)(max_ctx_ + 16) * 4, m_.stream>>>(
+            ctx_, q_, kc, vc, d_len_, c.n_heads, c.n_kv_heads, c.head_dim, scale);
         cudaCheckLaunch();
         linear(x_, ctx_, LT_O, l, n, true);  // the residual add rides on the accumulation
         rmsnorm_forward(xn_, rstd_, x_, m_.w.mlp_norm + l * C, n, (int)C, c.norm_eps, m_.stream);
@@ -407,8 +462,51 @@ const float* GpuDecoder::prefill(const int32_t* tokens, int n) {
     rmsnorm_forward(xn_, rstd_, x_ + (int64_t)(n - 1) * C, m_.w.final_norm, 1, (int)C, c.norm_eps, m_.stream);
     matvec_bf16<float>(d_logits_, xn_, m_.w.lm_head, c.vocab_size, (int)C, 1.0f, false, m_.stream);
     cudaCheck(cudaMemcpyAsync(h_logits_, d_logits_, (size_t)c.vocab_size * 4, cudaMemcpyDeviceToHost, m_.stream));
+}
+
+const float* GpuDecoder::prefill(const int32_t* tokens, int n) {
+    if (n < 1 || len_ + n > max_ctx_)
+        fail("decoder: %d tokens after %d do not fit the context of %d", n, len_, max_ctx_);
+    // inputs through pinned staging: token ids, positions len_.., the cache length
+    cudaCheck(cudaStreamSynchronize(m_.stream));
+    memcpy(h_in_, tokens, n * 4);
+    for (int i = 0; i < n; i++) h_in_[n + i] = len_ + i;
+    h_in_[2 * n] = len_;
+    cudaCheck(cudaMemcpyAsync(d_tok_, h_in_, n * 4, cudaMemcpyHostToDevice, m_.stream));
+    cudaCheck(cudaMemcpyAsync(d_pos_, h_in_ + n, n * 4, cudaMemcpyHostToDevice, m_.stream));
+    cudaCheck(cudaMemcpyAsync(d_len_, h_in_ + 2 * n, 4, cudaMemcpyHostToDevice, m_.stream));
+    forward(n);
     cudaCheck(cudaStreamSynchronize(m_.stream));
     len_ += n;
+    return h_logits_;
+}
+
+const float* GpuDecoder::step(int32_t token) {
+    // the first steps run plainly (they also make the one-time settings, such as shared-memory
+    // limits, that a capture must not do); then one step's work is captured and replayed
+    if (steps_uncaptured_ < 2) {
+        steps_uncaptured_++;
+        return prefill(&token, 1);
+    }
+    if (len_ + 1 > max_ctx_) fail("decoder: the context of %d is full", max_ctx_);
+    cudaCheck(cudaStreamSynchronize(m_.stream));
+    h_in_[0] = token;
+    h_in_[1] = len_;
+    h_in_[2] = len_;
+    cudaCheck(cudaMemcpyAsync(d_tok_, h_in_, 4, cudaMemcpyHostToDevice, m_.stream));
+    cudaCheck(cudaMemcpyAsync(d_pos_, h_in_ + 1, 4, cudaMemcpyHostToDevice, m_.stream));
+    cudaCheck(cudaMemcpyAsync(d_len_, h_in_ + 2, 4, cudaMemcpyHostToDevice, m_.stream));
+    if (!step_graph_) {
+        cudaGraph_t g;
+        cudaCheck(cudaStreamBeginCapture(m_.stream, cudaStreamCaptureModeThreadLocal));
+        forward(1);
+        cudaCheck(cudaStreamEndCapture(m_.stream, &g));
+        cudaCheck(cudaGraphInstantiate(&step_graph_, g, 0));
+        cudaCheck(cudaGraphDestroy(g));
+    }
+    cudaCheck(cudaGraphLaunch(step_graph_, m_.stream));
+    cudaCheck(cudaStreamSynchronize(m_.stream));
+    len_ += 1;
     return h_logits_;
 }
 
