@@ -4,7 +4,10 @@
 #   make test-gpu      build and run the GPU test suite (./test_gpu; needs an NVIDIA GPU)
 #   make NO_CUDA=1     CPU-only binaries, for machines without the CUDA toolkit
 #   make ARCH=sm_80    another GPU architecture (default sm_90, H100/H200)
-#   make NO_NCCL=1     build without NCCL (single GPU); also chosen, with a warning, when nccl.h is absent
+#
+# One mechanism makes the CUDA build optional: GPU_OBJS (the CUDA model, its kernels and the GPU
+# half of ./train) is linked into train and sample when CUDA is built, and is empty
+# with NO_CUDA=1. The programs find out at run time which halves they have (weak symbols).
 
 CXX      ?= g++
 CXXFLAGS ?= -O2 -g -std=c++17 -Wall -Wextra -Wno-unused-parameter -fopenmp
@@ -13,13 +16,21 @@ CUDA_HOME ?= /usr/local/cuda
 LDLIBS_CPU = -lcrypto -fopenmp
 
 BUILD := build
-LIB_SRCS := model.cpp hf.cpp llama2_cpu.cpp quant_cpu.cpp train_util.cpp sampling.cpp
+# the library every binary links: formats, the CPU reference, NF4's CPU twin, sampling, training logic
+LIB_SRCS := common.cpp model.cpp hf.cpp chat.cpp llama2_cpu.cpp quant_cpu.cpp sampling.cpp \
+            train_config.cpp schedule.cpp checkpoint.cpp
 LIB_OBJS := $(LIB_SRCS:%.cpp=$(BUILD)/%.o)
+TRAIN_OBJS := $(BUILD)/train.o $(BUILD)/train_backend.o $(BUILD)/train_demo.o
 TEST_CPU_SRCS := $(wildcard test/cpu_*.cpp) test/test_cpu.cpp
 TEST_CPU_OBJS := $(TEST_CPU_SRCS:%.cpp=$(BUILD)/%.o)
+HEADERS := $(wildcard *.h kernels/*.h kernels/*.cuh)
 
 CPU_BINS := export_hf prepare_lima convert_adapter train sample test_cpu
 GPU_BINS :=
+GPU_OBJS :=
+TRAIN_GPU_OBJS :=
+LINK := $(CXX) $(CXXFLAGS)
+LINK_LIBS := $(LDLIBS_CPU)
 
 # nvcc: on PATH or in $(CUDA_HOME). Missing nvcc is an error, never a silent CPU-only build.
 ifneq ($(NO_CUDA),1)
@@ -28,63 +39,54 @@ ifneq ($(NO_CUDA),1)
     $(error nvcc not found (looked on PATH and in $(CUDA_HOME)/bin): install the CUDA toolkit, set CUDA_HOME, or build the CPU-only binaries with 'make NO_CUDA=1')
   endif
   NVCCFLAGS ?= -O3 -std=c++17 -arch=$(ARCH) -lineinfo -Xcompiler -fopenmp -Xcompiler -Wall
-  GPU_LDLIBS = -lcublasLt -lcrypto -lgomp -lsentencepiece
+  # the CUDA model (llama2.cu + its buffers), the ops (kernels/), LoRA, AdamW, NF4, the decoder
+  CUDA_SRCS := llama2.cu gpu_base.cu gpu_buffers.cu lora.cu adamw.cu quant.cu decode.cu $(wildcard kernels/*.cu)
+  CUDA_OBJS := $(CUDA_SRCS:%.cu=$(BUILD)/%.o)
+  GPU_OBJS := $(CUDA_OBJS)
+  TRAIN_GPU_OBJS := $(BUILD)/train_backend_gpu.o
   GPU_BINS := test_gpu bench_quant bench_step bench_decode rcp_probe
-  NCCL_FLAGS :=
-  NCCL_LIBS :=
-  ifneq ($(NO_NCCL),1)
-    ifneq ($(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h),)
-      NCCL_FLAGS := -DUSE_NCCL
-      NCCL_LIBS := -lnccl
-    else
-      $(warning nccl.h not found in $(CUDA_HOME)/include or /usr/include: building without multi-GPU support (NO_NCCL=1 silences this))
-    endif
-  endif
+  LINK := $(NVCC) $(NVCCFLAGS)
+  LINK_LIBS := -lcublasLt -lcrypto -lgomp
 endif
 
 .PHONY: all test test-gpu clean
 all: $(CPU_BINS) $(GPU_BINS)
 
-$(BUILD)/%.o: %.cpp $(wildcard *.h) | $(BUILD)/test $(BUILD)/tools $(BUILD)/data
+$(BUILD)/%.o: %.cpp $(HEADERS)
+	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS) -I. -c $< -o $@
-
-$(BUILD)/test $(BUILD)/tools $(BUILD)/data:
-	mkdir -p $@
 
 # the CPU test objects also include test/*.h (test_util.h, nf4_fixtures.h)
 $(TEST_CPU_OBJS): $(wildcard test/*.h)
 
 # quant_cpu.cpp reproduces GPU float results bit for bit: g++ must never fuse a * b + c into an fma
 # (it would with -march=native and the default -ffp-contract=fast), so the flag is pinned here.
-$(BUILD)/quant_cpu.o: quant_cpu.cpp $(wildcard *.h) | $(BUILD)/test
+$(BUILD)/quant_cpu.o: quant_cpu.cpp $(HEADERS)
+	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS) -ffp-contract=off -I. -c $< -o $@
 
-# ---- CUDA: kernels (*.cu at the root), the GPU test suite (test/test_gpu.cu + test/gpu_*.cu), benchmarks
 ifneq ($(NO_CUDA),1)
+$(BUILD)/%.o: %.cu $(HEADERS) $(wildcard test/*.h bench/*.h)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -I. -c $< -o $@
+
+# host C++ that calls the CUDA model: g++ with the CUDA headers
+$(BUILD)/train_backend_gpu.o: train_backend_gpu.cpp $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS) -I$(CUDA_HOME)/include -I. -c $< -o $@
+
 TEST_GPU_OBJS := $(patsubst %.cu,$(BUILD)/%.o,test/test_gpu.cu $(wildcard test/gpu_*.cu))
-GPU_KERNEL_OBJS := $(patsubst %.cu,$(BUILD)/%.o,$(wildcard *.cu))
-
-$(BUILD)/%.o: %.cu $(wildcard *.h test/*.h bench/*.h) | $(BUILD)/test $(BUILD)/bench $(BUILD)/tools
-	$(NVCC) $(NVCCFLAGS) $(NCCL_FLAGS) -I. -c $< -o $@
-
-$(BUILD)/bench:
-	mkdir -p $@
-
-test_gpu: $(TEST_GPU_OBJS) $(GPU_KERNEL_OBJS) $(LIB_OBJS)
-	$(NVCC) $(NVCCFLAGS) $^ -o $@ $(GPU_LDLIBS)
-
-bench_quant: $(BUILD)/bench/bench_quant.o $(GPU_KERNEL_OBJS) $(LIB_OBJS)
-	$(NVCC) $(NVCCFLAGS) $^ -o $@ $(GPU_LDLIBS)
-
+test_gpu: $(TEST_GPU_OBJS) $(CUDA_OBJS) $(LIB_OBJS)
+	$(LINK) $^ -o $@ $(LINK_LIBS) -lsentencepiece
+bench_quant: $(BUILD)/bench/bench_quant.o $(CUDA_OBJS) $(LIB_OBJS)
+	$(LINK) $^ -o $@ $(LINK_LIBS) -lsentencepiece
+bench_step: $(BUILD)/bench/bench_step.o $(CUDA_OBJS) $(LIB_OBJS)
+	$(LINK) $^ -o $@ $(LINK_LIBS) -lsentencepiece
+bench_decode: $(BUILD)/bench/bench_decode.o $(CUDA_OBJS) $(LIB_OBJS)
+	$(LINK) $^ -o $@ $(LINK_LIBS) -lsentencepiece
 # measures the GPU's approximate reciprocal and prints quant_cpu.cpp's emulation tables
-bench_step: $(BUILD)/bench/bench_step.o $(GPU_KERNEL_OBJS) $(LIB_OBJS)
-	$(NVCC) $(NVCCFLAGS) $^ -o $@ $(GPU_LDLIBS)
-
-bench_decode: $(BUILD)/bench/bench_decode.o $(GPU_KERNEL_OBJS) $(LIB_OBJS)
-	$(NVCC) $(NVCCFLAGS) $^ -o $@ $(GPU_LDLIBS) -lsentencepiece
-
-rcp_probe: $(BUILD)/tools/rcp_probe.o $(GPU_KERNEL_OBJS) $(LIB_OBJS)
-	$(NVCC) $(NVCCFLAGS) $^ -o $@ $(GPU_LDLIBS)
+rcp_probe: $(BUILD)/tools/rcp_probe.o $(CUDA_OBJS) $(LIB_OBJS)
+	$(LINK) $^ -o $@ $(LINK_LIBS) -lsentencepiece
 endif
 
 export_hf: $(BUILD)/tools/export_hf.o $(LIB_OBJS)
@@ -96,27 +98,12 @@ convert_adapter: $(BUILD)/tools/convert_adapter.o $(LIB_OBJS)
 prepare_lima: $(BUILD)/data/prepare_lima.o $(LIB_OBJS)
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS_CPU) -lsentencepiece
 
-# ./train: the CUDA backend when CUDA is built (USE_CUDA), the CPU reference always (--device cpu)
-# (the CUDA variant's object has its own name, so a later NO_CUDA=1 build never links it)
-ifneq ($(NO_CUDA),1)
-$(BUILD)/train_cuda.o: train.cpp $(wildcard *.h) | $(BUILD)/test
-	$(CXX) $(CXXFLAGS) -DUSE_CUDA -I$(CUDA_HOME)/include -I. -c $< -o $@
-train: $(BUILD)/train_cuda.o $(GPU_KERNEL_OBJS) $(LIB_OBJS)
-	$(NVCC) $(NVCCFLAGS) $^ -o $@ $(GPU_LDLIBS) -lsentencepiece
-else
-train: $(BUILD)/train.o $(LIB_OBJS)
-	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS_CPU) -lsentencepiece
-endif
+# ./train and ./sample: the CPU reference always, the GPU halves (GPU_OBJS) when CUDA is built
+train: $(TRAIN_OBJS) $(TRAIN_GPU_OBJS) $(GPU_OBJS) $(LIB_OBJS)
+	$(LINK) $^ -o $@ $(LINK_LIBS) -lsentencepiece
 
-# chat / generation: the CPU decoder always, the GPU one (decode.cu, make_gpu_decoder in sampling.h)
-# linked in when CUDA is built
-ifneq ($(NO_CUDA),1)
-sample: $(BUILD)/sample.o $(GPU_KERNEL_OBJS) $(LIB_OBJS)
-	$(NVCC) $(NVCCFLAGS) $^ -o $@ $(GPU_LDLIBS) -lsentencepiece
-else
-sample: $(BUILD)/sample.o $(LIB_OBJS)
-	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS_CPU) -lsentencepiece
-endif
+sample: $(BUILD)/sample.o $(GPU_OBJS) $(LIB_OBJS)
+	$(LINK) $^ -o $@ $(LINK_LIBS) -lsentencepiece
 
 test_cpu: $(TEST_CPU_OBJS) $(LIB_OBJS)
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS_CPU) -lsentencepiece -lsentencepiece_train

@@ -1,8 +1,13 @@
 // adamw.cu — AdamW over the LoRA parameters on the GPU: fp32 master weights and moments, global
 // gradient-norm clipping decided on the device (the norm never travels to the host inside a step),
-// and a bf16 copy of the updated weights for the next forward. The norm itself is
-// grad_norm_squared() in llama2.cu. CPU twin: cpu_adamw_update / cpu_clip_grad_norm.
+// and a bf16 copy of the updated weights for the next forward.
+// CPU twin: cpu_grad_norm / cpu_clip_grad_norm / cpu_adamw_update (llama2_cpu.cpp); test:
+// test/gpu_kernels.cu ("kernel adamw ...").
 #include "llama2_gpu.h"
+
+void grad_norm_squared(float* norm_sq, const float* g, int64_t n, float* scratch, cudaStream_t stream) {
+    sum_reduce(norm_sq, g, n, true, scratch, stream);
+}
 
 __global__ void adamw_kernel(float* params, bf16* params_bf16, const float* grads, float* m, float* v, int64_t n,
                              float lr, float beta1, float beta2, float eps, float weight_decay, float step_size,
@@ -28,7 +33,7 @@ void adamw_update(float* params, bf16* params_bf16, const float* grads, float* m
                   float max_norm, cudaStream_t stream) {
     // bias corrections in double on the host, as torch computes them from Python floats
     const double bc1 = 1.0 - pow((double)beta1, step), bc2 = 1.0 - pow((double)beta2, step);
-    adamw_kernel<<<(unsigned)((n + 255) / 256), 256, 0, stream>>>(params, params_bf16, grads, m, v, n, lr, beta1, beta2,
+    adamw_kernel<<<ceil_div(n, 256), 256, 0, stream>>>(params, params_bf16, grads, m, v, n, lr, beta1, beta2,
                                                                   eps, weight_decay, (float)(lr / bc1),
                                                                   (float)sqrt(bc2), norm_sq, max_norm);
     cudaCheckLaunch();

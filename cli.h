@@ -23,7 +23,7 @@ struct CliOption {
     const char* short_name;            // "-i", or nullptr
     const char* long_name;             // "--input"
     const char* metavar;               // nullptr: a switch (value becomes "1")
-    const char* help;                  // one line; "(default: X)" belongs here
+    std::string help;                  // one line; "(default: X)" belongs here
     std::string* value = nullptr;      // where a single value goes
     std::vector<std::string>* all = nullptr;  // or: every occurrence, in order (repeatable option)
     bool required = false;             // cli_parse fails without it; --help says "(required)"
@@ -49,7 +49,7 @@ inline void cli_print_help(const Cli& cli) {
     for (const CliOption& o : cli.options) {
         std::string flags = std::string(o.short_name ? o.short_name : "  ") + (o.short_name ? ", " : "  ") + o.long_name;
         if (o.metavar) flags += std::string(" ") + o.metavar;
-        printf("  %-28s %s%s\n", flags.c_str(), o.help, o.required ? " (required)" : "");
+        printf("  %-28s %s%s\n", flags.c_str(), o.help.c_str(), o.required ? " (required)" : "");
     }
     if (cli.epilog) printf("\n%s\n", cli.epilog);
 }

@@ -24,17 +24,6 @@ struct Nf4Consts {
     float code8[256];
 };
 
-__device__ __forceinline__ float mul_rn_ftz(float a, float b) {  // bnb's fast-math multiply (quant.cu)
-    float r;
-    asm("mul.rn.ftz.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
-    return r;
-}
-
-__device__ __forceinline__ float warp_reduce_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
 // x (cols) into shared memory once per block: every warp of the block reads all of it, and from
 // L1/L2 that is 8x the traffic of the weights themselves
 __device__ __forceinline__ void stage_x(bf16* xs, const bf16* x, int cols) {
@@ -70,18 +59,18 @@ __global__ void __launch_bounds__(MV_THREADS) matvec_nf4_kernel(bf16* y, const b
         const int64_t i = (int64_t)row * cols + (int64_t)c8 * 8;  // 8 weights, one absmax block
         const int64_t b = i / NF4_BLOCK;
         const uint32_t bytes = *reinterpret_cast<const uint32_t*>(W.packed + i / 2);
-        const float amax = __fadd_rn(mul_rn_ftz(s_code8[W.absmax_q[b]], W.scale2[b / NF4_DQ_BLOCK]), offset);
+        const float amax = nf4_block_absmax(s_code8[W.absmax_q[b]], W.scale2[b / NF4_DQ_BLOCK], offset);
         const uint4 xv = *reinterpret_cast<const uint4*>(xs + c8 * 8);
         const bf16* xq = reinterpret_cast<const bf16*>(&xv);
 #pragma unroll
         for (int k = 0; k < 4; k++) {
             const uint32_t byte = (bytes >> (8 * k)) & 0xffu;  // element 2k in the high nibble
-            const float w0 = __bfloat162float(__float2bfloat16_rn(mul_rn_ftz(s_nf4[byte >> 4], amax)));
-            const float w1 = __bfloat162float(__float2bfloat16_rn(mul_rn_ftz(s_nf4[byte & 0x0f], amax)));
+            const float w0 = __bfloat162float(__float2bfloat16_rn(nf4_weight(s_nf4, byte >> 4, amax)));
+            const float w1 = __bfloat162float(__float2bfloat16_rn(nf4_weight(s_nf4, byte & 0x0f, amax)));
             acc += w0 * __bfloat162float(xq[2 * k]) + w1 * __bfloat162float(xq[2 * k + 1]);
         }
     }
-    acc = warp_reduce_sum(acc);
+    acc = warp_sum(acc);
     if (lane == 0) y[row] = __float2bfloat16((accumulate ? __bfloat162float(y[row]) : 0.0f) + scale * acc);
 }
 
@@ -106,7 +95,7 @@ __global__ void __launch_bounds__(MV_THREADS) matvec_bf16_kernel(Out* y, const b
     } else {  // a LoRA B with r = 4, say
         for (int c = lane; c < cols; c += 32) acc += __bfloat162float(w[c]) * __bfloat162float(xs[c]);
     }
-    acc = warp_reduce_sum(acc);
+    acc = warp_sum(acc);
     if (lane == 0) {
         const float prev = accumulate ? (float)y[row] : 0.0f;
         y[row] = (Out)(prev + scale * acc);
@@ -132,7 +121,7 @@ __global__ void __launch_bounds__(MV_THREADS) matvec_bf16_rowblock_kernel(Out* y
     } else {
         for (int c = threadIdx.x; c < cols; c += blockDim.x) acc += __bfloat162float(w[c]) * __bfloat162float(x[c]);
     }
-    acc = warp_reduce_sum(acc);
+    acc = warp_sum(acc);
     if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = acc;
     __syncthreads();
     if (threadIdx.x == 0) {
@@ -210,7 +199,7 @@ __global__ void attention_cached_kernel(bf16* out, const bf16* q, const bf16* kc
         scores[j] = expf(scores[j] - mx);
         sum += scores[j];
     }
-    sum = warp_reduce_sum(sum);
+    sum = warp_sum(sum);
     if (lane == 0) red[warp] = sum;
     __syncthreads();
     sum = 0.0f;
@@ -247,7 +236,7 @@ class GpuDecoder : public Decoder {
     GpuDecoder(const std::string& model_path, int max_context);
     GpuDecoder(const Config& c, bool nf4, int max_context, uint64_t seed);  // random weights (benchmarks)
     ~GpuDecoder() override;
-    const Config& config() const override { return m_.cfg; }
+    const Config& config() const override { return base_.cfg; }
     int max_context() const override { return max_ctx_; }
     int position() const override { return len_; }
     void reset() override { len_ = 0; }
@@ -260,7 +249,10 @@ class GpuDecoder : public Decoder {
     void linear(bf16* y, const bf16* x, int t, int l, int n, bool accumulate);
     const bf16* dense_weight(int t, int l);  // bf16 (merged, dense or dequantized into scratch)
 
-    GpuModel m_;                // base weights, cuBLASLt, stream, NF4 scratch
+    GpuBase base_;              // the frozen weights, shared with the trainer's code
+    Blas blas_;
+    cudaStream_t stream_ = nullptr;
+    bf16* dequant_ = nullptr;   // (largest linear) an NF4 weight dequantized for a prefill matmul
     int max_ctx_ = 0, len_ = 0;
     bool nf4_ = false, merged_ = false;
     Nf4Consts consts_;
@@ -299,20 +291,23 @@ GpuDecoder::GpuDecoder(const std::string& path, int max_context) : max_ctx_(max_
     InFile f(path);
     ModelHeader h = read_model_header(f);
     nf4_ = h.linear_format == LINEAR_NF4;
-    // the base weights only: no LoRA training state, activations for a single token
-    gpu_model_init(m_, h.config, LoraConfig{0, 1.0f, 0.0f, 0}, nf4_ ? QUANT_NF4 : QUANT_BF16, RECOMPUTE_FULL, 1);
-    gpu_model_load_file(m_, path);
+    cudaCheck(cudaStreamCreate(&stream_));
+    blas_create(blas_);
+    gpu_base_init(base_, h.config, nf4_ ? QUANT_NF4 : QUANT_BF16);
+    gpu_base_load_file(base_, path, stream_);
     allocate_buffers();
 }
 
 GpuDecoder::GpuDecoder(const Config& c, bool nf4, int max_context, uint64_t seed) : max_ctx_(max_context), nf4_(nf4) {
-    gpu_model_init(m_, c, LoraConfig{0, 1.0f, 0.0f, 0}, nf4_ ? QUANT_NF4 : QUANT_BF16, RECOMPUTE_FULL, 1);
-    gpu_model_random_weights(m_, seed);
+    cudaCheck(cudaStreamCreate(&stream_));
+    blas_create(blas_);
+    gpu_base_init(base_, c, nf4_ ? QUANT_NF4 : QUANT_BF16);
+    gpu_base_random(base_, seed, stream_);
     allocate_buffers();
 }
 
 void GpuDecoder::allocate_buffers() {
-    const Config& c = m_.cfg;
+    const Config& c = base_.cfg;
     consts_ = nf4_consts();
     const int64_t N = max_ctx_, C = c.dim, F = c.hidden_dim, QD = (int64_t)c.n_heads * c.head_dim;
     const int64_t KVD = (int64_t)c.n_kv_heads * c.head_dim;
@@ -328,6 +323,7 @@ void GpuDecoder::allocate_buffers() {
     u_ = (bf16*)alloc(N * F * 2);
     h_ = (bf16*)alloc(N * F * 2);
     lu_ = (bf16*)alloc(N * 1024 * 2);  // LoRA u for ranks up to 1024
+    if (nf4_) dequant_ = (bf16*)alloc((size_t)gpu_base_max_linear_numel(c) * 2);
     d_tok_ = (int32_t*)alloc(N * 4);
     d_pos_ = (int32_t*)alloc(N * 4);
     d_len_ = (int32_t*)alloc(4);
@@ -342,7 +338,7 @@ void GpuDecoder::allocate_buffers() {
 }
 
 GpuDecoder::~GpuDecoder() {
-    cudaCheck(cudaStreamSynchronize(m_.stream));
+    cudaCheck(cudaStreamSynchronize(stream_));
     drop_graph();
     cudaCheck(cudaFreeHost(h_in_));
     for (void* p : allocs_) cudaCheck(cudaFree(p));
@@ -350,7 +346,9 @@ GpuDecoder::~GpuDecoder() {
     for (bf16* w : merged_w_)
         if (w) cudaCheck(cudaFree(w));
     cudaCheck(cudaFreeHost(h_logits_));
-    gpu_model_free(m_);
+    gpu_base_free(base_);
+    blas_destroy(blas_);
+    cudaCheck(cudaStreamDestroy(stream_));
 }
 
 std::string GpuDecoder::describe() const {
@@ -361,15 +359,13 @@ std::string GpuDecoder::describe() const {
 }
 
 const bf16* GpuDecoder::dense_weight(int t, int l) {
-    const int64_t n = lora_in_dim(m_.cfg, t) * lora_out_dim(m_.cfg, t);
+    const int64_t n = lora_in_dim(base_.cfg, t) * lora_out_dim(base_.cfg, t);
     if (merged_) return merged_w_[t] + l * n;
-    if (!nf4_) return *m_.w.ptr(lora_target_weight(t)) + l * n;
-    nf4_dequantize_gpu(m_.scr.weight, DT_BF16, nf4_view(m_.nf4_base[t] + l * m_.nf4_record_bytes[t], n), m_.stream);
-    return m_.scr.weight;
+    return gpu_base_linear(base_, t, l, dequant_, stream_);
 }
 
 void GpuDecoder::set_adapter(const Adapter* a, bool merge) {
-    cudaCheck(cudaStreamSynchronize(m_.stream));
+    cudaCheck(cudaStreamSynchronize(stream_));
     drop_graph();  // it holds the previous adapter's pointers
     len_ = 0;
     merged_ = false;
@@ -379,7 +375,7 @@ void GpuDecoder::set_adapter(const Adapter* a, bool merge) {
     if (!a) return;
     if (a->lora.rank > 1024) fail("adapter: rank %d is above the decoder's 1024", a->lora.rank);
     lcfg_ = a->lora;
-    lay_ = lora_layout(m_.cfg, lcfg_);
+    lay_ = lora_layout(base_.cfg, lcfg_);
     std::vector<uint16_t> h(a->params.size());
     convert_from_f32(h.data(), a->params.data(), DT_BF16, h.size());
     cudaCheck(cudaMalloc(&lora_w_, h.size() * 2));
@@ -388,95 +384,95 @@ void GpuDecoder::set_adapter(const Adapter* a, bool merge) {
     // W' = W + s B A for every adapted linear, into bf16 copies (the NF4 base is dequantized first)
     const int64_t r = lcfg_.rank;
     for (int t = 0; t < NUM_LORA_TARGETS; t++) {
-        const int64_t in = lora_in_dim(m_.cfg, t), out = lora_out_dim(m_.cfg, t);
-        if (!merged_w_[t]) cudaCheck(cudaMalloc(&merged_w_[t], (size_t)m_.cfg.n_layers * in * out * 2));
-        for (int l = 0; l < m_.cfg.n_layers; l++) {
+        const int64_t in = lora_in_dim(base_.cfg, t), out = lora_out_dim(base_.cfg, t);
+        if (!merged_w_[t]) cudaCheck(cudaMalloc(&merged_w_[t], (size_t)base_.cfg.n_layers * in * out * 2));
+        for (int l = 0; l < base_.cfg.n_layers; l++) {
             bf16* W = merged_w_[t] + l * in * out;
-            cudaCheck(cudaMemcpyAsync(W, dense_weight(t, l), in * out * 2, cudaMemcpyDeviceToDevice, m_.stream));
+            cudaCheck(cudaMemcpyAsync(W, dense_weight(t, l), in * out * 2, cudaMemcpyDeviceToDevice, stream_));
             if (!lcfg_.has(t)) continue;
             const bf16* A = lora_w_ + lay_.a_offset[t] + l * r * in;
             const bf16* B = lora_w_ + lay_.b_offset[t] + l * out * r;
-            matmul(m_.blas, W, false, B, false, A, false, out, in, r, lcfg_.scaling(), 1.0f, m_.stream);
+            matmul(blas_, W, false, B, false, A, false, out, in, r, lcfg_.scaling(), 1.0f, stream_);
         }
     }
     merged_ = true;
-    cudaCheck(cudaStreamSynchronize(m_.stream));
+    cudaCheck(cudaStreamSynchronize(stream_));
 }
 
 // y (n, OC) = (accumulate ? y : 0) + x W^T (+ s (x A^T) B^T when unmerged)
 void GpuDecoder::linear(bf16* y, const bf16* x, int t, int l, int n, bool accumulate) {
-    const int64_t IC = lora_in_dim(m_.cfg, t), OC = lora_out_dim(m_.cfg, t);
+    const int64_t IC = lora_in_dim(base_.cfg, t), OC = lora_out_dim(base_.cfg, t);
     if (n == 1 && !merged_ && nf4_) {  // batch-1 decode: read the 4-bit weights directly
         ASSERT(IC % 8 == 0, "the NF4 mat-vec needs in_features % 8 == 0 (every Llama 2 size)");
-        Nf4View W = nf4_view(m_.nf4_base[t] + l * m_.nf4_record_bytes[t], IC * OC);
-        matvec_nf4(y, x, W, (int)OC, (int)IC, 1.0f, accumulate, consts_, m_.stream);
+        Nf4View W = gpu_base_nf4(base_, t, l);
+        matvec_nf4(y, x, W, (int)OC, (int)IC, 1.0f, accumulate, consts_, stream_);
     } else if (n == 1) {
-        matvec_bf16<bf16>(y, x, dense_weight(t, l), (int)OC, (int)IC, 1.0f, accumulate, m_.stream);
+        matvec_bf16<bf16>(y, x, dense_weight(t, l), (int)OC, (int)IC, 1.0f, accumulate, stream_);
     } else {
-        matmul(m_.blas, y, false, x, false, dense_weight(t, l), true, n, OC, IC, 1.0f, accumulate ? 1.0f : 0.0f, m_.stream);
+        matmul(blas_, y, false, x, false, dense_weight(t, l), true, n, OC, IC, 1.0f, accumulate ? 1.0f : 0.0f, stream_);
     }
     if (merged_ || lcfg_.rank == 0 || !lcfg_.has(t)) return;
     const int64_t r = lcfg_.rank;
     const bf16* A = lora_w_ + lay_.a_offset[t] + l * r * IC;
     const bf16* B = lora_w_ + lay_.b_offset[t] + l * OC * r;
     if (n == 1) {
-        matvec_bf16<bf16>(lu_, x, A, (int)r, (int)IC, 1.0f, false, m_.stream);
-        matvec_bf16<bf16>(y, lu_, B, (int)OC, (int)r, lcfg_.scaling(), true, m_.stream);
+        matvec_bf16<bf16>(lu_, x, A, (int)r, (int)IC, 1.0f, false, stream_);
+        matvec_bf16<bf16>(y, lu_, B, (int)OC, (int)r, lcfg_.scaling(), true, stream_);
     } else {
         LoraGpuArgs la{A, B, (int)r, lcfg_.scaling(), 0.0f, 0, 0};
-        lora_forward(m_.blas, y, lu_, nullptr, x, la, n, IC, OC, m_.stream);
+        lora_forward(blas_, y, lu_, nullptr, x, la, n, IC, OC, stream_);
     }
 }
 
 void GpuDecoder::forward(int n) {
-    const Config& c = m_.cfg;
+    const Config& c = base_.cfg;
     const int64_t C = c.dim, F = c.hidden_dim, KVD = (int64_t)c.n_kv_heads * c.head_dim;
-    embedding_forward(x_, d_tok_, m_.w.embed, n, (int)C, m_.stream);
+    embedding_forward(x_, d_tok_, base_.w.embed, n, (int)C, stream_);
     const float scale = 1.0f / sqrtf((float)c.head_dim);
     for (int l = 0; l < c.n_layers; l++) {
-        rmsnorm_forward(xn_, rstd_, x_, m_.w.attn_norm + l * C, n, (int)C, c.norm_eps, m_.stream);
+        rmsnorm_forward(xn_, rstd_, x_, base_.w.attn_norm + l * C, n, (int)C, c.norm_eps, stream_);
         linear(q_, xn_, LT_Q, l, n, false);
         linear(k_, xn_, LT_K, l, n, false);
         linear(v_, xn_, LT_V, l, n, false);
-        rope_forward(q_, d_pos_, n, c.n_heads, c.head_dim, c.rope_theta, m_.stream);
-        rope_forward(k_, d_pos_, n, c.n_kv_heads, c.head_dim, c.rope_theta, m_.stream);
+        rope_forward(q_, d_pos_, n, c.n_heads, c.head_dim, c.rope_theta, stream_);
+        rope_forward(k_, d_pos_, n, c.n_kv_heads, c.head_dim, c.rope_theta, stream_);
         bf16* kc = kc_ + (int64_t)l * max_ctx_ * KVD;
         bf16* vc = vc_ + (int64_t)l * max_ctx_ * KVD;
         const int64_t ne = (int64_t)n * KVD;
-        cache_store_kernel<<<(unsigned)((ne + 255) / 256), 256, 0, m_.stream>>>(kc, k_, d_len_, KVD, ne);
+        cache_store_kernel<<<ceil_div(ne, 256), 256, 0, stream_>>>(kc, k_, d_len_, KVD, ne);
         cudaCheckLaunch();
-        cache_store_kernel<<<(unsigned)((ne + 255) / 256), 256, 0, m_.stream>>>(vc, v_, d_len_, KVD, ne);
+        cache_store_kernel<<<ceil_div(ne, 256), 256, 0, stream_>>>(vc, v_, d_len_, KVD, ne);
         cudaCheckLaunch();
         // +16 floats: the compiler's unrolled read of scores[] may touch a few past the last key
-        attention_cached_kernel<<<dim3(n, c.n_heads), 128, (size_t)(max_ctx_ + 16) * 4, m_.stream>>>(
+        attention_cached_kernel<<<dim3(n, c.n_heads), 128, (size_t)(max_ctx_ + 16) * 4, stream_>>>(
             ctx_, q_, kc, vc, d_len_, c.n_heads, c.n_kv_heads, c.head_dim, scale);
         cudaCheckLaunch();
         linear(x_, ctx_, LT_O, l, n, true);  // the residual add rides on the accumulation
-        rmsnorm_forward(xn_, rstd_, x_, m_.w.mlp_norm + l * C, n, (int)C, c.norm_eps, m_.stream);
+        rmsnorm_forward(xn_, rstd_, x_, base_.w.mlp_norm + l * C, n, (int)C, c.norm_eps, stream_);
         linear(g_, xn_, LT_GATE, l, n, false);
         linear(u_, xn_, LT_UP, l, n, false);
-        swiglu_forward(h_, g_, u_, (int64_t)n * F, m_.stream);
+        swiglu_forward(h_, g_, u_, (int64_t)n * F, stream_);
         linear(x_, h_, LT_DOWN, l, n, true);
     }
     // only the last position's logits are needed
-    rmsnorm_forward(xn_, rstd_, x_ + (int64_t)(n - 1) * C, m_.w.final_norm, 1, (int)C, c.norm_eps, m_.stream);
-    matvec_bf16<float>(d_logits_, xn_, m_.w.lm_head, c.vocab_size, (int)C, 1.0f, false, m_.stream);
-    cudaCheck(cudaMemcpyAsync(h_logits_, d_logits_, (size_t)c.vocab_size * 4, cudaMemcpyDeviceToHost, m_.stream));
+    rmsnorm_forward(xn_, rstd_, x_ + (int64_t)(n - 1) * C, base_.w.final_norm, 1, (int)C, c.norm_eps, stream_);
+    matvec_bf16<float>(d_logits_, xn_, base_.w.lm_head, c.vocab_size, (int)C, 1.0f, false, stream_);
+    cudaCheck(cudaMemcpyAsync(h_logits_, d_logits_, (size_t)c.vocab_size * 4, cudaMemcpyDeviceToHost, stream_));
 }
 
 const float* GpuDecoder::prefill(const int32_t* tokens, int n) {
     if (n < 1 || len_ + n > max_ctx_)
         fail("decoder: %d tokens after %d do not fit the context of %d", n, len_, max_ctx_);
     // inputs through pinned staging: token ids, positions len_.., the cache length
-    cudaCheck(cudaStreamSynchronize(m_.stream));
+    cudaCheck(cudaStreamSynchronize(stream_));
     memcpy(h_in_, tokens, n * 4);
     for (int i = 0; i < n; i++) h_in_[n + i] = len_ + i;
     h_in_[2 * n] = len_;
-    cudaCheck(cudaMemcpyAsync(d_tok_, h_in_, n * 4, cudaMemcpyHostToDevice, m_.stream));
-    cudaCheck(cudaMemcpyAsync(d_pos_, h_in_ + n, n * 4, cudaMemcpyHostToDevice, m_.stream));
-    cudaCheck(cudaMemcpyAsync(d_len_, h_in_ + 2 * n, 4, cudaMemcpyHostToDevice, m_.stream));
+    cudaCheck(cudaMemcpyAsync(d_tok_, h_in_, n * 4, cudaMemcpyHostToDevice, stream_));
+    cudaCheck(cudaMemcpyAsync(d_pos_, h_in_ + n, n * 4, cudaMemcpyHostToDevice, stream_));
+    cudaCheck(cudaMemcpyAsync(d_len_, h_in_ + 2 * n, 4, cudaMemcpyHostToDevice, stream_));
     forward(n);
-    cudaCheck(cudaStreamSynchronize(m_.stream));
+    cudaCheck(cudaStreamSynchronize(stream_));
     len_ += n;
     return h_logits_;
 }
@@ -489,23 +485,23 @@ const float* GpuDecoder::step(int32_t token) {
         return prefill(&token, 1);
     }
     if (len_ + 1 > max_ctx_) fail("decoder: the context of %d is full", max_ctx_);
-    cudaCheck(cudaStreamSynchronize(m_.stream));
+    cudaCheck(cudaStreamSynchronize(stream_));
     h_in_[0] = token;
     h_in_[1] = len_;
     h_in_[2] = len_;
-    cudaCheck(cudaMemcpyAsync(d_tok_, h_in_, 4, cudaMemcpyHostToDevice, m_.stream));
-    cudaCheck(cudaMemcpyAsync(d_pos_, h_in_ + 1, 4, cudaMemcpyHostToDevice, m_.stream));
-    cudaCheck(cudaMemcpyAsync(d_len_, h_in_ + 2, 4, cudaMemcpyHostToDevice, m_.stream));
+    cudaCheck(cudaMemcpyAsync(d_tok_, h_in_, 4, cudaMemcpyHostToDevice, stream_));
+    cudaCheck(cudaMemcpyAsync(d_pos_, h_in_ + 1, 4, cudaMemcpyHostToDevice, stream_));
+    cudaCheck(cudaMemcpyAsync(d_len_, h_in_ + 2, 4, cudaMemcpyHostToDevice, stream_));
     if (!step_graph_) {
         cudaGraph_t g;
-        cudaCheck(cudaStreamBeginCapture(m_.stream, cudaStreamCaptureModeThreadLocal));
+        cudaCheck(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
         forward(1);
-        cudaCheck(cudaStreamEndCapture(m_.stream, &g));
+        cudaCheck(cudaStreamEndCapture(stream_, &g));
         cudaCheck(cudaGraphInstantiate(&step_graph_, g, 0));
         cudaCheck(cudaGraphDestroy(g));
     }
-    cudaCheck(cudaGraphLaunch(step_graph_, m_.stream));
-    cudaCheck(cudaStreamSynchronize(m_.stream));
+    cudaCheck(cudaGraphLaunch(step_graph_, stream_));
+    cudaCheck(cudaStreamSynchronize(stream_));
     len_ += 1;
     return h_logits_;
 }

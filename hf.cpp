@@ -298,11 +298,6 @@ Config parse_hf_config(const std::string& path, int32_t* dtype) {
 // ----------------------------------------------------------------------------------------------
 // checkpoint
 
-static bool file_exists(const std::string& p) {
-    struct stat st;
-    return stat(p.c_str(), &st) == 0;
-}
-
 HfCheckpoint::HfCheckpoint(const std::string& d) : dir(d) {
     struct stat st;
     if (stat(dir.c_str(), &st) != 0) fail("%s: cannot open (%s)", dir.c_str(), strerror(errno));

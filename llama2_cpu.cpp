@@ -180,6 +180,13 @@ void cpu_acts_init(CpuActs& a, const CpuModel& m, int B, int T) {
 namespace cpu {
 
 // ----------------------------------------------------------------------------------------------
+// embedding: out = embed[tokens]. The embedding is frozen: no backward.   GPU: kernels/embedding.cu
+
+void embedding_forward(float* out, const int32_t* tokens, const float* embed, int64_t N, int64_t C) {
+    for (int64_t n = 0; n < N; n++) memcpy(out + n * C, embed + (int64_t)tokens[n] * C, C * sizeof(float));
+}
+
+// ----------------------------------------------------------------------------------------------
 // matmul: out = inp W^T, W frozen (out_dim, in_dim) as nn.Linear stores it
 
 // out (N, OC) = inp (N, IC) W^T, W (OC, IC)
@@ -211,14 +218,14 @@ void matmul_backward_input(float* dinp, const float* dout, const float* W, int64
 
 // ----------------------------------------------------------------------------------------------
 // LoRA linear: y = x W^T + s * (drop(x) A^T) B^T
-// drop(x) = x * keep / (1 - p), keep drawn by dropout_keep() from (seed, stream, element index), so
+// drop(x) = x * keep / (1 - p), keep drawn by dropout_keep() from (seed, mask id, element index), so
 // the backward recomputes the mask instead of storing a copy of x.
 
 
 // the dropout multiplier of element (n, i): 0 or 1/(1-p)
 static inline float dropout_mult(const LoraArgs& la, int64_t n, int64_t i, int64_t IC) {
     if (la.p == 0.0f) return 1.0f;
-    return dropout_keep(la.seed, la.stream, (uint64_t)(n * IC + i), la.p) ? 1.0f / (1.0f - la.p) : 0.0f;
+    return dropout_keep(la.seed, la.mask_id, (uint64_t)(n * IC + i), la.p) ? 1.0f / (1.0f - la.p) : 0.0f;
 }
 
 // y (N, OC), u (N, r) saved for the backward, x (N, IC)
@@ -570,8 +577,7 @@ float cpu_forward(const CpuModel& m, CpuActs& a, const CpuBatch& b, const CpuSte
     std::vector<float> cos_t, sin_t;
     rope_tables(cos_t, sin_t, b.pos.data(), N, D, c.rope_theta);
 
-    // embedding: x[0] = embed[tokens]  (N, C)
-    for (int64_t n = 0; n < N; n++) memcpy(a.x + n * C, m.w.embed + (int64_t)b.tokens[n] * C, C * sizeof(float));
+    embedding_forward(a.x, b.tokens.data(), m.w.embed, N, C);  // x[0] (N, C)
 
     std::vector<float> tmp((size_t)(N * std::max(C, F)));  // (N, C) or (N, F) linear outputs
     for (int l = 0; l < c.n_layers; l++) {
@@ -775,7 +781,7 @@ void cpu_forward_cached(const CpuModel& m, CpuKVCache& c, const int32_t* tokens,
     std::vector<float> gate((size_t)(n * F)), up((size_t)(n * F)), hmid((size_t)(n * F));  // (n, F)
     std::vector<float> tmp((size_t)(n * C)), u((size_t)(n * r));                   // (n, C), (n, r)
     CpuStepOptions opt;  // LoRA on if the model has it, no dropout
-    for (int i = 0; i < n; i++) memcpy(x.data() + i * C, m.w.embed + (int64_t)tokens[i] * C, C * sizeof(float));
+    cpu::embedding_forward(x.data(), tokens, m.w.embed, n, C);
 
     for (int l = 0; l < cfg.n_layers; l++) {
         float* kc = c.k.data() + (int64_t)l * c.max_T * KVD;  // (max_T, KV*D) this layer's cache

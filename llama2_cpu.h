@@ -83,6 +83,7 @@ struct CpuActs {
 };
 void cpu_acts_init(CpuActs& a, const CpuModel& m, int B, int T);
 
+// The whole model. GPU twin: gpu_forward / gpu_backward (llama2.cu).
 // Forward: fills `a` and returns the mean cross-entropy over positions with a target (0 if none).
 float cpu_forward(const CpuModel& m, CpuActs& a, const CpuBatch& b, const CpuStepOptions& opt);
 // Backward of loss = loss_scale * (sum of per-position cross-entropy). Accumulates the LoRA
@@ -94,55 +95,59 @@ void cpu_backward(CpuModel& m, CpuActs& a, const CpuBatch& b, const CpuStepOptio
 // the ops, one function each, forward beside backward: the CPU twins of the CUDA kernels
 // (N tokens; linear weights W are (out, in) as nn.Linear stores them)
 namespace cpu {
-// out (N, OC) = inp (N, IC) W^T
+// out (N, C) = embed[tokens (N)]                                            GPU: kernels/embedding.cu
+void embedding_forward(float* out, const int32_t* tokens, const float* embed, int64_t N, int64_t C);
+// out (N, OC) = inp (N, IC) W^T                                           GPU: kernels/matmul.cu
 void matmul_forward(float* out, const float* inp, const float* W, int64_t N, int64_t IC, int64_t OC);
 // dinp (N, IC) += dout (N, OC) W
 void matmul_backward_input(float* dinp, const float* dout, const float* W, int64_t N, int64_t IC, int64_t OC);
 
-// one linear's LoRA: A (r, IC), B (OC, r), nullptr A = no LoRA; dropout p with its mask fixed by (seed, stream)
+// one linear's LoRA: A (r, IC), B (OC, r), nullptr A = no LoRA; dropout p with its mask fixed by (seed, mask_id)
 struct LoraArgs {
     const float* A;
     const float* B;
     int r;
     float scale;  // alpha / r
     float p;      // dropout probability (0 when not training)
-    uint64_t seed, stream;
+    uint64_t seed, mask_id;  // mask_id names the (layer, target): layer * 7 + target
 };
-// y (N, OC) = x W^T + s (drop(x) A^T) B^T; u (N, r) = drop(x) A^T is saved for the backward
+// y (N, OC) = x W^T + s (drop(x) A^T) B^T; u (N, r) = drop(x) A^T is saved for the backward.  GPU: lora.cu
 void linear_lora_forward(float* y, float* u, const float* x, const float* W, const LoraArgs& la, int64_t N, int64_t IC, int64_t OC);
 // dx (N, IC) +=, dA (r, IC) +=, dB (OC, r) += from dy (N, OC)
 void linear_lora_backward(float* dx, float* dA, float* dB, const float* dy, const float* x, const float* u,
                           const float* W, const LoraArgs& la, int64_t N, int64_t IC, int64_t OC);
 
-// y (N, C) = x / rms(x) * w; rstd (N) = 1 / rms
+// y (N, C) = x / rms(x) * w; rstd (N) = 1 / rms                         GPU: kernels/rmsnorm.cu
 void rmsnorm_forward(float* y, float* rstd, const float* x, const float* w, int64_t N, int64_t C, float eps);
 // dx (N, C) += from dy (N, C)
 void rmsnorm_backward(float* dx, const float* dy, const float* x, const float* rstd, const float* w, int64_t N, int64_t C);
 
 // cos/sin tables (N, D/2) for the positions pos (N)
 void rope_tables(std::vector<float>& cos_t, std::vector<float>& sin_t, const int32_t* pos, int64_t N, int D, float theta);
-// in place on x (N, n_heads * D)
+// in place on x (N, n_heads * D)                                          GPU: kernels/rope.cu
 void rope_forward(float* x, const float* cos_t, const float* sin_t, int64_t N, int n_heads, int D);
 void rope_backward(float* dx, const float* cos_t, const float* sin_t, int64_t N, int n_heads, int D);
 
-// ctx (B,T,H*D), att (B,H,T,T) from q (B,T,H*D), k, v (B,T,KV*D); pos (B,T) as in CpuBatch
+// ctx (B,T,H*D), att (B,H,T,T) from q (B,T,H*D), k, v (B,T,KV*D); pos (B,T) as in CpuBatch.
+// GPU: kernels/attention.cu (flash attention: it keeps no att, only a log-sum-exp per query)
 void attention_forward(float* ctx, float* att, const float* q, const float* k, const float* v, const int32_t* pos,
                        int B, int T, int H, int KV, int D);
 // dq, dk, dv overwritten
 void attention_backward(float* dq, float* dk, float* dv, const float* dctx, const float* att, const float* q,
                         const float* k, const float* v, const int32_t* pos, int B, int T, int H, int KV, int D);
 
-// h (n) = silu(g) * u; backward overwrites dg, du
+// h (n) = silu(g) * u; backward overwrites dg, du                          GPU: kernels/swiglu.cu
 void swiglu_forward(float* h, const float* g, const float* u, int64_t n);
 void swiglu_backward(float* dg, float* du, const float* dh, const float* g, const float* u, int64_t n);
 
-// sum over positions with a target (>= 0) of -log softmax(logits)[target]; logits (N, V)
+// sum over positions with a target (>= 0) of -log softmax(logits)[target]; logits (N, V).
+// GPU: kernels/crossentropy.cu (forward and backward in one pass)
 double crossentropy_forward(int64_t* n_targets, const float* logits, const int32_t* targets, int64_t N, int64_t V);
 // dlogits (N, V) = scale * (softmax - onehot), 0 on rows without a target
 void crossentropy_backward(float* dlogits, const float* logits, const int32_t* targets, float scale, int64_t N, int64_t V);
 }  // namespace cpu
 
-// AdamW exactly as torch.optim.AdamW: decoupled weight decay, bias-corrected moments.
+// AdamW exactly as torch.optim.AdamW: decoupled weight decay, bias-corrected moments. GPU: adamw.cu
 struct AdamWConfig {
     float lr = 2e-4f;
     float beta1 = 0.9f;

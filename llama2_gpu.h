@@ -1,84 +1,70 @@
-// llama2_gpu.h — the CUDA side: kernel launchers (llama2.cu, lora.cu, adamw.cu), the cuBLASLt
-// matmul, and the GPU model with its forward, backward and optimizer step. Included by the .cu
-// files, by train/sample and by test_gpu. Every launcher is named after its op, takes its output
-// first and a cudaStream_t last, and checks its launch. Shapes use N = B*T tokens.
+// llama2_gpu.h — the CUDA side of the model, in three parts that live apart on the device:
+//   GpuBase   the frozen base weights (bf16, or NF4 records for the seven linears): gpu_base.cu.
+//             Shared by the trainer and the decoder; the part a sharded multi-GPU run would split.
+//   GpuLora   the trainable state: LoRA fp32 master weights, gradients, AdamW moments, a bf16
+//             copy for the forward (gpu_buffers.cu), updated by adamw.cu.
+//   GpuActs / GpuScratch   what the forward keeps for the backward, and the backward's scratch
+//             (gpu_buffers.cu), sized for a token budget and a recompute level.
+// Each is one cudaMalloc carved into named pointers. GpuModel bundles them with a stream and the
+// cuBLASLt handle; llama2.cu runs the forward and backward over it, layer by layer. The LoRA and
+// AdamW launchers (lora.cu, adamw.cu) are declared here too. Included by the .cu files, by the
+// trainer's GPU backend, by sample (through decode.cu) and by the GPU tests.
 #pragma once
-
-#include <cublasLt.h>
-#include <cuda_bf16.h>
-#include <cuda_runtime.h>
 
 #include <memory>
 #include <vector>
 
+#include "kernels/ops.h"
 #include "model.h"
+#include "quant.h"
 
-typedef __nv_bfloat16 bf16;
-
-#define cublasCheck(call)                                                                                   \
-    do {                                                                                                    \
-        cublasStatus_t st_ = (call);                                                                        \
-        if (st_ != CUBLAS_STATUS_SUCCESS) {                                                                 \
-            fprintf(stderr, "%s:%d: cuBLAS error %d (hint: unsupported shape/type, or out of memory)\n", \
-                    __FILE__, __LINE__, (int)st_);                                                          \
-            exit(1);                                                                                        \
-        }                                                                                                   \
-    } while (0)
-
-// True when a CUDA device can be used; otherwise fills `why` (e.g. "no CUDA driver").
-bool gpu_available(std::string* why);
-
-// ----------------------------------------------------------------------------------------------
-// cuBLASLt: row-major matrix products, bf16 inputs, fp32 accumulation
-
-struct Blas {
-    cublasLtHandle_t handle = nullptr;
-    void* workspace = nullptr;  // one allocation for all products
-    size_t workspace_size = 0;
+// One device allocation carved into named pointers: add() each pointer with its element count, one
+// line each (the size sits beside its name), then alloc() once. Regions are 256-byte aligned; a
+// count of 0 leaves the pointer nullptr.
+struct DeviceCarver {
+    struct Part {
+        void** ptr;
+        size_t bytes;
+    };
+    std::vector<Part> parts;
+    template <typename T>
+    void add(T*& p, int64_t count) {
+        parts.push_back({(void**)&p, (size_t)count * sizeof(T)});
+    }
+    void* alloc(size_t* total_bytes);  // gpu_buffers.cu
 };
-void blas_create(Blas& b);
-void blas_destroy(Blas& b);
-
-// out (M, N) = alpha * op(a) op(b) + beta * out, all row-major. op(a) is (M, K): a is (M, K), or
-// (K, M) when a_trans. op(b) is (K, N): b is (K, N), or (N, K) when b_trans. out is fp32 or bf16.
-void matmul(Blas& bl, void* out, bool out_f32, const bf16* a, bool a_trans, const bf16* b, bool b_trans, int64_t M,
-            int64_t N, int64_t K, float alpha, float beta, cudaStream_t stream);
 
 // ----------------------------------------------------------------------------------------------
-// kernels (llama2.cu)
+// the frozen base (gpu_base.cu)
 
-// out (N, C) = embed[tokens]
-void embedding_forward(bf16* out, const int32_t* tokens, const bf16* embed, int64_t N, int C, cudaStream_t stream);
-// out (N, C) = x / rms(x) * w; rstd (N)
-void rmsnorm_forward(bf16* out, float* rstd, const bf16* x, const bf16* w, int64_t N, int C, float eps, cudaStream_t stream);
-// dres (N, C) fp32 += d/dx given dy (N, C) fp32; dres_bf16 = bf16 copy of the updated dres
-void rmsnorm_backward(float* dres, bf16* dres_bf16, const float* dy, const bf16* x, const float* rstd, const bf16* w,
-                      int64_t N, int C, cudaStream_t stream);
-// in place on x (N, n_heads * D) at positions pos (N): HF rotate_half
-void rope_forward(bf16* x, const int32_t* pos, int64_t N, int n_heads, int D, float theta, cudaStream_t stream);
-void rope_backward(bf16* dx, const int32_t* pos, int64_t N, int n_heads, int D, float theta, cudaStream_t stream);
-// flash attention over packed rows (query t sees keys [t - pos[t], t] of its row), GQA.
-// out (B, T, H*D), lse (B, H, T) natural-log sum of exp of the scaled scores; q (B,T,H*D), k, v (B,T,KV*D).
-void attention_forward(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, const int32_t* pos, int B,
-                       int T, int H, int KV, int D, cudaStream_t stream);
-// dq (B,T,H*D), dk, dv (B,T,KV*D) overwritten. dout (B,T,H*D) fp32 (a matmul's output);
-// scratch: dout_bf16 (B,T,H*D), delta (B,H,T).
-void attention_backward(bf16* dq, bf16* dk, bf16* dv, bf16* dout_bf16, float* delta, const float* dout, const bf16* out,
-                        const float* lse, const bf16* q, const bf16* k, const bf16* v, const int32_t* pos, int B, int T,
-                        int H, int KV, int D, cudaStream_t stream);
-// h (n) = silu(g) * u
-void swiglu_forward(bf16* h, const bf16* g, const bf16* u, int64_t n, cudaStream_t stream);
-// dg, du (n) from dh (n) fp32
-void swiglu_backward(bf16* dg, bf16* du, const float* dh, const bf16* g, const bf16* u, int64_t n, cudaStream_t stream);
-// losses (N): -log softmax(logits)[target] or 0 without a target; dlogits (N, V) = scale*(softmax - onehot)
-// (bf16, nullptr: forward only). logits (N, V) fp32.
-void crossentropy_forward_backward(float* losses, bf16* dlogits, const float* logits, const int32_t* targets, float scale,
-                                   int64_t N, int V, cudaStream_t stream);
-// a bf16 copy of n fp32 values / fp32 copy of bf16
-void convert_f32_to_bf16(bf16* out, const float* in, int64_t n, cudaStream_t stream);
-void convert_bf16_to_f32(float* out, const bf16* in, int64_t n, cudaStream_t stream);
-// out[0] = sum of in (n) in a fixed order (deterministic)
-void sum_reduce(float* out, const float* in, int64_t n, float* scratch, cudaStream_t stream);
+enum BaseQuant : int { QUANT_BF16 = 0, QUANT_NF4 = 1 };
+
+struct GpuBase {
+    Config cfg;
+    int quant = QUANT_BF16;
+    void* dense_mem = nullptr;                    // every bf16 tensor, file order
+    Weights<bf16> w;                              // into dense_mem; the linears are nullptr under NF4
+    void* nf4_mem = nullptr;                      // the seven linears' NF4 records (quant.h: Nf4Layout)
+    uint8_t* nf4[NUM_LORA_TARGETS] = {};          // (L records) per linear target
+    int64_t nf4_record_bytes[NUM_LORA_TARGETS] = {};
+    size_t bytes = 0;                             // device memory held
+};
+void gpu_base_init(GpuBase& b, const Config& cfg, int quant);
+void gpu_base_free(GpuBase& b);
+// From fp32 host values in file order (quantized to NF4 on the GPU when quant is NF4).
+void gpu_base_set_weights(GpuBase& b, const std::vector<float>& weights_f32, cudaStream_t stream);
+// From a model file, streamed tensor by tensor (quantized on the GPU under NF4; an NF4 file's
+// pre-quantized records are copied as they are, and refused unless quant is NF4).
+void gpu_base_load_file(GpuBase& b, const std::string& path, cudaStream_t stream);
+// Random weights generated on the GPU (N(0, 0.02), norms 1), for benchmarks.
+void gpu_base_random(GpuBase& b, uint64_t seed, cudaStream_t stream);
+// Elements of the largest linear weight (rows * cols): the size of a dequantization scratch.
+int64_t gpu_base_max_linear_numel(const Config& c);
+// The NF4 record of linear target t in layer l (quant == QUANT_NF4).
+Nf4View gpu_base_nf4(const GpuBase& b, int t, int l);
+// The bf16 weight (out, in) of linear target t in layer l: the stored one, or the NF4 record
+// dequantized into scratch (gpu_base_max_linear_numel elements).
+const bf16* gpu_base_linear(const GpuBase& b, int t, int l, bf16* scratch, cudaStream_t stream);
 
 // ----------------------------------------------------------------------------------------------
 // LoRA (lora.cu). One linear: y = x W^T + s (drop(x) A^T) B^T, x (N, IC), A (r, IC), B (OC, r)
@@ -89,9 +75,9 @@ struct LoraGpuArgs {
     int r;
     float scale;    // alpha / r
     float p;        // dropout probability (0: off)
-    uint64_t seed, stream_id;  // with the element index they fix the dropout mask (model.h dropout_keep)
+    uint64_t seed, mask_id;  // with the element index they fix the dropout mask (model.h dropout_keep)
 };
-// xd (N, IC) = dropout(x) with the mask of (seed, stream_id)
+// xd (N, IC) = dropout(x) with the mask of (seed, mask_id)
 void dropout_forward(bf16* xd, const bf16* x, const LoraGpuArgs& la, int64_t N, int64_t IC, cudaStream_t stream);
 // u (N, r) = drop(x) A^T only (what the backward needs of a linear whose output is not recomputed)
 void lora_u_forward(Blas& bl, bf16* u, bf16* xd, const bf16* x, const LoraGpuArgs& la, int64_t N, int64_t IC,
@@ -117,15 +103,27 @@ void adamw_update(float* params, bf16* params_bf16, const float* grads, float* m
                   float max_norm, cudaStream_t stream);
 
 // ----------------------------------------------------------------------------------------------
-// the GPU model (llama2.cu): frozen weights (bf16, or NF4 for the seven linears), LoRA state,
-// activations and scratch, each in one allocation carved into named pointers.
+// the trainable state and the activations (gpu_buffers.cu)
 
-enum BaseQuant : int { QUANT_BF16 = 0, QUANT_NF4 = 1 };
+// LoRA parameters and AdamW state, all in LoraLayout order (model.h), one allocation.
+struct GpuLora {
+    LoraConfig cfg;
+    LoraLayout lay;
+    void* mem = nullptr;
+    float* params = nullptr;   // (lay.total) fp32 master weights
+    float* grads = nullptr;    // (lay.total) accumulated over a step's micro-batches
+    float* adam_m = nullptr;   // (lay.total) first moment
+    float* adam_v = nullptr;   // (lay.total) second moment
+    bf16* params_bf16 = nullptr;  // (lay.total) what the forward multiplies with
+    size_t bytes = 0;
+};
+
 // What the forward keeps for the backward: NONE keeps everything; LIGHT recomputes the cheap ops
 // (the norms' outputs, SwiGLU); FULL keeps only each layer's input and recomputes the layer.
 enum Recompute : int { RECOMPUTE_NONE = 0, RECOMPUTE_LIGHT = 1, RECOMPUTE_FULL = 2 };
 
-// Activations for up to max_tokens tokens. "Slots" are per layer (L) or shared (1), by Recompute.
+// Activations for up to N = max_tokens tokens. "Slots" are per layer (L) or shared (1), by
+// Recompute: S = L unless FULL, S_cheap = L only under NONE.
 struct GpuActs {
     bf16* x;           // (L+1, N, C) residual stream, always per layer
     float* rstd_attn;  // (L, N)
@@ -168,7 +166,6 @@ struct GpuScratch {
     float* lora_tmp;    // (N, max in)
     bf16* lora_du;      // (N, r)
     bf16* weight;       // (max out*in) a dequantized NF4 weight
-    void* quant_ws;     // NF4 quantizer workspace
     float* reduce;      // (1024) partial sums
     float* loss_sum;    // (1) of the last forward
     float* step_loss;   // (1) summed over the training forwards since gpu_zero_grads
@@ -184,27 +181,14 @@ struct GpuStepOptions {
 
 struct GpuModel {
     Config cfg;
-    LoraConfig lora;
-    int quant = QUANT_BF16;
     int recompute = RECOMPUTE_NONE;
     int64_t max_tokens = 0;  // N capacity of the activations
     int head_chunk = 0;      // tokens per LM-head chunk (CH)
     cudaStream_t stream = nullptr;
     Blas blas;
 
-    // frozen weights: non-linear tensors always bf16; the linears bf16 (QUANT_BF16) or NF4 records
-    void* weights_mem = nullptr;
-    Weights<bf16> w;                                    // linears are nullptr under NF4
-    uint8_t* nf4_mem = nullptr;
-    uint8_t* nf4_base[NUM_LORA_TARGETS] = {};           // (L records) per linear
-    int64_t nf4_record_bytes[NUM_LORA_TARGETS] = {};
-
-    // LoRA: fp32 master weights, gradients, AdamW moments, a bf16 copy, all in LoraLayout order
-    LoraLayout lay;
-    void* lora_mem = nullptr;
-    float *lora_params = nullptr, *lora_grads = nullptr, *adam_m = nullptr, *adam_v = nullptr;
-    bf16* lora_bf16 = nullptr;
-
+    GpuBase base;            // frozen
+    GpuLora lora;            // trainable
     void* acts_mem = nullptr;
     GpuActs acts;
     void* scratch_mem = nullptr;
@@ -218,17 +202,11 @@ struct GpuModel {
     size_t bytes_allocated = 0;  // everything this model holds on the device
 };
 
-// Allocates everything for batches of up to max_tokens tokens (B*T). lora.rank 0: no LoRA.
+// Allocates everything for batches of up to max_tokens tokens (B*T). lora.rank 0: no LoRA. The
+// base weights are then filled by one of gpu_base_set_weights / _load_file / _random on m.base.
 void gpu_model_init(GpuModel& m, const Config& cfg, const LoraConfig& lora, int quant, int recompute,
                     int64_t max_tokens);
 void gpu_model_free(GpuModel& m);
-// Base weights from fp32 host values in file order (quantized to NF4 on the GPU when quant is NF4).
-void gpu_model_set_weights(GpuModel& m, const std::vector<float>& weights_f32);
-// Base weights from a model file, streamed tensor by tensor (quantized on the GPU when NF4; an
-// NF4 file's pre-quantized records are copied as they are, and refused unless quant is NF4).
-void gpu_model_load_file(GpuModel& m, const std::string& path);
-// Random base weights generated on the GPU (N(0, 0.02), norms 1), for benchmarks.
-void gpu_model_random_weights(GpuModel& m, uint64_t seed);
 // LoRA master weights (LoraLayout order, fp32) to/from the host; set also zeroes the moments.
 void gpu_lora_set(GpuModel& m, const std::vector<float>& params);
 std::vector<float> gpu_lora_get(GpuModel& m);
@@ -239,12 +217,15 @@ void gpu_lora_state_get(GpuModel& m, std::vector<float>& params, std::vector<flo
 std::vector<float> gpu_lora_grads_get(GpuModel& m);
 void gpu_zero_grads(GpuModel& m);
 
+// ----------------------------------------------------------------------------------------------
+// the model's step (llama2.cu)
+
 // Upload a batch (async, from pinned staging). B*T <= max_tokens.
 void gpu_set_batch(GpuModel& m, int B, int T, const int32_t* tokens, const int32_t* targets, const int32_t* pos);
 // Forward over the batch. With opt.training, also the LM head's backward (loss_scale). If
 // logits_out (device, (N, V) fp32) is given, the logits are copied there chunk by chunk.
 void gpu_forward(GpuModel& m, const GpuStepOptions& opt, float* logits_out = nullptr);
-// Backward after a training forward: accumulates LoRA gradients into m.lora_grads.
+// Backward after a training forward: accumulates LoRA gradients into m.lora.grads.
 void gpu_backward(GpuModel& m, const GpuStepOptions& opt);
 // Global-norm clip + AdamW (step counts from 1). max_norm <= 0: no clipping. A NaN/Inf gradient
 // norm leaves the weights and moments untouched (the host sees it in gpu_read_grad_norm).
@@ -254,9 +235,6 @@ void gpu_optimizer_step(GpuModel& m, float lr, float beta1, float beta2, float e
 float gpu_read_loss_sum(GpuModel& m);   // sum of per-position CE of the last forward
 float gpu_read_grad_norm(GpuModel& m);  // sqrt of the norm_sq of the last optimizer step
 float gpu_read_step_loss(GpuModel& m);  // summed CE of the training forwards since gpu_zero_grads
-// The card's dense bf16 peak in FLOP/s (0 when unknown), and device memory in use now (GiB).
-double gpu_peak_bf16_flops();
-double gpu_memory_in_use_gib();
 
 // ----------------------------------------------------------------------------------------------
 // the GPU decoder (decode.cu) behind ./sample: make_gpu_decoder() is declared in sampling.h; this

@@ -1,13 +1,8 @@
-// model.cpp — the readers and writers of the project's binary files (model, data, adapter), the
-// weight and LoRA layouts declared in model.h, and small file utilities (atomic writes, checked
-// reads, sha256). Linked into every binary; no GPU code here.
+// model.cpp — the config checks and presets, the weight and LoRA layouts declared in model.h, and
+// the readers and writers of the project's binary files (model, data, adapter). Linked into every
+// binary; no GPU code here.
 #include "model.h"
 
-#include <openssl/evp.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include <cerrno>
 #include <sstream>
 
 #include "quant.h"
@@ -46,45 +41,16 @@ bool same_architecture(const Config& a, const Config& b) {
            a.tie_embeddings == b.tie_embeddings;
 }
 
-Config llama2_preset(const std::string& name) {
+Config llama2_config(int layers, int dim, int hidden, int heads, int kv_heads, int vocab) {
     Config c;
-    memset(&c, 0, sizeof(c));
-    // from meta-llama/Llama-2-{7b,13b,70b}-hf config.json
-    if (name == "7b") c.dim = 4096, c.hidden_dim = 11008, c.n_layers = 32, c.n_heads = 32, c.n_kv_heads = 32;
-    else if (name == "13b") c.dim = 5120, c.hidden_dim = 13824, c.n_layers = 40, c.n_heads = 40, c.n_kv_heads = 40;
-    else if (name == "70b") c.dim = 8192, c.hidden_dim = 28672, c.n_layers = 80, c.n_heads = 64, c.n_kv_heads = 8;
-    else if (name.find('=') != std::string::npos) {
-        // a custom shape: "layers=4,dim=1024,hidden=2752,heads=8,kv=2[,vocab=32000]" (head_dim = dim / heads)
-        c.n_layers = 2, c.dim = 1024, c.hidden_dim = 2752, c.n_heads = 8, c.n_kv_heads = 8;
-        std::stringstream ss(name);
-        std::string item;
-        int vocab = 32000;
-        while (std::getline(ss, item, ',')) {
-            const size_t eq = item.find('=');
-            const std::string key = item.substr(0, eq);
-            const int v = eq == std::string::npos ? -1 : atoi(item.c_str() + eq + 1);
-            if (v <= 0) fail("model shape '%s': '%s' is not key=positive integer", name.c_str(), item.c_str());
-            if (key == "layers") c.n_layers = v;
-            else if (key == "dim") c.dim = v;
-            else if (key == "hidden") c.hidden_dim = v;
-            else if (key == "heads") c.n_heads = v;
-            else if (key == "kv") c.n_kv_heads = v;
-            else if (key == "vocab") vocab = v;
-            else fail("model shape '%s': unknown key '%s' (layers, dim, hidden, heads, kv, vocab)", name.c_str(), key.c_str());
-        }
-        if (c.dim % c.n_heads != 0) fail("model shape '%s': dim is not a multiple of heads", name.c_str());
-        c.head_dim = c.dim / c.n_heads;
-        c.vocab_size = vocab;
-        c.max_seq_len = 4096;
-        c.bos_id = 1;
-        c.eos_id = 2;
-        c.rope_theta = 10000.0f;
-        c.norm_eps = 1e-5f;
-        validate_config(c, ("model shape '" + name + "'").c_str());
-        return c;
-    } else fail("unknown model preset '%s' (7b, 13b, 70b, or a shape like layers=4,dim=1024,hidden=2752,heads=8,kv=2)", name.c_str());
-    c.head_dim = 128;
-    c.vocab_size = 32000;
+    memset(&c, 0, sizeof(c));  // the reserved field (and any padding) is stored on disk: zeros
+    c.dim = dim;
+    c.hidden_dim = hidden;
+    c.n_layers = layers;
+    c.n_heads = heads;
+    c.n_kv_heads = kv_heads;
+    c.head_dim = heads > 0 ? dim / heads : 0;
+    c.vocab_size = vocab;
     c.max_seq_len = 4096;
     c.bos_id = 1;
     c.eos_id = 2;
@@ -93,35 +59,34 @@ Config llama2_preset(const std::string& name) {
     return c;
 }
 
-// ----------------------------------------------------------------------------------------------
-// dtypes
-
-void convert_to_f32(float* dst, const void* src, int32_t d, size_t n) {
-    if (d == DT_F32) {
-        memcpy(dst, src, n * 4);
-    } else if (d == DT_F16) {
-        const uint16_t* s = (const uint16_t*)src;
-        for (size_t i = 0; i < n; i++) dst[i] = f16_to_f32(s[i]);
-    } else if (d == DT_BF16) {
-        const uint16_t* s = (const uint16_t*)src;
-        for (size_t i = 0; i < n; i++) dst[i] = bf16_to_f32(s[i]);
-    } else {
-        ASSERT(false, "unknown dtype");
+Config llama2_preset(const std::string& name) {
+    // from meta-llama/Llama-2-{7b,13b,70b}-hf config.json
+    if (name == "7b") return llama2_config(32, 4096, 11008, 32, 32, 32000);
+    if (name == "13b") return llama2_config(40, 5120, 13824, 40, 40, 32000);
+    if (name == "70b") return llama2_config(80, 8192, 28672, 64, 8, 32000);
+    if (name.find('=') == std::string::npos)
+        fail("unknown model preset '%s' (7b, 13b, 70b, or a shape like layers=4,dim=1024,hidden=2752,heads=8,kv=2)", name.c_str());
+    // a custom shape: "layers=4,dim=1024,hidden=2752,heads=8,kv=2[,vocab=32000]" (head_dim = dim / heads)
+    int layers = 2, dim = 1024, hidden = 2752, heads = 8, kv = 8, vocab = 32000;
+    std::stringstream ss(name);
+    std::string item;
+    while (std::getline(ss, item, ',')) {
+        const size_t eq = item.find('=');
+        const std::string key = item.substr(0, eq);
+        const int v = eq == std::string::npos ? -1 : atoi(item.c_str() + eq + 1);
+        if (v <= 0) fail("model shape '%s': '%s' is not key=positive integer", name.c_str(), item.c_str());
+        if (key == "layers") layers = v;
+        else if (key == "dim") dim = v;
+        else if (key == "hidden") hidden = v;
+        else if (key == "heads") heads = v;
+        else if (key == "kv") kv = v;
+        else if (key == "vocab") vocab = v;
+        else fail("model shape '%s': unknown key '%s' (layers, dim, hidden, heads, kv, vocab)", name.c_str(), key.c_str());
     }
-}
-
-void convert_from_f32(void* dst, const float* src, int32_t d, size_t n) {
-    if (d == DT_F32) {
-        memcpy(dst, src, n * 4);
-    } else if (d == DT_F16) {
-        uint16_t* o = (uint16_t*)dst;
-        for (size_t i = 0; i < n; i++) o[i] = f32_to_f16(src[i]);
-    } else if (d == DT_BF16) {
-        uint16_t* o = (uint16_t*)dst;
-        for (size_t i = 0; i < n; i++) o[i] = f32_to_bf16(src[i]);
-    } else {
-        ASSERT(false, "unknown dtype");
-    }
+    if (dim % heads != 0) fail("model shape '%s': dim is not a multiple of heads", name.c_str());
+    Config c = llama2_config(layers, dim, hidden, heads, kv, vocab);
+    validate_config(c, ("model shape '" + name + "'").c_str());
+    return c;
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -227,113 +192,7 @@ std::string lora_peft_name(int t, int layer, bool is_b) {
 }
 
 // ----------------------------------------------------------------------------------------------
-// files
-
-AtomicFile::AtomicFile(const std::string& p) : path(p) {
-    tmp_path = path + ".tmp." + std::to_string(getpid());
-    f = fopen(tmp_path.c_str(), "wb");
-    if (!f) fail("%s: cannot create (%s)", path.c_str(), strerror(errno));
-}
-
-AtomicFile::~AtomicFile() {
-    if (f) {
-        fclose(f);
-        remove(tmp_path.c_str());
-    }
-}
-
-void AtomicFile::write(const void* data, size_t bytes) {
-    if (bytes && fwrite(data, 1, bytes, f) != bytes) fail("%s: write failed (%s)", path.c_str(), strerror(errno));
-}
-
-void AtomicFile::commit() {
-    if (fflush(f) != 0 || fsync(fileno(f)) != 0) fail("%s: write failed (%s)", path.c_str(), strerror(errno));
-    int rc = fclose(f);
-    f = nullptr;
-    if (rc != 0) {
-        remove(tmp_path.c_str());
-        fail("%s: write failed (%s)", path.c_str(), strerror(errno));
-    }
-    if (rename(tmp_path.c_str(), path.c_str()) != 0) {
-        int e = errno;
-        remove(tmp_path.c_str());
-        fail("%s: cannot rename into place (%s)", path.c_str(), strerror(e));
-    }
-}
-
-InFile::InFile(const std::string& p) : path(p) {
-    struct stat st;
-    if (stat(p.c_str(), &st) != 0) fail("%s: cannot open (%s)", p.c_str(), strerror(errno));
-    if (S_ISDIR(st.st_mode)) fail("%s: is a directory, expected a file", p.c_str());
-    f = fopen(p.c_str(), "rb");
-    if (!f) fail("%s: cannot open (%s)", p.c_str(), strerror(errno));
-    size = (int64_t)st.st_size;
-}
-
-InFile::~InFile() {
-    if (f) fclose(f);
-}
-
-void InFile::read(void* dst, size_t bytes, const char* what) {
-    if (bytes && fread(dst, 1, bytes, f) != bytes) fail("%s: truncated file (while reading %s)", path.c_str(), what);
-}
-
-void InFile::read_at(int64_t offset, void* dst, size_t bytes, const char* what) {
-    if (offset < 0 || offset + (int64_t)bytes > size) fail("%s: truncated file (while reading %s)", path.c_str(), what);
-    if (fseeko(f, offset, SEEK_SET) != 0) fail("%s: seek failed (%s)", path.c_str(), strerror(errno));
-    read(dst, bytes, what);
-}
-
-std::string read_text_file(const std::string& path) {
-    InFile in(path);
-    std::string s((size_t)in.size, '\0');
-    in.read(&s[0], s.size(), "text");
-    return s;
-}
-
-std::vector<std::string> split_lines(const std::string& text) {
-    std::vector<std::string> lines;
-    for (size_t pos = 0; pos < text.size();) {
-        size_t end = text.find('\n', pos);
-        if (end == std::string::npos) end = text.size();
-        lines.push_back(text.substr(pos, end - pos));
-        pos = end + 1;
-    }
-    return lines;
-}
-
-void sha256_file(const std::string& path, uint8_t out[32]) {
-    InFile in(path);
-    EVP_MD_CTX* ctx = EVP_MD_CTX_new();
-    ASSERT(ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr) == 1, "openssl sha256 init");
-    std::vector<uint8_t> buf(1 << 20);
-    for (int64_t done = 0; done < in.size;) {
-        size_t n = (size_t)std::min<int64_t>((int64_t)buf.size(), in.size - done);
-        in.read(buf.data(), n, "contents");
-        EVP_DigestUpdate(ctx, buf.data(), n);
-        done += (int64_t)n;
-    }
-    unsigned int len = 0;
-    EVP_DigestFinal_ex(ctx, out, &len);
-    EVP_MD_CTX_free(ctx);
-    ASSERT(len == 32, "sha256 is 32 bytes");
-}
-
-std::string hex_digest(const uint8_t d[32]) {
-    static const char* hx = "0123456789abcdef";
-    std::string s;
-    for (int i = 0; i < 32; i++) {
-        s += hx[d[i] >> 4];
-        s += hx[d[i] & 15];
-    }
-    return s;
-}
-
-bool digest_is_zero(const uint8_t d[32]) {
-    for (int i = 0; i < 32; i++)
-        if (d[i]) return false;
-    return true;
-}
+// file headers
 
 // Check a header's magic and version; the message says which kind of file was expected.
 static void check_magic(const std::string& path, uint32_t magic, uint32_t version, uint32_t want_magic,

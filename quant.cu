@@ -8,12 +8,9 @@
 // where bitsandbytes' fast-math build behaves differently from IEEE are written as the exact PTX
 // instructions it executes (rcp.approx.ftz, mul.ftz, abs.ftz, max.ftz), so the result does not
 // depend on compiler flags; the .rn on mul also forbids ptxas to fuse it into an fma.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
 #include <algorithm>
 
+#include "kernels/common.cuh"
 #include "quant.h"
 
 // ----------------------------------------------------------------------------------------------
@@ -22,11 +19,6 @@
 __device__ __forceinline__ float rcp_approx_ftz(float x) {  // MUFU.RCP: 1.0f / x under fast math
     float r;
     asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
-    return r;
-}
-__device__ __forceinline__ float mul_ftz(float a, float b) {
-    float r;
-    asm("mul.rn.ftz.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
     return r;
 }
 __device__ __forceinline__ float abs_ftz(float a) {
@@ -62,43 +54,6 @@ static Code8Table code8_table() {
     Code8Table t;
     std::copy(dynamic_code8(), dynamic_code8() + 256, t.v);
     return t;
-}
-
-// bnb's NF4 decision tree (see nf4_code_of in quant_cpu.cpp)
-__device__ __forceinline__ uint32_t nf4_code(const float* boundary, float x) {
-    int c = 0;
-    if (x > boundary[c + 7]) c += 8;
-    if (x > boundary[c + 3]) c += 4;
-    if (x > boundary[c + 1]) c += 2;
-    if (x > boundary[c]) c += 1;
-    return (uint32_t)c;
-}
-
-// bnb's dynamic-map search (see dynamic_code8_of in quant_cpu.cpp)
-__device__ uint8_t code8_search(const float* code, float x) {
-    int pivot = 127, upper_pivot = 255, lower_pivot = 0;
-    float lower = -1.0f, upper = 1.0f;
-    float val = code[pivot];
-    for (int step = 64; step > 0; step >>= 1) {
-        if (x > val) {
-            lower_pivot = pivot;
-            lower = val;
-            pivot += step;
-        } else {
-            upper_pivot = pivot;
-            upper = val;
-            pivot -= step;
-        }
-        val = code[pivot];
-    }
-    if (upper_pivot == 255) upper = code[255];
-    if (lower_pivot == 0) lower = code[0];
-    if (x > val) {
-        float midpoint = __fmul_rn(__fadd_rn(upper, val), 0.5f);
-        return (uint8_t)(x > midpoint ? upper_pivot : pivot);
-    }
-    float midpoint = __fmul_rn(__fadd_rn(lower, val), 0.5f);
-    return (uint8_t)(x < midpoint ? lower_pivot : pivot);
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -167,8 +122,8 @@ __global__ void nf4_quantize_kernel(uint8_t* __restrict__ packed, float* __restr
     uint32_t bytes = 0;
 #pragma unroll
     for (int k = 0; k < 4; k++) {
-        const uint32_t hi = nf4_code(s_boundary, mul_ftz(x[2 * k], scale));
-        const uint32_t lo = nf4_code(s_boundary, mul_ftz(x[2 * k + 1], scale));
+        const uint32_t hi = nf4_code_search(s_boundary, mul_rn_ftz(x[2 * k], scale));
+        const uint32_t lo = nf4_code_search(s_boundary, mul_rn_ftz(x[2 * k + 1], scale));
         bytes |= (hi << 4 | lo) << (8 * k);  // little-endian: byte k at the lower address
     }
     if (full && aligned) {
@@ -260,7 +215,7 @@ __global__ void dq_quantize_kernel(uint8_t* __restrict__ absmax_q, float* __rest
     }
     const float amax = s_max[0];
     if (t == 0) scale2[blockIdx.x] = amax;
-    if (i < n_blocks) absmax_q[i] = code8_search(s_code, mul_ftz(x, rcp_approx_ftz(amax)));
+    if (i < n_blocks) absmax_q[i] = dynamic_code8_search(s_code, mul_rn_ftz(x, rcp_approx_ftz(amax)));
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -295,7 +250,7 @@ __global__ void nf4_dequantize_kernel(Tout* __restrict__ out, const uint8_t* __r
         if (i >= n) continue;
         const int64_t b = i / NF4_BLOCK;
         if (DQ)  // bnb's 8-bit dequantize (mul.ftz), then PyTorch's separate `absmax += offset`
-            amax[u] = __fadd_rn(mul_ftz(s_code8[absmax_q[b]], scale2[b / NF4_DQ_BLOCK]), *offset);
+            amax[u] = nf4_block_absmax(s_code8[absmax_q[b]], scale2[b / NF4_DQ_BLOCK], *offset);
         else
             amax[u] = absmax_f32[b];
         if (i + 8 <= n && aligned) {
@@ -312,8 +267,8 @@ __global__ void nf4_dequantize_kernel(Tout* __restrict__ out, const uint8_t* __r
 #pragma unroll
         for (int k = 0; k < 4; k++) {
             const uint32_t byte = (bytes[u] >> (8 * k)) & 0xffu;
-            v[2 * k] = from_f32<Tout>(mul_ftz(s_nf4[byte >> 4], amax[u]));
-            v[2 * k + 1] = from_f32<Tout>(mul_ftz(s_nf4[byte & 0x0f], amax[u]));
+            v[2 * k] = from_f32<Tout>(nf4_weight(s_nf4, byte >> 4, amax[u]));
+            v[2 * k + 1] = from_f32<Tout>(nf4_weight(s_nf4, byte & 0x0f, amax[u]));
         }
         if (i + 8 <= n && aligned) {
             uint4* p = reinterpret_cast<uint4*>(out + i);

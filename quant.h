@@ -121,9 +121,55 @@ struct TorchMeanPlan {
 };
 TorchMeanPlan torch_mean_plan(int64_t n, int num_sms, int max_threads_per_sm = 2048);
 float torch_cuda_mean(const float* x, int64_t n, int num_sms = 132);
-// bnb's NF4 decision tree and dynamic-map search, on an already scaled value
+// bnb's NF4 decision tree and dynamic-map search, on an already scaled value, with the tables above
 uint8_t nf4_code_of(float x);
 uint8_t dynamic_code8_of(float x);
+
+// The two searches themselves, one definition for both twins (quant.cu passes its shared-memory
+// copies of the tables).
+// NF4: bnb's 4-level decision tree, written as the binary search it is: the result is the number
+// of boundaries below x (x > b). A NaN is never > anything and ends at code 0. Comparisons are
+// turned into bits rather than branches: weights are noise to a branch predictor, and the branchy
+// form was 6x slower on the CPU. boundary: NF4_BOUNDARY's 15 values.
+HOST_DEVICE inline uint8_t nf4_code_search(const float* boundary, float x) {
+    int c = (int)(x > boundary[7]) << 3;
+    c |= (int)(x > boundary[c + 3]) << 2;
+    c |= (int)(x > boundary[c + 1]) << 1;
+    c |= (int)(x > boundary[c]);
+    return (uint8_t)c;
+}
+// The 8-bit map: bnb's dQuantize (non-stochastic), step by step: a binary search that starts at
+// index 127 and moves by 64, 32, ..., 1, remembering the last index it passed on each side; then
+// the nearer of the final index and that neighbour, measured against the fp32 midpoint
+// (a + b) * 0.5f (an add then a multiply: nothing to fuse). The tie rule follows the side: a value
+// exactly on the midpoint above the final index keeps the final (lower) code, one exactly on the
+// midpoint below it also keeps the final (upper) code. NaN walks down to index 0.
+// code: dynamic_code8()'s 256 values.
+HOST_DEVICE inline uint8_t dynamic_code8_search(const float* code, float x) {
+    int pivot = 127, upper_pivot = 255, lower_pivot = 0;
+    float lower = -1.0f, upper = 1.0f;
+    float val = code[pivot];
+    for (int step = 64; step > 0; step >>= 1) {
+        if (x > val) {
+            lower_pivot = pivot;
+            lower = val;
+            pivot += step;
+        } else {
+            upper_pivot = pivot;
+            upper = val;
+            pivot -= step;
+        }
+        val = code[pivot];
+    }
+    if (upper_pivot == 255) upper = code[255];
+    if (lower_pivot == 0) lower = code[0];
+    if (x > val) {
+        const float midpoint = (upper + val) * 0.5f;
+        return (uint8_t)(x > midpoint ? upper_pivot : pivot);
+    }
+    const float midpoint = (lower + val) * 0.5f;
+    return (uint8_t)(x < midpoint ? lower_pivot : pivot);
+}
 
 // ----------------------------------------------------------------------------------------------
 // GPU (quant.cu). Launchers take the output first and a stream; every launch is checked.

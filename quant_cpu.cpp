@@ -298,50 +298,9 @@ const float* dynamic_code8() {
 // ----------------------------------------------------------------------------------------------
 // the two code searches
 
-uint8_t nf4_code_of(float x) {
-    // bnb's 4-level decision tree, written as the binary search it is: the result is the number
-    // of boundaries below x (x > b). A NaN is never > anything and ends at code 0.
-    // Comparisons turned into bits rather than branches: weights are noise to a branch predictor,
-    // and the branchy form was 6x slower (most of the CPU quantizer's time). Same tests, same codes.
-    int c = (int)(x > NF4_BOUNDARY[7]) << 3;
-    c |= (int)(x > NF4_BOUNDARY[c + 3]) << 2;
-    c |= (int)(x > NF4_BOUNDARY[c + 1]) << 1;
-    c |= (int)(x > NF4_BOUNDARY[c]);
-    return (uint8_t)c;
-}
+uint8_t nf4_code_of(float x) { return nf4_code_search(NF4_BOUNDARY, x); }
 
-uint8_t dynamic_code8_of(float x) {
-    // bnb's dQuantize (non-stochastic), step by step: a binary search that starts at index 127
-    // and moves by 64, 32, ..., 1, remembering the last index it passed on each side; then the
-    // nearer of the final index and that neighbour, measured against the fp32 midpoint
-    // (a + b) * 0.5f. The tie rule follows the side: a value exactly on the midpoint above the
-    // final index keeps the final (lower) code, one exactly on the midpoint below it also keeps
-    // the final (upper) code. NaN walks down to index 0.
-    const float* code = dynamic_code8();
-    int pivot = 127, upper_pivot = 255, lower_pivot = 0;
-    float lower = -1.0f, upper = 1.0f;
-    float val = code[pivot];
-    for (int step = 64; step > 0; step >>= 1) {
-        if (x > val) {
-            lower_pivot = pivot;
-            lower = val;
-            pivot += step;
-        } else {
-            upper_pivot = pivot;
-            upper = val;
-            pivot -= step;
-        }
-        val = code[pivot];
-    }
-    if (upper_pivot == 255) upper = code[255];
-    if (lower_pivot == 0) lower = code[0];
-    if (x > val) {
-        float midpoint = (upper + val) * 0.5f;
-        return (uint8_t)(x > midpoint ? upper_pivot : pivot);
-    }
-    float midpoint = (lower + val) * 0.5f;
-    return (uint8_t)(x < midpoint ? lower_pivot : pivot);
-}
+uint8_t dynamic_code8_of(float x) { return dynamic_code8_search(dynamic_code8(), x); }
 
 // ----------------------------------------------------------------------------------------------
 // PyTorch's CUDA mean (ATen Reduce.cuh + MeanOps), for one contiguous fp32 vector.

@@ -32,6 +32,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
+#include "chat.h"
 #include "cli.h"
 #include "llama2_cpu.h"
 #include "model.h"
@@ -236,11 +237,6 @@ static std::vector<std::string> read_prompts(const std::string& path) {
 
 // ----------------------------------------------------------------------------------------------
 // the files must belong together
-
-static bool file_exists(const std::string& p) {
-    struct stat st;
-    return stat(p.c_str(), &st) == 0;
-}
 
 static std::unique_ptr<Tokenizer> open_tokenizer(const Settings& s, const ModelHeader& mh) {
     const Config& c = mh.config;

@@ -1,5 +1,5 @@
-// sampling.cpp — Hugging Face's logits processors as plain loops, the generation loop over a
-// Decoder, the Llama 2 chat template and the demo's byte tokenizer. See sampling.h for the contract
+// sampling.cpp — Hugging Face's logits processors as plain loops, and the generation loop over a
+// Decoder. See sampling.h for the contract
 // of each function; test/cpu_sample.cpp checks them on hand-computed cases (./test_cpu -ts="sample*").
 //
 // Matching transformers, number by number:
@@ -173,44 +173,4 @@ std::vector<int32_t> generate(Decoder& dec, const std::vector<int32_t>& context,
     st.decode_s = std::chrono::duration<double>(clock::now() - t1).count();
     if (stats) *stats = st;
     return generated;
-}
-
-// ----------------------------------------------------------------------------------------------
-// chat template
-
-std::string llama2_inst_text(const std::string& user, const std::string& system) {
-    if (system.empty()) return "[INST] " + user + " [/INST]";
-    return "[INST] <<SYS>>\n" + system + "\n<</SYS>>\n\n" + user + " [/INST]";
-}
-
-std::vector<int32_t> llama2_chat_tokens(const std::vector<ChatTurn>& turns, const std::string& system,
-                                        const EncodeFn& encode, int32_t bos_id, int32_t eos_id) {
-    std::vector<int32_t> ids;
-    for (size_t i = 0; i < turns.size(); i++) {
-        const ChatTurn& t = turns[i];
-        ASSERT(t.answered || i + 1 == turns.size(), "only the last turn may be unanswered");
-        ids.push_back(bos_id);
-        std::vector<int32_t> p = encode(llama2_inst_text(t.user, i == 0 ? system : std::string()));
-        ids.insert(ids.end(), p.begin(), p.end());
-        if (!t.answered) break;
-        ids.insert(ids.end(), t.answer.begin(), t.answer.end());
-        ids.push_back(eos_id);
-    }
-    return ids;
-}
-
-// ----------------------------------------------------------------------------------------------
-// byte tokenizer
-
-std::vector<int32_t> ByteTokenizer::encode(const std::string& text) {
-    std::vector<int32_t> ids(text.size());
-    for (size_t i = 0; i < text.size(); i++) ids[i] = OFFSET + (int32_t)(unsigned char)text[i];
-    return ids;
-}
-
-std::string ByteTokenizer::decode(const int32_t* ids, size_t n) {
-    std::string s;
-    for (size_t i = 0; i < n; i++)
-        if (ids[i] >= OFFSET && ids[i] < VOCAB) s += (char)(unsigned char)(ids[i] - OFFSET);
-    return s;
 }

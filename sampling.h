@@ -1,8 +1,8 @@
 // sampling.h — text generation without a model in sight: Hugging Face's logits-processor pipeline
 // (repetition penalty -> temperature -> top-k -> top-p -> sample, as transformers' generate()
-// builds it), the Llama 2 chat template, the byte-level tokenizer of the built-in demo, and the
-// Decoder interface that separates all of this from the model that produces the logits.
-// Implemented in sampling.cpp; used by sample.cpp (and the demo's byte tokens by train.cpp).
+// builds it), the generation loop, and the Decoder interface that separates all of this from the
+// model that produces the logits. Implemented in sampling.cpp; used by sample.cpp. The chat
+// template and the demo's byte tokenizer are in chat.h.
 // Tested by test/cpu_sample.cpp:  ./test_cpu -tc="sample:*"
 //
 // The seam for the GPU: sample.cpp only talks to a Decoder. llama2_cpu.h has the CPU one
@@ -110,37 +110,3 @@ struct GenerateStats {
 std::vector<int32_t> generate(Decoder& dec, const std::vector<int32_t>& context, int64_t max_total, int32_t eos_id,
                               const SamplingConfig& cfg, Rng& rng, const std::function<void(int32_t)>& on_token,
                               GenerateStats* stats);
-
-// ----------------------------------------------------------------------------------------------
-// the Llama 2 chat template, as the training data has it (data/prepare_lima.cpp):
-//   turn:  <s> encode("[INST] " + user + " [/INST]")  encode(answer) </s>
-// and Meta's system prompt inside the first [INST]:
-//   "[INST] <<SYS>>\n" + system + "\n<</SYS>>\n\n" + user + " [/INST]"
-// Texts are not stripped (the training data keeps them as they are).
-
-using EncodeFn = std::function<std::vector<int32_t>(const std::string&)>;
-
-struct ChatTurn {
-    std::string user;
-    std::vector<int32_t> answer;  // tokens of the answer, without </s>
-    bool answered = false;        // false: the open turn the model is to answer (the last one)
-};
-
-// The text inside one turn's [INST] ... [/INST]; system is used when non-empty.
-std::string llama2_inst_text(const std::string& user, const std::string& system);
-// The token sequence of a conversation: every turn as above; the system prompt goes into the first
-// turn; an unanswered turn ends right after its [/INST] (the model answers from there).
-std::vector<int32_t> llama2_chat_tokens(const std::vector<ChatTurn>& turns, const std::string& system,
-                                        const EncodeFn& encode, int32_t bos_id, int32_t eos_id);
-
-// ----------------------------------------------------------------------------------------------
-// the built-in demo's tokenizer: one token per byte, no download needed.
-// ids 0 = unk/pad, 1 = <s>, 2 = </s>, byte b = 3 + b; vocabulary 259.
-
-struct ByteTokenizer {
-    static constexpr int32_t UNK = 0, BOS = 1, EOS = 2, OFFSET = 3, VOCAB = 256 + 3;
-    static std::vector<int32_t> encode(const std::string& text);
-    // Bytes of the byte tokens; special ids give nothing.
-    static std::string decode(const int32_t* ids, size_t n);
-    static std::string decode(const std::vector<int32_t>& ids) { return decode(ids.data(), ids.size()); }
-};

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "../llama2_gpu.h"
+#include "../chat.h"
 #include "../sampling.h"
 #include "bench_util.h"
 

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "../cli.h"
+#include "../kernels/common.cuh"
 #include "../quant.h"
 
 // Random bf16 weights on the GPU: ~N(0, 0.02) from a hash of (seed, index), Box-Muller.

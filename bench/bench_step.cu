@@ -3,14 +3,14 @@
 // Run: ./bench_step --model 7b --quant nf4 --seq 2048 [--rows 1] [--rank 64] [--recompute none]
 //                  [--steps 3] [--micro 1]
 //
-// MFU counts model FLOPs only (training_flops() in train_util.h: what the step must do, recompute
+// MFU counts model FLOPs only (training_flops() in schedule.h: what the step must do, recompute
 // excluded) over the card's dense bf16 peak (989 TFLOP/s for H100 SXM and H200).
 #include <chrono>
 #include <cstring>
 #include <string>
 
 #include "../llama2_gpu.h"
-#include "../train_util.h"
+#include "../schedule.h"
 #include "bench_util.h"
 
 static const char* PROG = "bench_step";
@@ -49,10 +49,10 @@ int main(int argc, char** argv) {
     GpuModel m;
     auto t0 = std::chrono::steady_clock::now();
     gpu_model_init(m, c, lc, q, rc, N);
-    gpu_model_random_weights(m, 1234);
+    gpu_base_random(m.base, 1234, m.stream);
     auto t1 = std::chrono::steady_clock::now();
     // LoRA with B != 0 so the whole backward does real work
-    std::vector<float> lora((size_t)m.lay.total);
+    std::vector<float> lora((size_t)m.lora.lay.total);
     Rng rng(5);
     for (auto& x : lora) x = 0.01f * rng.normal();
     gpu_lora_set(m, lora);
@@ -104,7 +104,7 @@ int main(int argc, char** argv) {
            flops / step_s / 1e12, loss);
     printf("  memory: model allocations %.2f GiB, device in use %.2f GiB of %.2f GiB\n", m.bytes_allocated / 1073741824.0,
            (total_b - free_b) / 1073741824.0, total_b / 1073741824.0);
-    printf("RESULT model=%s quant=%s seq=%d tokens_per_s=%.0f mfu=%.4f peak_gib=%.2f\n", model.c_str(), quant.c_str(), seq,
+    printf("RESULT model=%s quant=%s seq=%d tokens_per_s=%.0f mfu=%.4f mem_gib=%.2f\n", model.c_str(), quant.c_str(), seq,
            tokens / step_s, peak > 0 ? flops / step_s / peak : 0.0, (total_b - free_b) / 1073741824.0);
     gpu_model_free(m);
     return 0;

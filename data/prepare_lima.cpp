@@ -27,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "chat.h"
 #include "cli.h"
 #include "model.h"
 
@@ -148,23 +149,18 @@ struct Tokenized {
     bool dropped = false;          // not even the first prompt plus one answer token fits
 };
 
-static std::vector<int> encode(const sentencepiece::SentencePieceProcessor& sp, const std::string& text, const Conversation& c,
-                               const std::string& path) {
-    std::vector<int> ids;
-    auto st = sp.Encode(text, &ids);
-    if (!st.ok()) fail("%s:%d: tokenizer failed (%s)", path.c_str(), c.line, st.ToString().c_str());
-    return ids;
-}
-
-static Tokenized tokenize(const sentencepiece::SentencePieceProcessor& sp, const Conversation& c, bool llama2,
+static Tokenized tokenize(const sentencepiece::SentencePieceProcessor& sp, const Conversation& c, int32_t chat_template,
                           int64_t max_len, const std::string& path) {
+    const EncodeFn encode = [&](const std::string& text) {
+        std::vector<int> ids;
+        auto st = sp.Encode(text, &ids);
+        if (!st.ok()) fail("%s:%d: tokenizer failed (%s)", path.c_str(), c.line, st.ToString().c_str());
+        return std::vector<int32_t>(ids.begin(), ids.end());
+    };
     Tokenized t;
     for (size_t k = 0; k + 1 < c.texts.size(); k += 2) {
-        std::vector<int> prompt = {sp.bos_id()};
-        std::vector<int> p = encode(sp, llama2 ? "[INST] " + c.texts[k] + " [/INST]" : c.texts[k], c, path);
-        prompt.insert(prompt.end(), p.begin(), p.end());
-        std::vector<int> answer = encode(sp, c.texts[k + 1], c, path);
-        answer.push_back(sp.eos_id());
+        const std::vector<int32_t> prompt = chat_prompt_tokens(chat_template, c.texts[k], "", encode, sp.bos_id());
+        const std::vector<int32_t> answer = chat_answer_tokens(c.texts[k + 1], encode, sp.eos_id());
 
         int64_t room = max_len - (int64_t)t.tokens.size() - (int64_t)prompt.size();  // answer tokens that fit
         if (room < 1) {  // the prompt alone fills the budget: drop this turn and the rest
@@ -192,27 +188,13 @@ static Tokenized tokenize(const sentencepiece::SentencePieceProcessor& sp, const
 }
 
 // ----------------------------------------------------------------------------------------------
-// the held-out split: Vigna's splitmix64 generator (state += 0x9e3779b97f4a7c15, output =
-// mix(state); model.h's splitmix64(x) is mix(x + 0x9e37...)) drives a Fisher-Yates shuffle.
-// Written out here because std::shuffle's results differ between standard libraries, and a split
-// must be the same on every machine.
-
-static uint64_t splitmix64_next(uint64_t& state) {
-    uint64_t out = splitmix64(state);  // = mix(state + gamma), Vigna's next() output
-    state += 0x9e3779b97f4a7c15ull;
-    return out;
-}
+// the held-out split: the first n of a Fisher-Yates shuffle driven by Vigna's splitmix64 stream
+// from the seed (common.h: shuffled_indices), so a split is the same on every machine.
 
 // is_val[i] = true for n of the k conversations
 static std::vector<bool> choose_val(int64_t k, int64_t n, uint64_t seed) {
-    std::vector<int64_t> perm(k);
-    for (int64_t i = 0; i < k; i++) perm[i] = i;
-    uint64_t state = seed;
-    for (int64_t i = k - 1; i > 0; i--) {
-        // modulo bias is (i+1)/2^64, far below anything measurable for a few thousand items
-        int64_t j = (int64_t)(splitmix64_next(state) % (uint64_t)(i + 1));
-        std::swap(perm[i], perm[j]);
-    }
+    Rng rng(seed);
+    const std::vector<int64_t> perm = shuffled_indices(k, rng);
     std::vector<bool> is_val(k, false);
     for (int64_t i = 0; i < n; i++) is_val[perm[i]] = true;
     return is_val;
@@ -260,10 +242,10 @@ static int run(const Options& o) {
     std::vector<Conversation> convs = read_lima(o.input);
     if (!o.val_out.empty() && o.n_val >= (int64_t)convs.size())
         fail("%s: --val %lld must be less than the %zu conversations in the file", o.input.c_str(), o.n_val, convs.size());
-    bool llama2 = o.chat_template == "llama2";
+    const int32_t chat_template = o.chat_template == "llama2" ? TEMPLATE_LLAMA2 : TEMPLATE_PLAIN;
     std::vector<Tokenized> tok(convs.size());
     for (size_t i = 0; i < convs.size(); i++) {
-        tok[i] = tokenize(sp, convs[i], llama2, o.max_len, o.input);
+        tok[i] = tokenize(sp, convs[i], chat_template, o.max_len, o.input);
         // progress only; short inputs stay silent so an error after tokenizing is still a single line
         if ((i + 1) % 100 == 0)
             fprintf(stderr, "prepare_lima: tokenized %zu/%zu conversations\n", i + 1, convs.size());
@@ -284,7 +266,7 @@ static int run(const Options& o) {
     base.bos_id = sp.bos_id();
     base.eos_id = sp.eos_id();
     base.max_len = (int32_t)o.max_len;
-    base.chat_template = llama2 ? TEMPLATE_LLAMA2 : TEMPLATE_PLAIN;
+    base.chat_template = chat_template;
     sha256_file(o.tokenizer, base.tokenizer_sha256);
 
     std::vector<const Tokenized*> train, val;

@@ -121,20 +121,8 @@ TEST_CASE("reference: every tiny_* fixture matches transformers + peft") {
 // a tiny random model for the self-consistency checks
 
 static Config tiny_config() {
-    Config c;
-    memset(&c, 0, sizeof(c));
-    c.dim = 32;
-    c.hidden_dim = 48;
-    c.n_layers = 2;
-    c.n_heads = 4;
-    c.n_kv_heads = 2;  // GQA
-    c.head_dim = 8;
-    c.vocab_size = 40;
+    Config c = llama2_config(2, 32, 48, 4, 2, 40);  // GQA, head_dim 8
     c.max_seq_len = 64;
-    c.bos_id = 1;
-    c.eos_id = 2;
-    c.rope_theta = 10000.0f;
-    c.norm_eps = 1e-5f;
     return c;
 }
 

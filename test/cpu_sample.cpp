@@ -18,6 +18,7 @@
 #include "hf.h"
 #include "llama2_cpu.h"
 #include "model.h"
+#include "chat.h"
 #include "sampling.h"
 #include "test/test_util.h"
 #include "test/tokenizer_util.h"

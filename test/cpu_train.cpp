@@ -9,7 +9,9 @@
 
 #include "../hf.h"
 #include "../llama2_cpu.h"
-#include "../train_util.h"
+#include "../schedule.h"
+#include "../checkpoint.h"
+#include "../train_config.h"
 #include "test_util.h"
 
 // conversations of the given lengths, answers in their second half

@@ -12,6 +12,7 @@
 #include "../hf.h"
 #include "../llama2_cpu.h"
 #include "../llama2_gpu.h"
+#include "../chat.h"
 #include "../sampling.h"
 #include "gpu_util.h"
 #include "test_util.h"

@@ -58,7 +58,7 @@ static void check_fixture_gpu(const std::string& dir) {
 
     GpuModel m;
     gpu_model_init(m, cfg, ad.lora, QUANT_BF16, RECOMPUTE_NONE, (int64_t)B * T);
-    gpu_model_set_weights(m, ck.load_all_f32());
+    gpu_base_set_weights(m.base, ck.load_all_f32(), m.stream);
     gpu_lora_set(m, ad.params);
     gpu_set_batch(m, B, T, batch.tokens.data(), batch.targets.data(), batch.pos.data());
     const size_t NV = (size_t)B * T * cfg.vocab_size;
@@ -87,12 +87,12 @@ static void check_fixture_gpu(const std::string& dir) {
     CHECK_MESSAGE(e_loss <= TOL_LOSS, name << ": tensor loss: gpu " << loss << " ref " << loss_ref);
 
     // reference gradients, gathered into LoraLayout order
-    std::vector<float> gref((size_t)m.lay.total);
+    std::vector<float> gref((size_t)m.lora.lay.total);
     for (int t = 0; t < NUM_LORA_TARGETS; t++)
         for (int l = 0; l < cfg.n_layers && ad.lora.has(t); l++)
             for (int is_b = 0; is_b < 2; is_b++) {
                 std::vector<float> g = ref.read_f32("grad." + lora_peft_name(t, l, is_b));
-                const int64_t off = (is_b ? m.lay.b_offset[t] : m.lay.a_offset[t]) + l * (int64_t)g.size();
+                const int64_t off = (is_b ? m.lora.lay.b_offset[t] : m.lora.lay.a_offset[t]) + l * (int64_t)g.size();
                 std::copy(g.begin(), g.end(), gref.begin() + off);
             }
     std::string worst;
@@ -129,20 +129,8 @@ TEST_CASE("step: every tiny_* fixture, the whole GPU step vs transformers + peft
 // against the CPU reference on a random small model (D = 128 as the GPU needs)
 
 static Config small_config() {
-    Config c;
-    memset(&c, 0, sizeof(c));
-    c.dim = 256;
-    c.hidden_dim = 512;
-    c.n_layers = 2;
-    c.n_heads = 2;
-    c.n_kv_heads = 1;
-    c.head_dim = 128;
-    c.vocab_size = 384;
+    Config c = llama2_config(2, 256, 512, 2, 1, 384);  // head_dim 128
     c.max_seq_len = 512;
-    c.bos_id = 1;
-    c.eos_id = 2;
-    c.rope_theta = 10000.0f;
-    c.norm_eps = 1e-5f;
     return c;
 }
 
@@ -175,7 +163,7 @@ static StepResult gpu_step(const Config& c, const LoraConfig& lc, const std::vec
                            int64_t n_targets) {
     GpuModel m;
     gpu_model_init(m, c, lc, quant, recompute, (int64_t)b.B * b.T);
-    gpu_model_set_weights(m, w);
+    gpu_base_set_weights(m.base, w, m.stream);
     gpu_lora_set(m, lora);
     gpu_set_batch(m, b.B, b.T, b.tokens.data(), b.targets.data(), b.pos.data());
     GpuStepOptions opt;
@@ -305,21 +293,20 @@ TEST_CASE("step: NF4 model file loads without quantizing and equals on-GPU quant
             out.commit();
         }
 
-        const LoraConfig lc{8, 16.0f, 0.0f, LORA_ALL_TARGETS};
-        GpuModel on_gpu, from_file, from_patched;  // dense file quantized at load; NF4 files copied
-        gpu_model_init(on_gpu, cfg, lc, QUANT_NF4, RECOMPUTE_NONE, 64);
-        gpu_model_init(from_file, cfg, lc, QUANT_NF4, RECOMPUTE_NONE, 64);
-        gpu_model_init(from_patched, cfg, lc, QUANT_NF4, RECOMPUTE_NONE, 64);
-        gpu_model_load_file(on_gpu, dense);
-        gpu_model_load_file(from_file, nf4);
-        gpu_model_load_file(from_patched, patched);
+        GpuBase on_gpu, from_file, from_patched;  // dense file quantized at load; NF4 files copied
+        gpu_base_init(on_gpu, cfg, QUANT_NF4);
+        gpu_base_init(from_file, cfg, QUANT_NF4);
+        gpu_base_init(from_patched, cfg, QUANT_NF4);
+        gpu_base_load_file(on_gpu, dense, 0);
+        gpu_base_load_file(from_file, nf4, 0);
+        gpu_base_load_file(from_patched, patched, 0);
         for (int t = 0; t < NUM_LORA_TARGETS; t++) {
             const int id = lora_target_weight(t);
             const int64_t rec = on_gpu.nf4_record_bytes[t], bytes = rec * cfg.n_layers;
             REQUIRE(bytes == model_weight_bytes(h, id));
-            const std::vector<uint8_t> a = download<uint8_t>(on_gpu.nf4_base[t], (size_t)bytes);
-            const std::vector<uint8_t> b = download<uint8_t>(from_file.nf4_base[t], (size_t)bytes);
-            const std::vector<uint8_t> p = download<uint8_t>(from_patched.nf4_base[t], (size_t)bytes);
+            const std::vector<uint8_t> a = download<uint8_t>(on_gpu.nf4[t], (size_t)bytes);
+            const std::vector<uint8_t> b = download<uint8_t>(from_file.nf4[t], (size_t)bytes);
+            const std::vector<uint8_t> p = download<uint8_t>(from_patched.nf4[t], (size_t)bytes);
             int64_t i = first_diff(a.data(), b.data(), (size_t)bytes);
             CHECK_MESSAGE(i < 0, f << ": " << weight_hf_name(id, (int)(i / rec)) << ": GPU-quantized record and "
                                    << "the file's differ at byte " << i % rec << " of " << rec);
@@ -340,17 +327,17 @@ TEST_CASE("step: NF4 model file loads without quantizing and equals on-GPU quant
             CHECK_MESSAGE(i < 0, f << ": " << weight_hf_name(id, 0) << " (stacked) differs at element " << i / 2);
         }
         // a bf16 model cannot take NF4 records: one clear line
-        GpuModel bf16_model;
-        gpu_model_init(bf16_model, cfg, lc, QUANT_BF16, RECOMPUTE_NONE, 64);
+        GpuBase bf16_model;
+        gpu_base_init(bf16_model, cfg, QUANT_BF16);
         std::string msg;
         try {
-            gpu_model_load_file(bf16_model, nf4);
+            gpu_base_load_file(bf16_model, nf4, 0);
         } catch (const InputError& e) {
             msg = e.what();
         }
         CHECK_MESSAGE(msg.find(nf4) != std::string::npos, msg);
         CHECK_MESSAGE(msg.find("--quant nf4") != std::string::npos, msg);
         CHECK(msg.find('\n') == std::string::npos);
-        for (GpuModel* m : {&on_gpu, &from_file, &from_patched, &bf16_model}) gpu_model_free(*m);
+        for (GpuBase* b : {&on_gpu, &from_file, &from_patched, &bf16_model}) gpu_base_free(*b);
     }
 }

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <vector>
 
+#include "../kernels/common.cuh"
 #include "../model.h"
 
 struct DeviceBuffer {

@@ -6,6 +6,7 @@
 
 #include <cstdio>
 
+#include "../kernels/common.cuh"
 #include "../model.h"
 
 int main(int argc, char** argv) {

@@ -50,11 +50,6 @@ static Cli make_cli(Args& a) {
 
 // ----------------------------------------------------------------------------------------------
 
-static bool is_dir(const std::string& p) {
-    struct stat st;
-    return stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
-
 // The base model's config (and tokenizer hash, when it comes from a model file).
 static Config base_config(const Args& args, uint8_t tokenizer_sha256[32], std::string& from) {
     memset(tokenizer_sha256, 0, 32);
@@ -65,7 +60,7 @@ static Config base_config(const Args& args, uint8_t tokenizer_sha256[32], std::s
         from = args.model;
         return h.config;
     }
-    from = is_dir(args.hf) ? args.hf + "/config.json" : args.hf;
+    from = is_directory(args.hf) ? args.hf + "/config.json" : args.hf;
     int32_t dtype;
     return parse_hf_config(from, &dtype);
 }
@@ -77,13 +72,13 @@ static void summary(const char* verb, const std::string& path, const Adapter& a)
 }
 
 static void run(const Args& args) {
-    if (is_dir(args.input)) {
+    if (is_directory(args.input)) {
         // PEFT directory -> adapter file
         if (args.model.empty() && args.hf.empty())
             cli_usage_error(PROG, "reading a PEFT directory needs the base model: -m model.bin or --hf HF_DIR");
         if (!args.dtype.empty() || !args.base_model.empty())
             cli_usage_error(PROG, "--dtype and --base-model apply when writing PEFT (-i an adapter file)");
-        if (is_dir(args.output)) fail("%s: is a directory; -o names the adapter file to write", args.output.c_str());
+        if (is_directory(args.output)) fail("%s: is a directory; -o names the adapter file to write", args.output.c_str());
         uint8_t sha[32];
         std::string from;
         Config base = base_config(args, sha, from);

@@ -58,11 +58,6 @@ static Cli make_cli(Args& a) {
 
 // ----------------------------------------------------------------------------------------------
 
-static bool is_file(const std::string& p) {
-    struct stat st;
-    return stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
-}
-
 // Checks the tokenizer against config.json and puts its sha256 in `sha` (for the header).
 static void check_tokenizer(const std::string& path, const Config& c, const std::string& config_path, uint8_t sha[32]) {
     sha256_file(path, sha);  // also gives "cannot open" for a missing file
@@ -116,7 +111,7 @@ static void run(const Args& args) {
     ModelHeader h = make_model_header(c, out_dtype);
     h.linear_format = nf4 ? LINEAR_NF4 : LINEAR_DENSE;
     std::string tok = !args.tokenizer.empty() ? args.tokenizer
-                      : is_file(args.input + "/tokenizer.model") ? args.input + "/tokenizer.model" : "";
+                      : is_regular_file(args.input + "/tokenizer.model") ? args.input + "/tokenizer.model" : "";
     if (!tok.empty()) check_tokenizer(tok, c, args.input + "/config.json", h.tokenizer_sha256);
 
     // one layer's slice of the largest weight, in the output dtype and as fp32 for conversions

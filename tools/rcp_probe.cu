@@ -9,6 +9,7 @@
 #include <cstring>
 #include <vector>
 
+#include "../kernels/common.cuh"
 #include "../quant.h"
 
 __global__ void rcp_probe_kernel(uint32_t* out, int64_t n) {

@@ -1,81 +1,10 @@
-// train_util.cpp — data schedule, packing, learning-rate schedule, state.bin and log.csv for
-// ./train (declarations and the why in train_util.h). No GPU code, no globals.
-#include "train_util.h"
+// checkpoint.cpp — state.bin, the adapter set and log.csv of ./train (declarations in checkpoint.h).
+#include "checkpoint.h"
 
 #include <cmath>
-#include <fstream>
 #include <sstream>
 
-const char* schedule_name(int32_t s) {
-    return s == SCHEDULE_CONSTANT ? "constant" : s == SCHEDULE_COSINE ? "cosine" : s == SCHEDULE_LINEAR ? "linear" : "?";
-}
-
-// ----------------------------------------------------------------------------------------------
-// data schedule
-
-DataPlan plan_data(const TrainSettings& s, int64_t n_conversations) {
-    ASSERT(n_conversations > 0 && s.batch > 0, "data and batch");
-    DataPlan p;
-    p.n_conversations = n_conversations;
-    p.steps_per_epoch = (n_conversations + s.batch - 1) / s.batch;
-    p.total_steps = s.steps > 0 ? s.steps : (int64_t)s.epochs * p.steps_per_epoch;
-    return p;
-}
-
-std::vector<int64_t> epoch_order(int64_t n, uint64_t seed, int64_t epoch) {
-    std::vector<int64_t> order((size_t)n);
-    for (int64_t i = 0; i < n; i++) order[i] = i;
-    // one stream per epoch; the seed's bits and the epoch's are mixed so that nearby seeds differ
-    Rng rng(splitmix64(seed) ^ splitmix64(0x5eed0000ull + (uint64_t)epoch));
-    for (int64_t i = n - 1; i > 0; i--) {
-        const int64_t j = (int64_t)(rng.next() % (uint64_t)(i + 1));
-        std::swap(order[i], order[j]);
-    }
-    return order;
-}
-
-std::vector<int64_t> step_conversations(const TrainSettings& s, const DataPlan& p, int64_t step) {
-    const int64_t epoch = step / p.steps_per_epoch, k = step % p.steps_per_epoch;
-    std::vector<int64_t> order = epoch_order(p.n_conversations, s.seed, epoch);
-    const int64_t begin = k * s.batch, end = std::min<int64_t>(begin + s.batch, p.n_conversations);
-    return std::vector<int64_t>(order.begin() + begin, order.begin() + end);
-}
-
-std::vector<std::vector<int64_t>> pack_rows(const Dataset& d, const std::vector<int64_t>& convs, int64_t budget) {
-    std::vector<std::vector<int64_t>> rows;
-    int64_t used = 0;
-    for (int64_t c : convs) {
-        const int64_t len = d.conv_len(c);
-        if (rows.empty() || used + len > budget) {
-            rows.push_back({});
-            used = 0;
-        }
-        rows.back().push_back(c);
-        used += len;
-    }
-    return rows;
-}
-
-int64_t count_targets(const Dataset& d, const std::vector<int64_t>& convs) {
-    int64_t n = 0;
-    for (int64_t c : convs)  // position j predicts token j+1 of the same conversation when it is in the mask
-        for (int64_t j = d.conv_offsets[c] + 1; j < d.conv_offsets[c + 1]; j++) n += d.loss_mask[j];
-    return n;
-}
-
-// ----------------------------------------------------------------------------------------------
-// learning rate
-
-float lr_at(const TrainSettings& s, int64_t step, int64_t total) {
-    // ceil(warmup * total) as transformers computes it in double; the fraction is stored as a float
-    // (0.1f = 0.100000001...), so a hair of tolerance keeps 0.1 x 100 at 10 steps, not 11
-    const int64_t warm = (int64_t)std::ceil((double)s.warmup * (double)total - 1e-4);
-    if (step < warm) return s.lr * (float)step / (float)std::max<int64_t>(1, warm);
-    if (s.schedule == SCHEDULE_CONSTANT) return s.lr;
-    const double progress = (double)(step - warm) / (double)std::max<int64_t>(1, total - warm);
-    if (s.schedule == SCHEDULE_LINEAR) return (float)(s.lr * std::max(0.0, 1.0 - progress));
-    return (float)(s.lr * 0.5 * (1.0 + std::cos(M_PI * std::min(1.0, progress))));  // cosine
-}
+#include "hf.h"
 
 // ----------------------------------------------------------------------------------------------
 // state.bin
@@ -146,7 +75,9 @@ void check_state_matches(const StateHeader& h, const char* path, const Config& b
 // ----------------------------------------------------------------------------------------------
 // log.csv
 
-const char* LOG_HEADER = "step,epoch,loss,val_loss,lr,grad_norm,tokens_per_s,mfu,peak_mem_gib";
+const char* LOG_HEADER = "step,epoch,loss,val_loss,lr,grad_norm,tokens_per_s,mfu,mem_gib";
+// the header of logs written before the last column was renamed (it always held memory in use, not a peak)
+static const char* LOG_HEADER_V1 = "step,epoch,loss,val_loss,lr,grad_norm,tokens_per_s,mfu,peak_mem_gib";
 
 static std::string num(double v, const char* fmt) {
     if (std::isnan(v)) return "";
@@ -160,7 +91,7 @@ void write_log(const std::string& path, const std::vector<LogRow>& rows) {
     for (const LogRow& r : rows)
         text += std::to_string(r.step) + "," + num(r.epoch, "%.4f") + "," + num(r.loss, "%.6f") + "," +
                 num(r.val_loss, "%.6f") + "," + num(r.lr, "%.6g") + "," + num(r.grad_norm, "%.6g") + "," +
-                num(r.tokens_per_s, "%.1f") + "," + num(r.mfu, "%.4f") + "," + num(r.peak_gib, "%.3f") + "\n";
+                num(r.tokens_per_s, "%.1f") + "," + num(r.mfu, "%.4f") + "," + num(r.mem_in_use_gib, "%.3f") + "\n";
     AtomicFile out(path);
     out.write(text.data(), text.size());
     out.commit();
@@ -169,7 +100,7 @@ void write_log(const std::string& path, const std::vector<LogRow>& rows) {
 std::vector<LogRow> read_log(const std::string& path) {
     std::istringstream in(read_text_file(path));
     std::string line;
-    if (!std::getline(in, line) || line != LOG_HEADER) fail("%s: not a log.csv written by ./train (unexpected header)", path.c_str());
+    if (!std::getline(in, line) || (line != LOG_HEADER && line != LOG_HEADER_V1)) fail("%s: not a log.csv written by ./train (unexpected header)", path.c_str());
     std::vector<LogRow> rows;
     int lineno = 1;
     while (std::getline(in, line)) {
@@ -191,16 +122,37 @@ std::vector<LogRow> read_log(const std::string& path) {
     return rows;
 }
 
-// ----------------------------------------------------------------------------------------------
-// FLOPs
 
-double training_flops(const Config& c, const LoraConfig& lc, double tokens, double attention_pairs) {
-    double linear = 0, lora = 0;
-    for (int t = 0; t < NUM_LORA_TARGETS; t++) {
-        const double in = (double)lora_in_dim(c, t), out = (double)lora_out_dim(c, t);
-        linear += in * out;
-        if (lc.rank > 0 && lc.has(t)) lora += 6.0 * lc.rank * (in + out);
-    }
-    const double per_token = c.n_layers * (4.0 * linear + lora) + 4.0 * (double)c.vocab_size * c.dim;
-    return tokens * per_token + attention_pairs * 12.0 * c.head_dim * c.n_heads * c.n_layers;
+// ----------------------------------------------------------------------------------------------
+// the checkpoint set
+
+StateHeader make_state_header(const Config& base, const TrainSettings& s, int64_t step, int64_t total_steps,
+                              const Dataset& train) {
+    StateHeader h;
+    memset((void*)&h, 0, sizeof(h));  // reserved bytes and any padding are stored: zeros
+    h.magic = STATE_MAGIC;
+    h.version = STATE_VERSION;
+    h.base = base;
+    h.lora = s.lora();
+    h.settings = s;
+    h.step = step;
+    h.total_steps = total_steps;
+    h.n_conversations = train.header.n_conversations;
+    h.n_tokens = train.header.n_tokens;
+    h.data_hash = dataset_hash(train);
+    return h;
+}
+
+void save_checkpoint(const RunFiles& f, const TrainState& st, const uint8_t tokenizer_sha256[32],
+                     const std::string& base_name) {
+    Adapter ad;
+    ad.base = st.header.base;
+    ad.lora = st.header.lora;
+    memcpy(ad.tokenizer_sha256, tokenizer_sha256, 32);
+    ad.params = st.params;
+    write_adapter(f.adapter, ad);
+    // the PEFT copy holds exactly adapter.bin's fp16 values, so both load the same model
+    for (float& x : ad.params) x = f16_to_f32(f32_to_f16(x));
+    write_peft_adapter(f.peft_dir, ad, DT_F16, base_name);
+    write_state(f.state, st);
 }

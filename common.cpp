@@ -1,0 +1,185 @@
+// common.cpp — the shared helpers declared in common.h: the seeded shuffle, dtype conversion of
+// arrays, and checked file I/O (atomic writes, size-checked reads, sha256). No GPU code, no globals.
+#include "common.h"
+
+#include <openssl/evp.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+// ----------------------------------------------------------------------------------------------
+// shuffle
+
+std::vector<int64_t> shuffled_indices(int64_t n, Rng& rng) {
+    std::vector<int64_t> order((size_t)n);
+    for (int64_t i = 0; i < n; i++) order[i] = i;
+    for (int64_t i = n - 1; i > 0; i--) {
+        const int64_t j = (int64_t)(rng.next() % (uint64_t)(i + 1));
+        std::swap(order[i], order[j]);
+    }
+    return order;
+}
+
+// ----------------------------------------------------------------------------------------------
+// dtypes
+
+void convert_to_f32(float* dst, const void* src, int32_t d, size_t n) {
+    if (d == DT_F32) {
+        memcpy(dst, src, n * 4);
+    } else if (d == DT_F16) {
+        const uint16_t* s = (const uint16_t*)src;
+        for (size_t i = 0; i < n; i++) dst[i] = f16_to_f32(s[i]);
+    } else if (d == DT_BF16) {
+        const uint16_t* s = (const uint16_t*)src;
+        for (size_t i = 0; i < n; i++) dst[i] = bf16_to_f32(s[i]);
+    } else {
+        ASSERT(false, "unknown dtype");
+    }
+}
+
+void convert_from_f32(void* dst, const float* src, int32_t d, size_t n) {
+    if (d == DT_F32) {
+        memcpy(dst, src, n * 4);
+    } else if (d == DT_F16) {
+        uint16_t* o = (uint16_t*)dst;
+        for (size_t i = 0; i < n; i++) o[i] = f32_to_f16(src[i]);
+    } else if (d == DT_BF16) {
+        uint16_t* o = (uint16_t*)dst;
+        for (size_t i = 0; i < n; i++) o[i] = f32_to_bf16(src[i]);
+    } else {
+        ASSERT(false, "unknown dtype");
+    }
+}
+
+// ----------------------------------------------------------------------------------------------
+// files
+
+AtomicFile::AtomicFile(const std::string& p) : path(p) {
+    tmp_path = path + ".tmp." + std::to_string(getpid());
+    f = fopen(tmp_path.c_str(), "wb");
+    if (!f) fail("%s: cannot create (%s)", path.c_str(), strerror(errno));
+}
+
+AtomicFile::~AtomicFile() {
+    if (f) {
+        fclose(f);
+        remove(tmp_path.c_str());
+    }
+}
+
+void AtomicFile::write(const void* data, size_t bytes) {
+    if (bytes && fwrite(data, 1, bytes, f) != bytes) fail("%s: write failed (%s)", path.c_str(), strerror(errno));
+}
+
+void AtomicFile::commit() {
+    if (fflush(f) != 0 || fsync(fileno(f)) != 0) fail("%s: write failed (%s)", path.c_str(), strerror(errno));
+    int rc = fclose(f);
+    f = nullptr;
+    if (rc != 0) {
+        remove(tmp_path.c_str());
+        fail("%s: write failed (%s)", path.c_str(), strerror(errno));
+    }
+    if (rename(tmp_path.c_str(), path.c_str()) != 0) {
+        int e = errno;
+        remove(tmp_path.c_str());
+        fail("%s: cannot rename into place (%s)", path.c_str(), strerror(e));
+    }
+}
+
+InFile::InFile(const std::string& p) : path(p) {
+    struct stat st;
+    if (stat(p.c_str(), &st) != 0) fail("%s: cannot open (%s)", p.c_str(), strerror(errno));
+    if (S_ISDIR(st.st_mode)) fail("%s: is a directory, expected a file", p.c_str());
+    f = fopen(p.c_str(), "rb");
+    if (!f) fail("%s: cannot open (%s)", p.c_str(), strerror(errno));
+    size = (int64_t)st.st_size;
+}
+
+InFile::~InFile() {
+    if (f) fclose(f);
+}
+
+void InFile::read(void* dst, size_t bytes, const char* what) {
+    if (bytes && fread(dst, 1, bytes, f) != bytes) fail("%s: truncated file (while reading %s)", path.c_str(), what);
+}
+
+void InFile::read_at(int64_t offset, void* dst, size_t bytes, const char* what) {
+    if (offset < 0 || offset + (int64_t)bytes > size) fail("%s: truncated file (while reading %s)", path.c_str(), what);
+    if (fseeko(f, offset, SEEK_SET) != 0) fail("%s: seek failed (%s)", path.c_str(), strerror(errno));
+    read(dst, bytes, what);
+}
+
+std::string read_text_file(const std::string& path) {
+    InFile in(path);
+    std::string s((size_t)in.size, '\0');
+    in.read(&s[0], s.size(), "text");
+    return s;
+}
+
+std::vector<std::string> split_lines(const std::string& text) {
+    std::vector<std::string> lines;
+    for (size_t pos = 0; pos < text.size();) {
+        size_t end = text.find('\n', pos);
+        if (end == std::string::npos) end = text.size();
+        lines.push_back(text.substr(pos, end - pos));
+        pos = end + 1;
+    }
+    return lines;
+}
+
+void sha256_file(const std::string& path, uint8_t out[32]) {
+    InFile in(path);
+    EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+    ASSERT(ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr) == 1, "openssl sha256 init");
+    std::vector<uint8_t> buf(1 << 20);
+    for (int64_t done = 0; done < in.size;) {
+        size_t n = (size_t)std::min<int64_t>((int64_t)buf.size(), in.size - done);
+        in.read(buf.data(), n, "contents");
+        EVP_DigestUpdate(ctx, buf.data(), n);
+        done += (int64_t)n;
+    }
+    unsigned int len = 0;
+    EVP_DigestFinal_ex(ctx, out, &len);
+    EVP_MD_CTX_free(ctx);
+    ASSERT(len == 32, "sha256 is 32 bytes");
+}
+
+std::string hex_digest(const uint8_t d[32]) {
+    static const char* hx = "0123456789abcdef";
+    std::string s;
+    for (int i = 0; i < 32; i++) {
+        s += hx[d[i] >> 4];
+        s += hx[d[i] & 15];
+    }
+    return s;
+}
+
+bool digest_is_zero(const uint8_t d[32]) {
+    for (int i = 0; i < 32; i++)
+        if (d[i]) return false;
+    return true;
+}
+
+bool file_exists(const std::string& p) {
+    struct stat st;
+    return stat(p.c_str(), &st) == 0;
+}
+
+bool is_directory(const std::string& p) {
+    struct stat st;
+    return stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+bool is_regular_file(const std::string& p) {
+    struct stat st;
+    return stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+void make_dirs(const std::string& path) {
+    for (size_t i = 1; i <= path.size(); i++) {
+        if (i < path.size() && path[i] != '/') continue;
+        const std::string part = path.substr(0, i);
+        if (mkdir(part.c_str(), 0755) != 0 && errno != EEXIST) fail("%s: cannot create directory (%s)", part.c_str(), strerror(errno));
+    }
+}

@@ -1,0 +1,106 @@
+// kernels/common.cuh — the small helpers every CUDA file shares: the bf16 type, the check macros
+// for CUDA calls and launches, ceil_div, warp and block reductions, 16-byte vector loads, and the
+// NF4 element decode that the dequantizer (quant.cu) and the decoder's fused mat-vec (decode.cu)
+// must compute identically. Host code (g++ with the CUDA headers) may include it too: it sees the
+// types and the macros; the __device__ helpers are for nvcc only.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cfloat>
+#include <cstdint>
+
+#include "../common.h"
+
+typedef __nv_bfloat16 bf16;
+
+// Every CUDA call and every launch is checked; a failure names file:line and gives a hint.
+#define cudaCheck(call)                                                                          \
+    do {                                                                                         \
+        cudaError_t err_ = (call);                                                               \
+        if (err_ != cudaSuccess) {                                                               \
+            fprintf(stderr, "%s:%d: CUDA error %s: %s (hint: %s)\n", __FILE__, __LINE__,         \
+                    cudaGetErrorName(err_), cudaGetErrorString(err_),                            \
+                    err_ == cudaErrorNoDevice || err_ == cudaErrorInsufficientDriver             \
+                        ? "no usable GPU here; run with --device cpu or on a GPU machine"        \
+                        : err_ == cudaErrorMemoryAllocation ? "out of GPU memory; lower the batch or enable recompute" \
+                                                            : "rerun under compute-sanitizer"); \
+            exit(1);                                                                             \
+        }                                                                                        \
+    } while (0)
+#define cudaCheckLaunch() cudaCheck(cudaGetLastError())
+
+// blocks of `per_block` threads (or items) that cover n
+inline unsigned ceil_div(int64_t n, int64_t per_block) { return (unsigned)((n + per_block - 1) / per_block); }
+
+#ifdef __CUDACC__
+
+// ----------------------------------------------------------------------------------------------
+// reductions. The order of the additions is fixed by the launch shape, so results are bitwise
+// reproducible run to run (no atomics anywhere that reaches the gradients).
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+// sum over the block; every thread gets the result. shared: >= 32 floats
+__device__ __forceinline__ float block_sum(float v, float* shared) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
+    v = warp_sum(v);
+    __syncthreads();  // shared may still be read by a previous call
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    v = lane < n_warps ? shared[lane] : 0.0f;
+    return warp_sum(v);
+}
+__device__ __forceinline__ float block_max(float v, float* shared) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    v = lane < n_warps ? shared[lane] : -FLT_MAX;
+    return warp_max(v);
+}
+
+// ----------------------------------------------------------------------------------------------
+// 16-byte vector access: 8 bf16 in one load or store (p must be 16-byte aligned)
+
+struct alignas(16) Bf16x8 {
+    bf16 v[8];
+};
+__device__ __forceinline__ Bf16x8 load_bf16x8(const bf16* p) {
+    const uint4 u = *reinterpret_cast<const uint4*>(p);
+    return *reinterpret_cast<const Bf16x8*>(&u);
+}
+__device__ __forceinline__ void store_bf16x8(bf16* p, const Bf16x8& x) {
+    *reinterpret_cast<uint4*>(p) = *reinterpret_cast<const uint4*>(&x);
+}
+
+// ----------------------------------------------------------------------------------------------
+// NF4 element decode (the numbers of quant.h's step 3). bitsandbytes is built with fast math, so
+// its multiplies flush subnormals (mul.ftz); .rn also forbids ptxas to fuse them into an fma.
+
+__device__ __forceinline__ float mul_rn_ftz(float a, float b) {
+    float r;
+    asm("mul.rn.ftz.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+    return r;
+}
+// The absmax of a 64-weight block from the dynamic-map value of its 8-bit code (code8[q]): bnb's
+// dequantize code8[q] * scale2 (mul.ftz), then PyTorch's separate `absmax += offset` (an IEEE add,
+// no fma).
+__device__ __forceinline__ float nf4_block_absmax(float code8_value, float scale2, float offset) {
+    return __fadd_rn(mul_rn_ftz(code8_value, scale2), offset);
+}
+// One weight: NF4[code] * absmax (mul.ftz), before rounding to the output dtype.
+__device__ __forceinline__ float nf4_weight(const float* nf4, uint32_t code, float absmax) {
+    return mul_rn_ftz(nf4[code], absmax);
+}
+
+#endif  // __CUDACC__
