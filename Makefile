@@ -18,14 +18,14 @@ LDLIBS_CPU = -lcrypto -fopenmp
 BUILD := build
 # the library every binary links: formats, the CPU reference, NF4's CPU twin, sampling, training logic
 LIB_SRCS := common.cpp model.cpp hf.cpp chat.cpp llama2_cpu.cpp quant_cpu.cpp sampling.cpp \
-            train_config.cpp schedule.cpp checkpoint.cpp
+            train_config.cpp schedule.cpp checkpoint.cpp plot.cpp
 LIB_OBJS := $(LIB_SRCS:%.cpp=$(BUILD)/%.o)
 TRAIN_OBJS := $(BUILD)/train.o $(BUILD)/train_backend.o $(BUILD)/train_demo.o
 TEST_CPU_SRCS := $(wildcard test/cpu_*.cpp) test/test_cpu.cpp
 TEST_CPU_OBJS := $(TEST_CPU_SRCS:%.cpp=$(BUILD)/%.o)
 HEADERS := $(wildcard *.h kernels/*.h kernels/*.cuh)
 
-CPU_BINS := export_hf prepare_lima convert_adapter train sample test_cpu
+CPU_BINS := export_hf prepare_lima convert_adapter plot_loss train sample test_cpu
 GPU_BINS :=
 GPU_OBJS :=
 TRAIN_GPU_OBJS :=
@@ -94,6 +94,12 @@ export_hf: $(BUILD)/tools/export_hf.o $(LIB_OBJS)
 
 convert_adapter: $(BUILD)/tools/convert_adapter.o $(LIB_OBJS)
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS_CPU)
+
+plot_loss: $(BUILD)/tools/plot_loss.o $(LIB_OBJS)
+	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS_CPU)
+
+# the demo's conversations are assembled into ./train (.incbin): rebuild when they change
+$(BUILD)/train_demo.o: data/demo.jsonl
 
 prepare_lima: $(BUILD)/data/prepare_lima.o $(LIB_OBJS)
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS_CPU) -lsentencepiece

@@ -2,11 +2,35 @@
 // arrays, and checked file I/O (atomic writes, size-checked reads, sha256). No GPU code, no globals.
 #include "common.h"
 
+#define XXH_INLINE_ALL  // header-only xxHash (Debian's libxxhash-dev): nothing to link
 #include <openssl/evp.h>
+#include <xxhash.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <climits>
 #include <cerrno>
+#include <cstdlib>
+
+int run_main(const char* prog, int (*body)(int, char**), int argc, char** argv) {
+    try {
+        return body(argc, argv);
+    } catch (const InputError& e) {
+        fprintf(stderr, "%s: %s\n", prog, e.what());
+    } catch (const std::bad_alloc&) {
+        fprintf(stderr, "%s: out of host memory (the model, data or settings need more than this machine has)\n", prog);
+    } catch (const std::exception& e) {
+        fprintf(stderr, "%s: %s\n", prog, e.what());
+    }
+    return 1;
+}
+
+void check_host_bytes(const char* what, double bytes) {
+    const double ram = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+    if (ram > 0 && bytes > ram)
+        fail("%s need %.1f GiB of host memory, more than this machine's %.1f GiB", what, bytes / 1073741824.0,
+             ram / 1073741824.0);
+}
 
 // ----------------------------------------------------------------------------------------------
 // shuffle
@@ -52,6 +76,46 @@ void convert_from_f32(void* dst, const float* src, int32_t d, size_t n) {
     }
 }
 
+int64_t first_nonfinite(const void* data, int32_t d, size_t n) {
+    // all exponent bits set: Inf or NaN. The loop only ORs flags (vectorizes); the scan for the
+    // index runs only when something was found.
+    const uint32_t mask = d == DT_F32 ? 0x7f800000u : d == DT_F16 ? 0x7c00u : 0x7f80u;
+    bool bad = false;
+    if (d == DT_F32) {
+        const uint32_t* p = (const uint32_t*)data;
+        for (size_t i = 0; i < n; i++) bad |= (p[i] & mask) == mask;
+    } else {
+        const uint16_t* p = (const uint16_t*)data;
+        for (size_t i = 0; i < n; i++) bad |= (p[i] & mask) == mask;
+    }
+    if (!bad) return -1;
+    for (size_t i = 0; i < n; i++) {
+        const uint32_t u = d == DT_F32 ? ((const uint32_t*)data)[i] : ((const uint16_t*)data)[i];
+        if ((u & mask) == mask) return (int64_t)i;
+    }
+    return -1;
+}
+
+// ----------------------------------------------------------------------------------------------
+// checksums
+
+PayloadHash::PayloadHash() : state_(XXH3_createState()) {
+    ASSERT(state_ && XXH3_64bits_reset((XXH3_state_t*)state_) == XXH_OK, "xxhash state");
+}
+PayloadHash::~PayloadHash() { XXH3_freeState((XXH3_state_t*)state_); }
+void PayloadHash::update(const void* data, size_t bytes) {
+    if (bytes) XXH3_64bits_update((XXH3_state_t*)state_, data, bytes);
+}
+uint64_t PayloadHash::digest() const { return XXH3_64bits_digest((const XXH3_state_t*)state_); }
+uint64_t payload_hash(const void* data, size_t bytes) { return XXH3_64bits(data, bytes); }
+
+bool all_zero(const void* data, size_t bytes) {
+    const uint8_t* p = (const uint8_t*)data;
+    for (size_t i = 0; i < bytes; i++)
+        if (p[i]) return false;
+    return true;
+}
+
 // ----------------------------------------------------------------------------------------------
 // files
 
@@ -70,6 +134,14 @@ AtomicFile::~AtomicFile() {
 
 void AtomicFile::write(const void* data, size_t bytes) {
     if (bytes && fwrite(data, 1, bytes, f) != bytes) fail("%s: write failed (%s)", path.c_str(), strerror(errno));
+}
+
+void AtomicFile::write_at(int64_t offset, const void* data, size_t bytes) {
+    const off_t end = ftello(f);
+    if (end < 0 || offset < 0 || offset + (int64_t)bytes > (int64_t)end || fseeko(f, offset, SEEK_SET) != 0)
+        fail("%s: write failed (seek)", path.c_str());
+    write(data, bytes);
+    if (fseeko(f, end, SEEK_SET) != 0) fail("%s: write failed (seek)", path.c_str());
 }
 
 void AtomicFile::commit() {
@@ -174,6 +246,70 @@ bool is_directory(const std::string& p) {
 bool is_regular_file(const std::string& p) {
     struct stat st;
     return stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+// ----------------------------------------------------------------------------------------------
+// the output-path guard
+
+namespace {
+struct Resolved {
+    bool exists = false;
+    dev_t dev = 0;
+    ino_t ino = 0;
+    std::string path;  // absolute, no symbolic links, no . or ..
+};
+
+// realpath() of the deepest existing ancestor, then the rest of the path as written (it does not
+// exist yet, so no link can hide in it); a trailing '/' and '.' components are dropped
+Resolved resolve(const std::string& p) {
+    Resolved r;
+    struct stat st;
+    if (stat(p.c_str(), &st) == 0) {
+        r.exists = true;
+        r.dev = st.st_dev;
+        r.ino = st.st_ino;
+    }
+    std::string head = p.empty() ? "." : p, tail;
+    while (true) {
+        char buf[PATH_MAX];
+        if (realpath(head.c_str(), buf)) {
+            r.path = buf;
+            if (!tail.empty()) r.path += (r.path == "/" ? "" : "/") + tail;
+            return r;
+        }
+        const size_t slash = head.find_last_of('/');
+        const std::string name = slash == std::string::npos ? head : head.substr(slash + 1);
+        if (name != "." && !name.empty()) tail = tail.empty() ? name : name + "/" + tail;
+        if (slash == std::string::npos) head = ".";
+        else head = slash == 0 ? "/" : head.substr(0, slash);
+    }
+}
+
+bool same_file(const Resolved& a, const Resolved& b) {
+    return (a.exists && b.exists) ? (a.dev == b.dev && a.ino == b.ino) : a.path == b.path;
+}
+}  // namespace
+
+void IoPaths::check() const {
+    std::vector<Resolved> in, out;
+    for (const Entry& e : inputs) in.push_back(resolve(e.path));
+    for (const Entry& e : outputs) out.push_back(resolve(e.path));
+    for (size_t i = 0; i < outputs.size(); i++) {
+        const Entry& o = outputs[i];
+        if (out[i].exists) {
+            if (o.dir && !is_directory(o.path))
+                fail("%s: %s names an existing file, but a directory is written there", o.path.c_str(), o.what.c_str());
+            if (!o.dir && is_directory(o.path))
+                fail("%s: %s names a directory, but a file is written there", o.path.c_str(), o.what.c_str());
+        }
+        for (size_t j = 0; j < inputs.size(); j++)
+            if (same_file(out[i], in[j]))
+                fail("%s: %s would overwrite an input (%s %s); choose another output", o.path.c_str(), o.what.c_str(),
+                     inputs[j].what.c_str(), inputs[j].path.c_str());
+        for (size_t j = 0; j < i; j++)
+            if (same_file(out[i], out[j]))
+                fail("%s: %s and %s are the same file", o.path.c_str(), o.what.c_str(), outputs[j].what.c_str());
+    }
 }
 
 void make_dirs(const std::string& path) {

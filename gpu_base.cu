@@ -32,7 +32,7 @@ void gpu_base_init(GpuBase& b, const Config& cfg, int quant) {
         for (int id = 0; id < NUM_WEIGHTS; id++)
             cv.add(*b.w.ptr(id), (quant == QUANT_NF4 && weight_is_linear(id)) ? 0 : weight_numel(cfg, id));
         size_t total;
-        b.dense_mem = cv.alloc(&total);
+        b.dense_mem = cv.alloc("the base model's bf16 weights", &total);
         if (cfg.tie_embeddings) b.w.lm_head = b.w.embed;
         b.bytes += total;
     }
@@ -43,7 +43,7 @@ void gpu_base_init(GpuBase& b, const Config& cfg, int quant) {
             cv.add(b.nf4[t], b.nf4_record_bytes[t] * cfg.n_layers);
         }
         size_t total;
-        b.nf4_mem = cv.alloc(&total);
+        b.nf4_mem = cv.alloc("the base model's NF4 linears", &total);
         b.bytes += total;
     }
 }
@@ -144,6 +144,7 @@ void gpu_base_load_file(GpuBase& b, const std::string& path, cudaStream_t stream
     cudaCheck(cudaMallocHost(&host, max_slice));
     cudaCheck(cudaMalloc(&staging, max_slice));
     int64_t off = sizeof(ModelHeader);
+    PayloadHash hash;  // the slices are read in file order: the payload streams through it
     for (int id = 0; id < NUM_WEIGHTS; id++) {
         if (weight_numel(c, id) == 0) continue;
         const WeightInfo wi = weight_info(c, id);
@@ -151,6 +152,8 @@ void gpu_base_load_file(GpuBase& b, const std::string& path, cudaStream_t stream
         for (int l = 0; l < layers_of(id); l++, off += slice) {
             const std::string name = weight_hf_name(id, l);
             in.read_at(off, host, slice, name.c_str());
+            hash.update(host, slice);
+            if (!(nf4_file && weight_is_linear(id))) check_dense_weights(host, h.dtype, wi.numel(), path, name);
             if (nf4_file && weight_is_linear(id)) {
                 const int t = target_of_weight(id);
                 ASSERT(slice == b.nf4_record_bytes[t], "a file record has the layout the model allocated");
@@ -167,6 +170,7 @@ void gpu_base_load_file(GpuBase& b, const std::string& path, cudaStream_t stream
     }
     cudaCheck(cudaFreeHost(host));
     cudaCheck(cudaFree(staging));
+    check_model_payload(h, hash.digest(), path);
 }
 
 void gpu_base_random(GpuBase& b, uint64_t seed, cudaStream_t stream) {

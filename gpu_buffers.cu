@@ -7,9 +7,14 @@
 
 #include "llama2_gpu.h"
 
-void* DeviceCarver::alloc(size_t* total_bytes) {
+void* DeviceCarver::alloc(const char* what, size_t* total_bytes) {
     size_t total = 0;
     for (const Part& p : parts) total += (p.bytes + 255) & ~(size_t)255;
+    size_t free_b = 0, total_b = 0;
+    cudaCheck(cudaMemGetInfo(&free_b, &total_b));
+    if (total > free_b)
+        fail("GPU: %s need %.2f GiB, but only %.2f of the card's %.2f GiB are free (try --recompute full or fewer "
+             "--micro-tokens)", what, total / 1073741824.0, free_b / 1073741824.0, total_b / 1073741824.0);
     void* base = nullptr;
     cudaCheck(cudaMalloc(&base, total == 0 ? 256 : total));
     size_t off = 0;
@@ -34,7 +39,7 @@ static void gpu_lora_init(GpuLora& g, const Config& cfg, const LoraConfig& lora)
     cv.add(g.adam_m, n);       // (n)
     cv.add(g.adam_v, n);       // (n)
     cv.add(g.params_bf16, n);  // (n)
-    g.mem = cv.alloc(&g.bytes);
+    g.mem = cv.alloc("the LoRA parameters and AdamW state", &g.bytes);
     cudaCheck(cudaMemset(g.mem, 0, g.bytes));
 }
 
@@ -66,7 +71,7 @@ static void gpu_acts_init(GpuModel& m, int64_t r) {
     cv.add(a.dxn_final, N * C);                     // (N, C)
     cv.add(a.losses, N);                            // (N)
     size_t total;
-    m.acts_mem = cv.alloc(&total);
+    m.acts_mem = cv.alloc("the activations", &total);
     m.bytes_allocated += total;
 }
 
@@ -103,7 +108,7 @@ static void gpu_scratch_init(GpuModel& m, int64_t r) {
     cv.add(s.step_loss, 1);                         // (1)
     cv.add(s.norm_sq, 1);                           // (1)
     size_t total;
-    m.scratch_mem = cv.alloc(&total);
+    m.scratch_mem = cv.alloc("the backward's scratch", &total);
     cudaCheck(cudaMemset(m.scratch_mem, 0, total));
     m.bytes_allocated += total;
 }
@@ -146,6 +151,7 @@ void gpu_model_free(GpuModel& m) {
         if (m.h_batch[i]) cudaCheck(cudaFreeHost(m.h_batch[i]));
         if (m.h_batch_done[i]) cudaCheck(cudaEventDestroy(m.h_batch_done[i]));
     }
+    for (cudaEvent_t e : m.prof.events) cudaCheck(cudaEventDestroy(e));
     blas_destroy(m.blas);
     cudaCheck(cudaStreamDestroy(m.stream));
     m = GpuModel{};

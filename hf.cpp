@@ -224,26 +224,63 @@ static float json_float(const json& v, const char* P, const char* key) {
     return v.get<float>();
 }
 
+// Strict typed access to the keys a reader uses: a key that is present (and not null) must have
+// the expected JSON type, or the file is refused naming the key; "absent or null" returns false.
+// (Silently ignoring `use_dora: 1` or reading `head_dim: [32]` as 32 would change the model.)
+enum class JType { Bool, Int, Number, String, Object, Array };
+static const char* jtype_name(JType t) {
+    switch (t) {
+        case JType::Bool: return "true or false";
+        case JType::Int: return "an integer";
+        case JType::Number: return "a number";
+        case JType::String: return "a string";
+        case JType::Object: return "an object";
+        case JType::Array: return "a list";
+    }
+    return "?";
+}
+static bool json_has(const json& j, const char* P, const char* key, JType t) {
+    if (!j.contains(key) || j[key].is_null()) return false;
+    const json& v = j[key];
+    const bool ok = t == JType::Bool ? v.is_boolean() : t == JType::Int ? v.is_number_integer()
+                    : t == JType::Number ? v.is_number() : t == JType::String ? v.is_string()
+                    : t == JType::Object ? v.is_object() : v.is_array();
+    if (!ok) fail("%s: \"%s\" must be %s, not %s", P, key, jtype_name(t), v.dump().c_str());
+    return true;
+}
+static bool json_true(const json& j, const char* P, const char* key) {
+    return json_has(j, P, key, JType::Bool) && j[key].get<bool>();
+}
+
 Config parse_hf_config(const std::string& path, int32_t* dtype) {
     json j = read_json_file(path);
     const char* P = path.c_str();
     if (!j.is_object()) fail("%s: not a config.json (not a JSON object)", P);
     if (j.contains("model_type") && j["model_type"] != "llama")
         fail("%s: model_type is %s, only \"llama\" is supported", P, j["model_type"].dump().c_str());
-    auto need_int = [&](const char* key) -> int32_t {
-        if (!j.contains(key) || !j[key].is_number_integer()) fail("%s: missing or non-integer \"%s\"", P, key);
-        int64_t v = j[key].get<int64_t>();
-        if (v <= 0 || v > INT32_MAX) fail("%s: \"%s\" = %lld is out of range", P, key, (long long)v);
-        return (int32_t)v;
-    };
-    auto opt_int = [&](const char* key, int32_t def) -> int32_t {
-        if (!j.contains(key) || j[key].is_null()) return def;
-        const json& v = j[key].is_array() && !j[key].empty() ? j[key][0] : j[key];  // eos may be a list
-        if (!v.is_number_integer()) fail("%s: \"%s\" is not an integer", P, key);
+    if (json_has(j, P, "model_type", JType::String) && j["model_type"] != "llama")
+        fail("%s: model_type is %s, only \"llama\" is supported", P, j["model_type"].dump().c_str());
+    auto int_value = [&](const char* key, const json& v) -> int32_t {
         // range-checked before narrowing: 2^32 + 2 must not wrap around to a plausible 2
-        int64_t x = v.get<int64_t>();
-        if (x < INT32_MIN || x > INT32_MAX) fail("%s: \"%s\" = %lld is out of range", P, key, (long long)x);
+        const int64_t x = v.get<int64_t>();
+        if (x < 0 || x > INT32_MAX) fail("%s: \"%s\" = %lld is out of range", P, key, (long long)x);
         return (int32_t)x;
+    };
+    auto need_int = [&](const char* key) -> int32_t {
+        if (!json_has(j, P, key, JType::Int)) fail("%s: missing \"%s\"", P, key);
+        const int32_t v = int_value(key, j[key]);
+        if (v <= 0) fail("%s: \"%s\" = %d is out of range", P, key, v);
+        return v;
+    };
+    auto opt_int = [&](const char* key, int32_t def) -> int32_t { return json_has(j, P, key, JType::Int) ? int_value(key, j[key]) : def; };
+    // a special token id: an integer, or (as some configs write eos) a list of exactly one
+    auto token_id = [&](const char* key, int32_t def) -> int32_t {
+        if (j.contains(key) && j[key].is_array()) {
+            if (j[key].size() != 1 || !j[key][0].is_number_integer())
+                fail("%s: \"%s\" = %s: one token id is supported, not several", P, key, j[key].dump().c_str());
+            return int_value(key, j[key][0]);
+        }
+        return opt_int(key, def);
     };
     Config c;
     memset(&c, 0, sizeof(c));
@@ -255,38 +292,35 @@ Config parse_hf_config(const std::string& path, int32_t* dtype) {
     c.head_dim = opt_int("head_dim", c.dim / c.n_heads);
     c.vocab_size = need_int("vocab_size");
     c.max_seq_len = opt_int("max_position_embeddings", 4096);
-    c.bos_id = opt_int("bos_token_id", 1);
-    c.eos_id = opt_int("eos_token_id", 2);
-    c.tie_embeddings = j.contains("tie_word_embeddings") && j["tie_word_embeddings"].is_boolean() &&
-                       j["tie_word_embeddings"].get<bool>();
-    if (!j.contains("rms_norm_eps") || !j["rms_norm_eps"].is_number())
-        fail("%s: missing \"rms_norm_eps\" (it is never assumed)", P);
+    c.bos_id = token_id("bos_token_id", 1);
+    c.eos_id = token_id("eos_token_id", 2);
+    c.tie_embeddings = json_true(j, P, "tie_word_embeddings");
+    if (!json_has(j, P, "rms_norm_eps", JType::Number)) fail("%s: missing \"rms_norm_eps\" (it is never assumed)", P);
     c.norm_eps = json_float(j["rms_norm_eps"], P, "rms_norm_eps");
     // rope_theta: new form rope_parameters.rope_theta, old form a top-level rope_theta, oldest none (10000)
     c.rope_theta = 10000.0f;
     const json* scaling = nullptr;
-    if (j.contains("rope_parameters") && j["rope_parameters"].is_object()) {
+    if (json_has(j, P, "rope_parameters", JType::Object)) {
         const json& rp = j["rope_parameters"];
-        if (rp.contains("rope_theta")) c.rope_theta = json_float(rp["rope_theta"], P, "rope_parameters.rope_theta");
+        if (json_has(rp, P, "rope_theta", JType::Number)) c.rope_theta = json_float(rp["rope_theta"], P, "rope_parameters.rope_theta");
         scaling = &rp;
-    } else if (j.contains("rope_theta") && !j["rope_theta"].is_null()) {
+    } else if (json_has(j, P, "rope_theta", JType::Number)) {
         c.rope_theta = json_float(j["rope_theta"], P, "rope_theta");
     }
-    if (j.contains("rope_scaling") && j["rope_scaling"].is_object()) scaling = &j["rope_scaling"];
+    if (json_has(j, P, "rope_scaling", JType::Object)) scaling = &j["rope_scaling"];
     if (scaling) {
         std::string type = "default";
-        if (scaling->contains("rope_type") && (*scaling)["rope_type"].is_string()) type = (*scaling)["rope_type"];
-        else if (scaling->contains("type") && (*scaling)["type"].is_string()) type = (*scaling)["type"];
+        if (json_has(*scaling, P, "rope_type", JType::String)) type = (*scaling)["rope_type"];
+        else if (json_has(*scaling, P, "type", JType::String)) type = (*scaling)["type"];
         if (type != "default") fail("%s: rope scaling type \"%s\" is not supported (Llama 2 uses none)", P, type.c_str());
     }
-    if (j.contains("hidden_act") && j["hidden_act"] != "silu")
+    if (json_has(j, P, "hidden_act", JType::String) && j["hidden_act"] != "silu")
         fail("%s: hidden_act %s is not supported (Llama uses silu)", P, j["hidden_act"].dump().c_str());
     for (const char* key : {"attention_bias", "mlp_bias"})
-        if (j.contains(key) && j[key].is_boolean() && j[key].get<bool>())
-            fail("%s: %s = true is not supported (Llama 2 has no biases)", P, key);
+        if (json_true(j, P, key)) fail("%s: %s = true is not supported (Llama 2 has no biases)", P, key);
     *dtype = -1;
-    const char* dkey = j.contains("dtype") ? "dtype" : j.contains("torch_dtype") ? "torch_dtype" : nullptr;
-    if (dkey && j[dkey].is_string()) {
+    const char* dkey = json_has(j, P, "dtype", JType::String) ? "dtype" : json_has(j, P, "torch_dtype", JType::String) ? "torch_dtype" : nullptr;
+    if (dkey) {
         std::string d = j[dkey];
         *dtype = d == "float16" ? DT_F16 : d == "bfloat16" ? DT_BF16 : d == "float32" ? DT_F32 : -2;
         if (*dtype == -2) fail("%s: %s \"%s\" is not supported (float16, bfloat16 or float32)", P, dkey, d.c_str());
@@ -406,45 +440,64 @@ std::vector<float> HfCheckpoint::load_all_f32() {
 // ----------------------------------------------------------------------------------------------
 // PEFT adapters
 
+std::vector<std::string> HfCheckpoint::files() const {
+    std::vector<std::string> f = {dir + "/config.json"};
+    if (file_exists(dir + "/model.safetensors.index.json")) f.push_back(dir + "/model.safetensors.index.json");
+    for (const auto& s : shards) f.push_back(s->path);
+    return f;
+}
+
 Adapter read_peft_adapter(const std::string& dir, const Config& base) {
     std::string cfg_path = dir + "/adapter_config.json";
     const char* P = cfg_path.c_str();
     json j = read_json_file(cfg_path);
     if (!j.is_object()) fail("%s: not a PEFT adapter config (not a JSON object)", P);
-    if (!j.contains("peft_type") || j["peft_type"] != "LORA") fail("%s: not a LoRA adapter (peft_type is not \"LORA\")", P);
-    if (!j.contains("r") || !j["r"].is_number_integer()) fail("%s: missing integer \"r\"", P);
+    if (!json_has(j, P, "peft_type", JType::String) || j["peft_type"] != "LORA")
+        fail("%s: not a LoRA adapter (peft_type is not \"LORA\")", P);
+    if (!json_has(j, P, "r", JType::Int)) fail("%s: missing \"r\"", P);
     if (j["r"].get<int64_t>() <= 0 || j["r"].get<int64_t>() > 65536)
         fail("%s: invalid LoRA rank r = %lld", P, (long long)j["r"].get<int64_t>());
-    if (!j.contains("lora_alpha") || !j["lora_alpha"].is_number()) fail("%s: missing \"lora_alpha\"", P);
+    if (!json_has(j, P, "lora_alpha", JType::Number)) fail("%s: missing \"lora_alpha\"", P);
     // each of these changes what the adapter computes; reading the tensors as plain LoRA would
-    // give a silently different model
+    // give a silently different model, so each is refused by name
     for (const char* key : {"use_dora", "use_rslora", "fan_in_fan_out", "lora_bias", "use_qalora"})
-        if (j.contains(key) && j[key].is_boolean() && j[key].get<bool>()) fail("%s: %s = true is not supported", P, key);
+        if (json_true(j, P, key)) fail("%s: %s = true is not supported (plain LoRA only)", P, key);
     for (const char* key : {"rank_pattern", "alpha_pattern"})
-        if (j.contains(key) && j[key].is_object() && !j[key].empty()) fail("%s: per-module %s is not supported", P, key);
-    if (j.contains("bias") && j["bias"] != "none") fail("%s: LoRA biases are not supported (bias must be \"none\")", P);
+        if (json_has(j, P, key, JType::Object) && !j[key].empty())
+            fail("%s: %s (per-module ranks or alphas) is not supported", P, key);
+    if (json_has(j, P, "bias", JType::String) && j["bias"] != "none")
+        fail("%s: LoRA biases are not supported (bias must be \"none\")", P);
     if (j.contains("layers_to_transform") && !j["layers_to_transform"].is_null())
         fail("%s: layers_to_transform is not supported (LoRA on every layer only)", P);
-    if (j.contains("modules_to_save") && !j["modules_to_save"].is_null() && !j["modules_to_save"].empty())
+    if (json_has(j, P, "modules_to_save", JType::Array) && !j["modules_to_save"].empty())
         fail("%s: modules_to_save is not supported", P);
-    for (const char* key : {"layer_replication", "target_parameters", "trainable_token_indices"})
+    for (const char* key : {"layer_replication", "target_parameters", "trainable_token_indices", "exclude_modules",
+                            "megatron_config", "loftq_config", "eva_config", "corda_config"})
         if (j.contains(key) && !j[key].is_null() && !j[key].empty()) fail("%s: %s is not supported", P, key);
     Adapter a;
     a.base = base;
     a.lora.rank = j["r"].get<int32_t>();
     a.lora.alpha = j["lora_alpha"].get<float>();
-    a.lora.dropout = j.contains("lora_dropout") && !j["lora_dropout"].is_null() ? json_float(j["lora_dropout"], P, "lora_dropout") : 0.0f;
-    if (!j.contains("target_modules") || !j["target_modules"].is_array())
-        fail("%s: \"target_modules\" must be a list of module names", P);
+    a.lora.dropout = json_has(j, P, "lora_dropout", JType::Number) ? json_float(j["lora_dropout"], P, "lora_dropout") : 0.0f;
     a.lora.target_mask = 0;
-    for (const json& m : j["target_modules"]) {
-        if (!m.is_string()) fail("%s: target_modules holds a non-string", P);
-        std::string name = m;
-        int found = -1;
-        for (int t = 0; t < NUM_LORA_TARGETS; t++)
-            if (name == lora_target_name(t)) found = t;
-        if (found < 0) fail("%s: target module '%s' is not one of Llama's seven linear layers", P, name.c_str());
-        a.lora.target_mask |= 1u << found;
+    if (j.contains("target_modules") && j["target_modules"].is_string()) {
+        // PEFT's string form: "all-linear" is every linear but the head, i.e. our seven; any other
+        // string is a regular expression over module names, which is not read here
+        if (j["target_modules"] != "all-linear")
+            fail("%s: target_modules %s (a regular expression) is not supported; list the modules", P,
+                 j["target_modules"].dump().c_str());
+        a.lora.target_mask = LORA_ALL_TARGETS;
+    } else {
+        if (!json_has(j, P, "target_modules", JType::Array)) fail("%s: missing \"target_modules\"", P);
+        for (const json& m : j["target_modules"]) {
+            if (!m.is_string()) fail("%s: \"target_modules\" holds %s, not a module name", P, m.dump().c_str());
+            std::string name = m;
+            int found = -1;
+            for (int t = 0; t < NUM_LORA_TARGETS; t++)
+                if (name == lora_target_name(t)) found = t;
+            if (found < 0) fail("%s: target module '%s' is not one of Llama's seven linear layers", P, name.c_str());
+            a.lora.target_mask |= 1u << found;
+        }
     }
     validate_lora_config(a.lora, P);
 

@@ -86,6 +86,8 @@ struct HfCheckpoint {
     void read_as(int id, int layer, int32_t dtype, void* dst);
     // All weights as fp32 in file order (for the CPU reference and the tests).
     std::vector<float> load_all_f32();
+    // Every file of the checkpoint that is read (config.json, the index, the shards), for IoPaths.
+    std::vector<std::string> files() const;
 };
 
 // ----------------------------------------------------------------------------------------------

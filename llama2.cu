@@ -85,11 +85,20 @@ static LoraGpuArgs lora_gpu_args(GpuModel& m, const GpuStepOptions& opt, int t, 
     return la;
 }
 
+// The bf16 weight of linear t in layer l (NF4: dequantized into scratch)
+static const bf16* frozen_weight(GpuModel& m, int t, int l) {
+    gpu_profile_mark(m, PHASE_DEQUANT);
+    return gpu_base_linear(m.base, t, l, m.scr.weight, m.stream);
+}
+
 // y (N, OC) = x W^T (+ accumulate onto y when accumulate) + LoRA
 static void linear_forward(GpuModel& m, const GpuStepOptions& opt, bf16* y, bf16* u, const bf16* x, int t, int l,
                            bool accumulate) {
     const int64_t N = (int64_t)m.B * m.T, IC = lora_in_dim(m.cfg, t), OC = lora_out_dim(m.cfg, t);
-    matmul(m.blas, y, false, x, false, gpu_base_linear(m.base, t, l, m.scr.weight, m.stream), true, N, OC, IC, 1.0f, accumulate ? 1.0f : 0.0f, m.stream);
+    const bf16* W = frozen_weight(m, t, l);
+    gpu_profile_mark(m, PHASE_FROZEN_FWD);
+    matmul(m.blas, y, false, x, false, W, true, N, OC, IC, 1.0f, accumulate ? 1.0f : 0.0f, m.stream);
+    gpu_profile_mark(m, PHASE_LORA);
     lora_forward(m.blas, y, u, m.scr.lora_xd, x, lora_gpu_args(m, opt, t, l), N, IC, OC, m.stream);
 }
 
@@ -97,9 +106,12 @@ static void linear_forward(GpuModel& m, const GpuStepOptions& opt, bf16* y, bf16
 static void linear_backward(GpuModel& m, const GpuStepOptions& opt, float* dx, const bf16* dy, const bf16* x,
                             const bf16* u, int t, int l, bool accumulate) {
     const int64_t N = (int64_t)m.B * m.T, IC = lora_in_dim(m.cfg, t), OC = lora_out_dim(m.cfg, t);
-    matmul(m.blas, dx, true, dy, false, gpu_base_linear(m.base, t, l, m.scr.weight, m.stream), false, N, IC, OC, 1.0f, accumulate ? 1.0f : 0.0f, m.stream);
+    const bf16* W = frozen_weight(m, t, l);
+    gpu_profile_mark(m, PHASE_FROZEN_BWD);
+    matmul(m.blas, dx, true, dy, false, W, false, N, IC, OC, 1.0f, accumulate ? 1.0f : 0.0f, m.stream);
     LoraGpuArgs la = lora_gpu_args(m, opt, t, l);
     if (!la.A) return;
+    gpu_profile_mark(m, PHASE_LORA);
     const int64_t r = m.lora.cfg.rank;
     float* dA = m.lora.grads + m.lora.lay.a_offset[t] + l * r * IC;
     float* dB = m.lora.grads + m.lora.lay.b_offset[t] + l * OC * r;
@@ -112,24 +124,31 @@ static void layer_forward(GpuModel& m, const GpuStepOptions& opt, int l, bool wr
     const Config& c = m.cfg;
     const int64_t N = (int64_t)m.B * m.T, C = c.dim, F = c.hidden_dim;
     LayerView v = layer_view(m, l);
+    gpu_profile_mark(m, PHASE_ELEMENTWISE);
     rmsnorm_forward(v.xn_attn, v.rstd_attn, v.x_in, m.base.w.attn_norm + l * C, N, (int)C, c.norm_eps, m.stream);
     linear_forward(m, opt, v.q, v.u[LT_Q], v.xn_attn, LT_Q, l, false);
     linear_forward(m, opt, v.k, v.u[LT_K], v.xn_attn, LT_K, l, false);
     linear_forward(m, opt, v.v, v.u[LT_V], v.xn_attn, LT_V, l, false);
+    gpu_profile_mark(m, PHASE_ELEMENTWISE);
     rope_forward(v.q, m.d_pos, N, c.n_heads, c.head_dim, c.rope_theta, m.stream);
     rope_forward(v.k, m.d_pos, N, c.n_kv_heads, c.head_dim, c.rope_theta, m.stream);
+    gpu_profile_mark(m, PHASE_ATTN_FWD);
     attention_forward(v.ctx, v.lse, v.q, v.k, v.v, m.d_pos, m.B, m.T, c.n_heads, c.n_kv_heads, c.head_dim, m.stream);
     // residual add in the matmul's epilogue: x_mid = x_in, then x_mid += ctx Wo^T (+ LoRA)
+    gpu_profile_mark(m, PHASE_ELEMENTWISE);
     cudaCheck(cudaMemcpyAsync(v.x_mid, v.x_in, N * C * 2, cudaMemcpyDeviceToDevice, m.stream));
     linear_forward(m, opt, v.x_mid, v.u[LT_O], v.ctx, LT_O, l, true);
+    gpu_profile_mark(m, PHASE_ELEMENTWISE);
     rmsnorm_forward(v.xn_mlp, v.rstd_mlp, v.x_mid, m.base.w.mlp_norm + l * C, N, (int)C, c.norm_eps, m.stream);
     linear_forward(m, opt, v.gate, v.u[LT_GATE], v.xn_mlp, LT_GATE, l, false);
     linear_forward(m, opt, v.up, v.u[LT_UP], v.xn_mlp, LT_UP, l, false);
+    gpu_profile_mark(m, PHASE_ELEMENTWISE);
     swiglu_forward(v.hmid, v.gate, v.up, N * F, m.stream);
     if (write_output) {
         cudaCheck(cudaMemcpyAsync(v.x_out, v.x_mid, N * C * 2, cudaMemcpyDeviceToDevice, m.stream));
         linear_forward(m, opt, v.x_out, v.u[LT_DOWN], v.hmid, LT_DOWN, l, true);
     } else {  // recomputing for the backward: x_out is not needed, the down projection's LoRA u is
+        gpu_profile_mark(m, PHASE_LORA);
         lora_u_forward(m.blas, v.u[LT_DOWN], m.scr.lora_xd, v.hmid, lora_gpu_args(m, opt, LT_DOWN, l), N, F, m.stream);
     }
 }
@@ -139,11 +158,14 @@ void gpu_forward(GpuModel& m, const GpuStepOptions& opt, float* logits_out) {
     const int64_t N = (int64_t)m.B * m.T, C = c.dim, V = c.vocab_size;
     ASSERT(N > 0, "gpu_set_batch before gpu_forward");
     ASSERT(!opt.training || m.lora.cfg.rank > 0, "training needs LoRA");
+    gpu_profile_mark(m, PHASE_ELEMENTWISE);
     embedding_forward(m.acts.x, m.d_tokens, m.base.w.embed, N, (int)C, m.stream);
     for (int l = 0; l < c.n_layers; l++) layer_forward(m, opt, l, true);
     // head: final norm, then the LM head and cross-entropy (and their backward) chunk by chunk
     const bf16* x_last = m.acts.x + (int64_t)c.n_layers * m.max_tokens * C;
+    gpu_profile_mark(m, PHASE_ELEMENTWISE);
     rmsnorm_forward(m.acts.xn_final, m.acts.rstd_final, x_last, m.base.w.final_norm, N, (int)C, c.norm_eps, m.stream);
+    gpu_profile_mark(m, PHASE_HEAD);
     for (int64_t n0 = 0; n0 < N; n0 += m.head_chunk) {
         const int64_t n = std::min<int64_t>(m.head_chunk, N - n0);
         matmul(m.blas, m.scr.logits, true, m.acts.xn_final + n0 * C, false, m.base.w.lm_head, true, n, V, C, 1.0f, 0.0f, m.stream);
@@ -166,6 +188,7 @@ void gpu_backward(GpuModel& m, const GpuStepOptions& opt) {
     const int64_t N = (int64_t)m.B * m.T, C = c.dim, F = c.hidden_dim;
     ASSERT(opt.training && m.lora.cfg.rank > 0, "backward after a training forward, with LoRA");
     GpuScratch& s = m.scr;
+    gpu_profile_mark(m, PHASE_ELEMENTWISE);
     cudaCheck(cudaMemsetAsync(s.dres, 0, N * C * 4, m.stream));
     const bf16* x_last = m.acts.x + (int64_t)c.n_layers * m.max_tokens * C;
     rmsnorm_backward(s.dres, s.dres_bf16, m.acts.dxn_final, x_last, m.acts.rstd_final, m.base.w.final_norm, N, (int)C, m.stream);
@@ -174,25 +197,31 @@ void gpu_backward(GpuModel& m, const GpuStepOptions& opt) {
         if (m.recompute == RECOMPUTE_FULL) {
             layer_forward(m, opt, l, false);
         } else if (m.recompute == RECOMPUTE_LIGHT) {  // the cheap ops, from the stored inputs and statistics
+            gpu_profile_mark(m, PHASE_ELEMENTWISE);
             rmsnorm_forward(v.xn_attn, v.rstd_attn, v.x_in, m.base.w.attn_norm + l * C, N, (int)C, c.norm_eps, m.stream);
             rmsnorm_forward(v.xn_mlp, v.rstd_mlp, v.x_mid, m.base.w.mlp_norm + l * C, N, (int)C, c.norm_eps, m.stream);
             swiglu_forward(v.hmid, v.gate, v.up, N * F, m.stream);
         }
         // MLP: x_out = x_mid + down(silu(gate(xn)) * up(xn)); dres holds d x_out
         linear_backward(m, opt, s.dhmid, s.dres_bf16, v.hmid, v.u[LT_DOWN], LT_DOWN, l, false);
+        gpu_profile_mark(m, PHASE_ELEMENTWISE);
         swiglu_backward(s.dgate, s.dup, s.dhmid, v.gate, v.up, N * F, m.stream);
         linear_backward(m, opt, s.dxn, s.dgate, v.xn_mlp, v.u[LT_GATE], LT_GATE, l, false);
         linear_backward(m, opt, s.dxn, s.dup, v.xn_mlp, v.u[LT_UP], LT_UP, l, true);
+        gpu_profile_mark(m, PHASE_ELEMENTWISE);
         rmsnorm_backward(s.dres, s.dres_bf16, s.dxn, v.x_mid, v.rstd_mlp, m.base.w.mlp_norm + l * C, N, (int)C, m.stream);
         // attention: x_mid = x_in + o(attention(rope(q), rope(k), v)); dres becomes d x_mid
         linear_backward(m, opt, s.dctx, s.dres_bf16, v.ctx, v.u[LT_O], LT_O, l, false);
+        gpu_profile_mark(m, PHASE_ATTN_BWD);
         attention_backward(s.dq, s.dk, s.dv, s.dctx_bf16, s.delta, s.dctx, v.ctx, v.lse, v.q, v.k, v.v, m.d_pos, m.B, m.T,
                            c.n_heads, c.n_kv_heads, c.head_dim, m.stream);
+        gpu_profile_mark(m, PHASE_ELEMENTWISE);
         rope_backward(s.dq, m.d_pos, N, c.n_heads, c.head_dim, c.rope_theta, m.stream);
         rope_backward(s.dk, m.d_pos, N, c.n_kv_heads, c.head_dim, c.rope_theta, m.stream);
         linear_backward(m, opt, s.dxn, s.dq, v.xn_attn, v.u[LT_Q], LT_Q, l, false);
         linear_backward(m, opt, s.dxn, s.dk, v.xn_attn, v.u[LT_K], LT_K, l, true);
         linear_backward(m, opt, s.dxn, s.dv, v.xn_attn, v.u[LT_V], LT_V, l, true);
+        gpu_profile_mark(m, PHASE_ELEMENTWISE);
         rmsnorm_backward(s.dres, s.dres_bf16, s.dxn, v.x_in, v.rstd_attn, m.base.w.attn_norm + l * C, N, (int)C, m.stream);
     }
 }
@@ -200,6 +229,7 @@ void gpu_backward(GpuModel& m, const GpuStepOptions& opt) {
 void gpu_optimizer_step(GpuModel& m, float lr, float beta1, float beta2, float eps, float weight_decay, float max_norm,
                         int step) {
     GpuLora& g = m.lora;
+    gpu_profile_mark(m, PHASE_OPTIMIZER);
     grad_norm_squared(m.scr.norm_sq, g.grads, g.lay.total, m.scr.reduce, m.stream);
     adamw_update(g.params, g.params_bf16, g.grads, g.adam_m, g.adam_v, g.lay.total, step, lr, beta1, beta2, eps,
                  weight_decay, m.scr.norm_sq, max_norm, m.stream);
@@ -226,3 +256,45 @@ float gpu_read_grad_norm(GpuModel& m) {
     return sqrtf(v);
 }
 
+
+// ----------------------------------------------------------------------------------------------
+// the profile
+
+const char* phase_name(int phase) {
+    static const char* names[NUM_PHASES] = {"frozen GEMMs forward", "frozen GEMMs backward", "NF4 dequantize",
+                                            "LoRA (products, dropout, grads)", "attention forward", "attention backward",
+                                            "norms, RoPE, SwiGLU, residual", "LM head + cross-entropy",
+                                            "optimizer (norm, clip, AdamW)"};
+    return names[phase];
+}
+
+void gpu_profile_start(GpuModel& m) {
+    m.prof.used = 0;
+    m.prof.phase_of.clear();
+    m.prof.on = true;
+}
+
+void gpu_profile_mark_(GpuModel& m, int phase) {
+    GpuProfile& p = m.prof;
+    if (!p.phase_of.empty() && p.phase_of.back() == phase) return;  // still the same phase
+    if (p.used == p.events.size()) {
+        cudaEvent_t e;
+        cudaCheck(cudaEventCreate(&e));
+        p.events.push_back(e);
+    }
+    cudaCheck(cudaEventRecord(p.events[p.used++], m.stream));
+    p.phase_of.push_back(phase);
+}
+
+void gpu_profile_stop(GpuModel& m, double ms[NUM_PHASES]) {
+    GpuProfile& p = m.prof;
+    for (int i = 0; i < NUM_PHASES; i++) ms[i] = 0;
+    gpu_profile_mark_(m, NUM_PHASES);  // closes the last phase
+    cudaCheck(cudaEventSynchronize(p.events[p.used - 1]));
+    for (size_t i = 0; i + 1 < p.used; i++) {
+        float t = 0;
+        cudaCheck(cudaEventElapsedTime(&t, p.events[i], p.events[i + 1]));
+        ms[p.phase_of[i]] += t;
+    }
+    p.on = false;
+}

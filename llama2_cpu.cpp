@@ -73,6 +73,7 @@ void cpu_lora_init(CpuModel& m, const LoraConfig& lc, uint64_t seed) {
 }
 
 std::vector<float> cpu_random_weights(const Config& cfg, uint64_t seed) {
+    check_host_bytes("the model's fp32 weights", 4.0 * (double)total_weight_numel(cfg));
     std::vector<float> all((size_t)total_weight_numel(cfg));
     Weights<float> w = carve_weights(cfg, all.data());
     Rng rng(seed);

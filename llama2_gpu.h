@@ -31,7 +31,9 @@ struct DeviceCarver {
     void add(T*& p, int64_t count) {
         parts.push_back({(void**)&p, (size_t)count * sizeof(T)});
     }
-    void* alloc(size_t* total_bytes);  // gpu_buffers.cu
+    // cudaMalloc of the sum, after checking it fits the card's free memory (else InputError naming
+    // `what`, the size and what is free); sets every pointer. gpu_buffers.cu
+    void* alloc(const char* what, size_t* total_bytes);
 };
 
 // ----------------------------------------------------------------------------------------------
@@ -172,6 +174,30 @@ struct GpuScratch {
     float* norm_sq;     // (1)
 };
 
+// The per-phase profile (bench_step --profile, ./train's first step): while it is on, the forward,
+// the backward and the optimizer record a CUDA event at every change of phase, and the time from
+// one event to the next goes to the phase the first one opened, so the phases add up to the
+// stream's whole time (launch gaps included, in the phase they fall in). Off, a mark is a branch.
+enum StepPhase : int {
+    PHASE_FROZEN_FWD,   // x W^T of the seven frozen linears
+    PHASE_FROZEN_BWD,   // dy W (input gradients through the frozen weights)
+    PHASE_DEQUANT,      // NF4 -> bf16 of each frozen linear, forward and backward
+    PHASE_LORA,         // the low-rank products, dropout, LoRA gradients
+    PHASE_ATTN_FWD,
+    PHASE_ATTN_BWD,
+    PHASE_ELEMENTWISE,  // embedding, norms, RoPE, SwiGLU, residual copies
+    PHASE_HEAD,         // LM head forward and backward, cross-entropy
+    PHASE_OPTIMIZER,    // gradient norm, clipping, AdamW
+    NUM_PHASES
+};
+const char* phase_name(int phase);
+struct GpuProfile {
+    bool on = false;
+    std::vector<cudaEvent_t> events;  // a pool, reused
+    std::vector<int> phase_of;        // the phase each recorded event opened
+    size_t used = 0;
+};
+
 struct GpuStepOptions {
     bool use_lora = true;
     bool training = false;      // dropout on, and the head computes its gradient
@@ -189,6 +215,7 @@ struct GpuModel {
 
     GpuBase base;            // frozen
     GpuLora lora;            // trainable
+    GpuProfile prof;
     void* acts_mem = nullptr;
     GpuActs acts;
     void* scratch_mem = nullptr;
@@ -231,6 +258,14 @@ void gpu_backward(GpuModel& m, const GpuStepOptions& opt);
 // norm leaves the weights and moments untouched (the host sees it in gpu_read_grad_norm).
 void gpu_optimizer_step(GpuModel& m, float lr, float beta1, float beta2, float eps, float weight_decay, float max_norm,
                         int step);
+// The profile: start clears it and turns it on; stop turns it off, synchronises and gives the
+// milliseconds spent in each phase since start.
+void gpu_profile_start(GpuModel& m);
+void gpu_profile_stop(GpuModel& m, double ms[NUM_PHASES]);
+void gpu_profile_mark_(GpuModel& m, int phase);
+inline void gpu_profile_mark(GpuModel& m, int phase) {
+    if (m.prof.on) gpu_profile_mark_(m, phase);
+}
 // Synchronising reads, for logging at step boundaries only.
 float gpu_read_loss_sum(GpuModel& m);   // sum of per-position CE of the last forward
 float gpu_read_grad_norm(GpuModel& m);  // sqrt of the norm_sq of the last optimizer step

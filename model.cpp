@@ -209,6 +209,26 @@ static void check_magic(const std::string& path, uint32_t magic, uint32_t versio
              want_version, made_by);
 }
 
+PayloadWriter::PayloadWriter(const std::string& path, size_t header_bytes_) : file(path), header_bytes(header_bytes_) {
+    const std::vector<uint8_t> zeros(header_bytes, 0);
+    file.write(zeros.data(), zeros.size());
+}
+
+void PayloadWriter::write(const void* data, size_t bytes) {
+    hash.update(data, bytes);
+    file.write(data, bytes);
+}
+
+static void check_payload(const std::string& path, uint64_t got, uint64_t want) {
+    if (got != want)
+        fail("%s: payload checksum mismatch (the file is corrupt, truncated and padded, or was changed after it "
+             "was written)", path.c_str());
+}
+
+static void check_reserved(const std::string& path, const void* reserved, size_t bytes) {
+    if (!all_zero(reserved, bytes)) fail("%s: corrupt header (reserved bytes are not zero)", path.c_str());
+}
+
 // ----------------------------------------------------------------------------------------------
 // model file
 
@@ -257,6 +277,8 @@ ModelHeader read_model_header(InFile& in) {
     if (h.linear_format == LINEAR_NF4 && h.dtype == DT_F32)
         fail("%s: corrupt header: NF4 linears with f32 non-linear weights (export_hf writes f16 or bf16)",
              in.path.c_str());
+    check_reserved(in.path, h.reserved, sizeof(h.reserved));
+    if (h.config.reserved0 != 0) fail("%s: corrupt header (config's reserved field is not zero)", in.path.c_str());
     int64_t want = (int64_t)sizeof(h);
     for (int id = 0; id < NUM_WEIGHTS; id++) want += model_weight_bytes(h, id);
     if (in.size != want)
@@ -265,58 +287,70 @@ ModelHeader read_model_header(InFile& in) {
     return h;
 }
 
+void check_dense_weights(const void* data, int32_t dtype, int64_t n, const std::string& path, const std::string& tensor) {
+    const int64_t i = first_nonfinite(data, dtype, (size_t)n);
+    if (i >= 0) fail("%s: %s: element %lld is NaN or Inf", path.c_str(), tensor.c_str(), (long long)i);
+}
+
 ModelHeader load_model_f32(const std::string& path, std::vector<float>& weights) {
     InFile in(path);
     ModelHeader h = read_model_header(in);
     const Config& c = h.config;
+    check_host_bytes("the model's fp32 weights", 4.0 * (double)total_weight_numel(c));
     weights.resize((size_t)total_weight_numel(c));
     const size_t es = dtype_size(h.dtype);
-    const int64_t chunk = 1 << 22;
     std::vector<uint8_t> buf;
     std::vector<uint16_t> deq;  // (rows * cols) one dequantized NF4 weight, bf16
+    PayloadHash hash;
     float* dst = weights.data();
+    in.read_at(sizeof(h), nullptr, 0, "weights");  // position after the header
     for (int id = 0; id < NUM_WEIGHTS; id++) {
-        const int64_t total = weight_numel(c, id);
-        if (total == 0) continue;
-        if (h.linear_format == LINEAR_NF4 && weight_is_linear(id)) {
-            const int64_t n = weight_info(c, id).numel();
-            const Nf4Layout lay = nf4_layout(n);
-            buf.resize((size_t)lay.bytes);
-            deq.resize((size_t)n);
-            for (int l = 0; l < c.n_layers; l++, dst += n) {
-                const std::string name = weight_hf_name(id, l);
+        if (weight_numel(c, id) == 0) continue;
+        const WeightInfo wi = weight_info(c, id);
+        const int64_t n = wi.numel();
+        for (int l = 0; l < (wi.per_layer ? c.n_layers : 1); l++, dst += n) {
+            const std::string name = weight_hf_name(id, l);
+            if (h.linear_format == LINEAR_NF4 && weight_is_linear(id)) {
+                const Nf4Layout lay = nf4_layout(n);
+                buf.resize((size_t)lay.bytes);
+                deq.resize((size_t)n);
                 in.read(buf.data(), (size_t)lay.bytes, name.c_str());
+                hash.update(buf.data(), buf.size());
                 check_nf4_record(buf.data(), n, path, name);
                 // bf16, as the GPU dequantizes for its matmuls; widening to fp32 is exact
                 nf4_dequantize_dq_cpu(deq.data(), DT_BF16, nf4_from_record(buf.data(), n, name.c_str()));
                 convert_to_f32(dst, deq.data(), DT_BF16, (size_t)n);
+                continue;
             }
-            continue;
+            buf.resize((size_t)n * es);
+            in.read(buf.data(), buf.size(), name.c_str());
+            hash.update(buf.data(), buf.size());
+            check_dense_weights(buf.data(), h.dtype, n, path, name);
+            convert_to_f32(dst, buf.data(), h.dtype, (size_t)n);
         }
-        buf.resize((size_t)(std::min(chunk, total) * (int64_t)es));
-        for (int64_t done = 0; done < total; done += chunk) {
-            const int64_t m = std::min(chunk, total - done);
-            in.read(buf.data(), (size_t)m * es, "weights");
-            convert_to_f32(dst + done, buf.data(), h.dtype, (size_t)m);
-        }
-        dst += total;
     }
+    check_payload(path, hash.digest(), h.payload_xxh3);
     return h;
+}
+
+void check_model_payload(const ModelHeader& h, uint64_t payload_hash, const std::string& path) {
+    check_payload(path, payload_hash, h.payload_xxh3);
 }
 
 // ----------------------------------------------------------------------------------------------
 // data file
 
 void write_dataset(const std::string& path, const Dataset& d) {
-    const DataHeader& h = d.header;
+    DataHeader h = d.header;
     ASSERT((int64_t)d.tokens.size() == h.n_tokens && (int64_t)d.loss_mask.size() == h.n_tokens, "dataset sizes");
     ASSERT((int64_t)d.conv_offsets.size() == h.n_conversations + 1, "dataset offsets");
-    AtomicFile out(path);
-    out.write(&h, sizeof(h));
+    h.magic = DATA_MAGIC;
+    h.version = DATA_VERSION;
+    PayloadWriter out(path, sizeof(h));
     out.write(d.tokens.data(), d.tokens.size() * 4);
     out.write(d.loss_mask.data(), d.loss_mask.size());
     out.write(d.conv_offsets.data(), d.conv_offsets.size() * 8);
-    out.commit();
+    out.commit(h);
 }
 
 Dataset read_dataset(const std::string& path) {
@@ -336,6 +370,13 @@ Dataset read_dataset(const std::string& path) {
              (long long)h.n_conversations);
     if (h.vocab_size <= 0 || h.bos_id < 0 || h.bos_id >= h.vocab_size || h.eos_id < 0 || h.eos_id >= h.vocab_size)
         fail("%s: corrupt header (vocab_size %d, bos %d, eos %d)", path.c_str(), h.vocab_size, h.bos_id, h.eos_id);
+    if (h.n_loss_tokens < 0 || h.n_loss_tokens > h.n_tokens || h.n_turns < 0 || h.n_truncated < 0 ||
+        h.n_truncated > h.n_conversations || h.n_dropped < 0 || h.max_len <= 0 ||
+        (h.chat_template != TEMPLATE_LLAMA2 && h.chat_template != TEMPLATE_PLAIN) || h.reserved0 != 0)
+        fail("%s: corrupt header (loss tokens %lld, turns %lld, truncated %lld, dropped %lld, max_len %d, template %d)",
+             path.c_str(), (long long)h.n_loss_tokens, (long long)h.n_turns, (long long)h.n_truncated,
+             (long long)h.n_dropped, h.max_len, h.chat_template);
+    check_reserved(path, h.reserved, sizeof(h.reserved));
     int64_t want = (int64_t)sizeof(h) + h.n_tokens * 5 + (h.n_conversations + 1) * 8;
     if (in.size != want)
         fail("%s: %s file (%lld bytes, the header implies %lld)", path.c_str(), in.size < want ? "truncated" : "oversized",
@@ -346,6 +387,11 @@ Dataset read_dataset(const std::string& path) {
     in.read(d.tokens.data(), d.tokens.size() * 4, "tokens");
     in.read(d.loss_mask.data(), d.loss_mask.size(), "loss mask");
     in.read(d.conv_offsets.data(), d.conv_offsets.size() * 8, "conversation offsets");
+    PayloadHash hash;
+    hash.update(d.tokens.data(), d.tokens.size() * 4);
+    hash.update(d.loss_mask.data(), d.loss_mask.size());
+    hash.update(d.conv_offsets.data(), d.conv_offsets.size() * 8);
+    check_payload(path, hash.digest(), h.payload_xxh3);
     // the arrays must agree with the header: an inconsistent file is rejected here, not deep in training
     if (d.conv_offsets[0] != 0 || d.conv_offsets.back() != h.n_tokens)
         fail("%s: corrupt conversation offsets (first %lld, last %lld, n_tokens %lld)", path.c_str(),
@@ -397,6 +443,7 @@ void write_adapter(const std::string& path, const Adapter& a) {
     h.base = a.base;
     h.lora = a.lora;
     h.dtype = DT_F16;
+    h.trained_on = a.trained_on;
     memcpy(h.tokenizer_sha256, a.tokenizer_sha256, 32);
     for (size_t i = 0; i < a.params.size(); i++) {
         if (!std::isfinite(a.params[i])) fail("%s: refusing to write an adapter holding NaN/Inf (element %zu)", path.c_str(), i);
@@ -406,10 +453,9 @@ void write_adapter(const std::string& path, const Adapter& a) {
     }
     std::vector<uint16_t> half(a.params.size());
     convert_from_f32(half.data(), a.params.data(), DT_F16, half.size());
-    AtomicFile out(path);
-    out.write(&h, sizeof(h));
+    PayloadWriter out(path, sizeof(h));
     out.write(half.data(), half.size() * 2);
-    out.commit();
+    out.commit(h);
 }
 
 Adapter read_adapter(const std::string& path) {
@@ -426,9 +472,14 @@ Adapter read_adapter(const std::string& path) {
     validate_config(h.base, path.c_str());
     validate_lora_config(h.lora, path.c_str());
     if (h.dtype != DT_F16) fail("%s: adapter tensors stored as %s, expected f16", path.c_str(), dtype_name(h.dtype));
+    if (h.trained_on < TRAINED_ON_UNKNOWN || h.trained_on > TRAINED_ON_NF4)
+        fail("%s: corrupt header (trained_on %d)", path.c_str(), h.trained_on);
+    if (h.base.reserved0 != 0) fail("%s: corrupt header (config's reserved field is not zero)", path.c_str());
+    check_reserved(path, h.reserved, sizeof(h.reserved));
     Adapter a;
     a.base = h.base;
     a.lora = h.lora;
+    a.trained_on = h.trained_on;
     memcpy(a.tokenizer_sha256, h.tokenizer_sha256, 32);
     LoraLayout lay = lora_layout(a.base, a.lora);
     int64_t want = (int64_t)sizeof(h) + lay.total * 2;
@@ -437,6 +488,9 @@ Adapter read_adapter(const std::string& path) {
              (long long)in.size, (long long)want);
     std::vector<uint16_t> half((size_t)lay.total);
     in.read(half.data(), half.size() * 2, "LoRA tensors");
+    check_payload(path, payload_hash(half.data(), half.size() * 2), h.payload_xxh3);
+    const int64_t bad = first_nonfinite(half.data(), DT_F16, half.size());
+    if (bad >= 0) fail("%s: LoRA parameter %lld is NaN or Inf", path.c_str(), (long long)bad);
     a.params.resize(half.size());
     convert_to_f32(a.params.data(), half.data(), DT_F16, half.size());
     return a;

@@ -12,6 +12,7 @@
 // - Bad input throws InputError; every main() catches it, prints one line and exits 1.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -171,7 +172,9 @@ std::string lora_peft_name(int t, int layer, bool is_b);
 
 // ----------------------------------------------------------------------------------------------
 // file formats. All headers are 256 bytes: typed fields, then zero padding (reserved for later
-// versions). Arrays follow the header back to back.
+// versions; readers refuse non-zero reserved bytes). Arrays follow the header back to back. Every
+// header carries payload_xxh3, the XXH3-64 of everything after the header (common.h: PayloadHash),
+// written by PayloadWriter below and checked by every reader once it has read the payload.
 
 constexpr uint32_t fourcc(const char s[5]) {
     return (uint32_t)s[0] | (uint32_t)s[1] << 8 | (uint32_t)s[2] << 16 | (uint32_t)s[3] << 24;
@@ -184,7 +187,7 @@ constexpr uint32_t fourcc(const char s[5]) {
 // embeddings, norms and the LM head stay in `dtype`, which is then f16 or bf16 (as bitsandbytes +
 // transformers keep them). model_weight_bytes() gives each weight's size in the file.
 constexpr uint32_t MODEL_MAGIC = fourcc("L2MD");
-constexpr uint32_t MODEL_VERSION = 1;
+constexpr uint32_t MODEL_VERSION = 2;  // 2: payload checksum
 enum LinearFormat : int32_t { LINEAR_DENSE = 0, LINEAR_NF4 = 1 };
 struct ModelHeader {
     uint32_t magic;
@@ -193,9 +196,11 @@ struct ModelHeader {
     int32_t dtype;                 // DType of every stored tensor (of the non-linear ones under NF4)
     int32_t linear_format;         // LinearFormat of W_Q..W_DOWN (0 in files made before it existed)
     uint8_t tokenizer_sha256[32];  // of the tokenizer.model checked at export; zeros if none
-    uint8_t reserved[256 - 8 - sizeof(Config) - 4 - 4 - 32];
+    uint64_t payload_xxh3;         // of every byte after the header
+    uint8_t reserved[256 - 8 - sizeof(Config) - 4 - 4 - 32 - 8];
 };
 static_assert(sizeof(ModelHeader) == 256, "header is 256 bytes");
+static_assert(offsetof(ModelHeader, payload_xxh3) % 8 == 0, "no padding before the checksum");
 // A header for `c` with every tensor stored as `dtype` (LINEAR_DENSE, no tokenizer hash), zeroed
 // first so the reserved bytes (and the padding) on disk are zeros.
 inline ModelHeader make_model_header(const Config& c, int32_t dtype) {
@@ -214,7 +219,7 @@ inline ModelHeader make_model_header(const Config& c, int32_t dtype) {
 // loss_mask[j] = 1 when token j is part of an assistant answer (or its </s>): the model is
 // trained to predict it from the tokens before it.
 constexpr uint32_t DATA_MAGIC = fourcc("L2DT");
-constexpr uint32_t DATA_VERSION = 1;
+constexpr uint32_t DATA_VERSION = 2;  // 2: payload checksum
 enum ChatTemplate : int32_t { TEMPLATE_LLAMA2 = 0, TEMPLATE_PLAIN = 1 };
 struct DataHeader {
     uint32_t magic;
@@ -232,13 +237,17 @@ struct DataHeader {
     int32_t chat_template;         // ChatTemplate
     int32_t reserved0;
     uint8_t tokenizer_sha256[32];  // of tokenizer.model
-    uint8_t reserved[256 - 8 - 6 * 8 - 6 * 4 - 32];
+    uint64_t payload_xxh3;         // of tokens, loss_mask and conv_offsets as stored
+    uint8_t reserved[256 - 8 - 6 * 8 - 6 * 4 - 32 - 8];
 };
 static_assert(sizeof(DataHeader) == 256, "header is 256 bytes");
 
 // Adapter file: header, then the LoRA tensors in LoraLayout order, fp16.
 constexpr uint32_t ADAPTER_MAGIC = fourcc("L2AD");
-constexpr uint32_t ADAPTER_VERSION = 1;
+constexpr uint32_t ADAPTER_VERSION = 2;  // 2: payload checksum, trained_on
+// What the frozen base looked like while the adapter trained: a merge must fold it into the same
+// weights (an NF4-trained adapter into the NF4-dequantized base).
+enum TrainedOn : int32_t { TRAINED_ON_UNKNOWN = -1, TRAINED_ON_BF16 = 0, TRAINED_ON_NF4 = 1 };
 struct AdapterHeader {
     uint32_t magic;
     uint32_t version;
@@ -246,9 +255,31 @@ struct AdapterHeader {
     LoraConfig lora;
     int32_t dtype;                 // DT_F16
     uint8_t tokenizer_sha256[32];  // of the data's tokenizer; zeros if unknown
-    uint8_t reserved[256 - 8 - sizeof(Config) - sizeof(LoraConfig) - 4 - 32];
+    int32_t trained_on;            // TrainedOn
+    uint64_t payload_xxh3;         // of the fp16 tensors
+    uint8_t reserved[256 - 8 - sizeof(Config) - sizeof(LoraConfig) - 4 - 32 - 4 - 8];
 };
 static_assert(sizeof(AdapterHeader) == 256, "header is 256 bytes");
+static_assert(offsetof(AdapterHeader, payload_xxh3) % 8 == 0 && offsetof(DataHeader, payload_xxh3) % 8 == 0,
+              "no padding before the checksums");
+
+// Writes header + payload atomically: the payload is hashed as it streams, and commit() puts the
+// hash into the header's payload_xxh3 before the header goes to the front and the file into place.
+struct PayloadWriter {
+    AtomicFile file;
+    PayloadHash hash;
+    size_t header_bytes;
+    PayloadWriter(const std::string& path, size_t header_bytes);  // reserves the header's bytes
+    void write(const void* data, size_t bytes);                   // payload
+    template <typename Header>
+    void commit(Header& h) {
+        static_assert(sizeof(Header) == 256, "a file header");
+        ASSERT(sizeof(h) == header_bytes, "the header reserved at the start");
+        h.payload_xxh3 = hash.digest();
+        file.write_at(0, &h, sizeof(h));
+        file.commit();
+    }
+};
 
 // ----------------------------------------------------------------------------------------------
 // readers and writers (model.cpp). All throw InputError naming the file on bad input.
@@ -262,8 +293,13 @@ int64_t model_weight_bytes(const ModelHeader& h, int id);
 // scales finite, scales >= 0 (nf4_from_record's rule; any code byte is valid). Throws
 // "path: tensor: corrupt NF4 record (...)". Cheap: it does not touch the packed codes.
 void check_nf4_record(const uint8_t* record, int64_t numel, const std::string& path, const std::string& tensor);
-// checks magic, version, config, dtype, linear_format and the exact file size
+// checks magic, version, config, dtype, linear_format, reserved bytes and the exact file size (not
+// the payload: a reader that streams the weights checks them and their checksum as it goes)
 ModelHeader read_model_header(InFile& in);
+// Throws "path: tensor: element i is NaN or Inf" when n stored values of dtype hold one.
+void check_dense_weights(const void* data, int32_t dtype, int64_t n, const std::string& path, const std::string& tensor);
+// Throws "path: payload checksum mismatch" unless payload_hash is h's (after streaming every byte).
+void check_model_payload(const ModelHeader& h, uint64_t payload_hash, const std::string& path);
 // Load all weights of a model file as fp32 (CPU reference). Returns the header. NF4 linears are
 // dequantized to bf16 (nf4_dequantize_dq_cpu), then widened: the numbers the GPU computes with.
 ModelHeader load_model_f32(const std::string& path, std::vector<float>& weights);
@@ -286,6 +322,7 @@ void check_data_matches_model(const DataHeader& d, const char* data_path, const 
 struct Adapter {
     Config base;
     LoraConfig lora;
+    int32_t trained_on = TRAINED_ON_UNKNOWN;
     uint8_t tokenizer_sha256[32] = {};
     std::vector<float> params;  // (lora_layout(base, lora).total)
 };

@@ -298,6 +298,9 @@ static std::vector<std::unique_ptr<Adapter>> open_adapters(const Settings& s, co
 // ----------------------------------------------------------------------------------------------
 // lengths: max_length counts the prompt (transformers); the model's max_seq_len caps everything
 
+// a chat with --max-new-tokens keeps at most this much history (plus the answer) in the cache
+constexpr int64_t CHAT_CONTEXT_CAP = 4096;
+
 static int64_t context_limit(const Settings& s, const Config& c) {
     // with --max-new-tokens the per-prompt limit is prompt + N, capped by the model
     return s.max_new_tokens > 0 ? (int64_t)c.max_seq_len : std::min<int64_t>(s.max_length, c.max_seq_len);
@@ -380,7 +383,14 @@ static int run(Settings& s, const std::string& prompts_file) {
 
     const std::string device =
         !s.device.empty() ? s.device : (make_gpu_decoder && gpu_decoder_usable && gpu_decoder_usable()) ? "cuda" : "cpu";
-    const int64_t max_context = context_limit(s, cfg);
+    // The KV cache holds what a generation can reach, never the whole declared context blindly (a
+    // header may claim 2^24 positions): with prompts, the longest prompt + its new tokens; in a chat,
+    // --max-length, or with --max-new-tokens the model's context up to CHAT_CONTEXT_CAP + N tokens.
+    int64_t max_context = 0;
+    for (const auto& ids : prompt_ids) max_context = std::max(max_context, total_limit(s, cfg, (int64_t)ids.size()));
+    if (prompt_ids.empty())
+        max_context = s.max_new_tokens > 0 ? std::min<int64_t>(context_limit(s, cfg), CHAT_CONTEXT_CAP + s.max_new_tokens)
+                                           : context_limit(s, cfg);
     std::unique_ptr<Decoder> dec = make_decoder(s, device, (int)max_context);
     if (!s.seed_given) fprintf(stderr, "%s: seed %llu (pass --seed to repeat this run)\n", PROG, (unsigned long long)s.seed);
     GenerateStats total;
@@ -455,6 +465,9 @@ static int run(Settings& s, const std::string& prompts_file) {
         }
         try {
             check_prompt_fits(s, cfg, (int64_t)ids.size(), "your message");
+            if ((int64_t)ids.size() >= max_context)
+                fail("your message is %lld tokens with the chat template, more than this chat's context of %lld",
+                     (long long)ids.size(), (long long)max_context);
         } catch (const InputError& e) {  // in a chat, a message too long is not the end
             fprintf(stderr, "%s: %s\n", PROG, e.what());
             continue;
@@ -466,7 +479,7 @@ static int run(Settings& s, const std::string& prompts_file) {
         }
         Streamer streamer(*tok, stdout);
         GenerateStats st;
-        std::vector<int32_t> answer = generate(*dec, ids, total_limit(s, cfg, (int64_t)ids.size()), eos, s.sampling, rng,
+        std::vector<int32_t> answer = generate(*dec, ids, std::min(max_context, total_limit(s, cfg, (int64_t)ids.size())), eos, s.sampling, rng,
                                                [&](int32_t id) { streamer.push(id); }, &st);
         streamer.finish();
         printf("\n");
@@ -483,15 +496,12 @@ static int run(Settings& s, const std::string& prompts_file) {
     return 0;
 }
 
-int main(int argc, char** argv) {
+static int sample_main(int argc, char** argv) {
     Args a;
     Cli cli = make_cli(a);
     if (!cli_parse(cli, argc, argv)) return 0;
     Settings s = settings_from(a);
-    try {
-        return run(s, a.prompts_file);
-    } catch (const InputError& e) {
-        fprintf(stderr, "%s: %s\n", PROG, e.what());
-        return 1;
-    }
+    return run(s, a.prompts_file);
 }
+
+int main(int argc, char** argv) { return run_main(PROG, sample_main, argc, argv); }

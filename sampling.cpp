@@ -123,6 +123,11 @@ int32_t sample_multinomial(const float* probs, int V, Rng& rng) {
 }
 
 int32_t choose_next_token(float* logits, int V, const int32_t* seq, size_t n, const SamplingConfig& cfg, Rng& rng) {
+    // a model or adapter whose numbers overflow gives NaN or Inf logits: bad input, not a bug here
+    for (int v = 0; v < V; v++)
+        if (!std::isfinite(logits[v]))
+            fail("the model produced %s logits (token %d): a corrupt or overflowing model or adapter",
+                 std::isnan(logits[v]) ? "NaN" : "infinite", v);
     process_logits(logits, V, seq, n, cfg);
     if (!cfg.do_sample) return argmax(logits, V);
     std::vector<float> probs((size_t)V);

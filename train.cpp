@@ -19,8 +19,9 @@
 // (seed, epoch), the dropout masks from (seed, step, micro-batch), and the kernels are deterministic
 // (no atomics). So --resume from state.bin reproduces an uninterrupted run bit for bit.
 //
-// Outputs in -o (default out/): adapter.bin (fp16), adapter/ (PEFT), state.bin, log.csv,
-// loss_curve.png (when gnuplot is installed). Written atomically; Ctrl-C saves and exits.
+// Outputs in -o (default out/): adapter.bin (fp16), adapter/ (PEFT), state.bin (one checkpoint
+// set, switched atomically: checkpoint.h), log.csv, loss_curve.png (when gnuplot is installed).
+// Ctrl-C saves and exits.
 //
 // This file is the program: main, the loading of the run's inputs, the loop. The parts it uses:
 // train_config.h (settings, defaults, command line), schedule.h (data order, packing, learning
@@ -33,6 +34,7 @@
 #include <memory>
 
 #include "checkpoint.h"
+#include "plot.h"
 #include "schedule.h"
 #include "train_backend.h"
 #include "train_config.h"
@@ -56,11 +58,11 @@ struct RunInputs {
 static RunInputs load_inputs(const TrainSettings& s, const RunOptions& o) {
     RunInputs in;
     if (o.demo) {
-        demo_datasets("data/demo.jsonl", 6, in.train, in.val);
+        demo_datasets(6, in.train, in.val);
         in.cfg = demo_config();
         in.base.kind = BaseSource::HOST;
         in.base.host = demo_weights(in.cfg, s.seed);
-        in.model_name = o.out + "/model.bin";
+        in.model_name = RunFiles(o.out).demo_model;
         return in;
     }
     in.train = read_dataset(o.data);
@@ -166,6 +168,19 @@ static StepResult train_step(Backend& be, const Dataset& train, const TrainSetti
     return r;
 }
 
+// -o is a directory of the run's own files; none of them may be (or link to) an input
+static void check_run_paths(const RunOptions& o, const RunFiles& f) {
+    IoPaths io;
+    if (!o.data.empty()) io.input("-i", o.data);
+    if (!o.val.empty()) io.input("-v", o.val);
+    if (!o.model.empty() && !o.random_model()) io.input("-m", o.model);
+    io.output_dir("-o", f.dir);
+    for (const std::string* p : {&f.log, &f.loss_curve, &f.adapter, &f.state, &f.demo_model, &f.latest})
+        io.output_file("-o's " + p->substr(f.dir.size() + 1), *p);
+    for (const std::string* p : {&f.peft_dir, &f.checkpoints}) io.output_dir("-o's " + p->substr(f.dir.size() + 1), *p);
+    io.check();
+}
+
 // ----------------------------------------------------------------------------------------------
 // the run
 
@@ -179,24 +194,32 @@ static int run(int argc, char** argv) {
     if (longest > cfg.max_seq_len)
         fprintf(stderr, "train: note: conversations of up to %lld tokens exceed the model's max_position_embeddings %d\n",
                 (long long)longest, cfg.max_seq_len);
+    if (in.train.header.n_conversations == 0) fail("%s: holds no conversations", o.data.c_str());
     const DataPlan plan = plan_data(s, in.train.header.n_conversations);
-    make_dirs(o.out);
     const RunFiles files(o.out);
-    if (o.demo && !o.resume) write_model_bf16(in.model_name, cfg, in.base.host);
+    check_run_paths(o, files);
+    make_dirs(o.out);
+    clean_run_dir(files);
+    if (o.demo && !o.resume) write_model_bf16(files.demo_model, cfg, in.base.host);
     const Dataset& train = in.train;
     const Dataset& val = in.val;
     std::unique_ptr<Backend> be = make_backend(in, s, o);
 
-    int64_t start = 0;
+    int64_t start = 0, saved_step = -1;  // saved_step: the last checkpoint this run wrote
     std::vector<LogRow> log;
     if (o.resume) {
         TrainState st = read_state(files.state);
-        check_state_matches(st.header, files.state.c_str(), cfg, s.lora(), s, train);
+        check_state_matches(st.header, files.state.c_str(), cfg, s, train, plan.total_steps);
         be->set_lora_state(st.params, st.m, st.v);
         start = st.header.step;
         if (file_exists(files.log))
             for (const LogRow& r : read_log(files.log))
                 if (r.step <= start) log.push_back(r);
+        if (start == plan.total_steps) {
+            printf("train: %s is already at step %lld of %lld; nothing to do\n", files.state.c_str(), (long long)start,
+                   (long long)plan.total_steps);
+            return 0;
+        }
         fprintf(stderr, "train: resuming %s at step %lld/%lld\n", files.state.c_str(), (long long)start, (long long)plan.total_steps);
     }
     auto save = [&](int64_t step) {
@@ -204,6 +227,7 @@ static int run(int argc, char** argv) {
         st.header = make_state_header(cfg, s, step, plan.total_steps, train);
         be->get_lora_state(st.params, st.m, st.v);
         save_checkpoint(files, st, in.tokenizer_sha256, in.model_name);
+        saved_step = step;
     };
 
     printf("train: %s | %s | %s base | LoRA r=%d alpha=%g dropout=%g on %s | %lld conversations (%lld tokens), "
@@ -222,9 +246,13 @@ static int run(int argc, char** argv) {
         if (!std::isfinite(r.loss) || !std::isfinite(r.grad_norm)) {
             const bool bad_loss = !std::isfinite(r.loss);
             const double bad = bad_loss ? r.loss : (double)r.grad_norm;
-            fprintf(stderr, "train: step %lld: %s is %s; stopping. The last good checkpoint is %s (step %lld)\n",
-                    (long long)step + 1, bad_loss ? "the loss" : "the gradient norm", std::isnan(bad) ? "NaN" : "Inf",
-                    files.state.c_str(), (long long)(file_exists(files.state) ? read_state(files.state).header.step : 0));
+            const int64_t held = checkpoint_step(files);
+            char where[512];
+            if (saved_step >= 0) snprintf(where, sizeof(where), "the last checkpoint this run wrote is step %lld in %s", (long long)saved_step, o.out.c_str());
+            else if (held >= 0) snprintf(where, sizeof(where), "this run wrote no checkpoint; %s still holds step %lld", o.out.c_str(), (long long)held);
+            else snprintf(where, sizeof(where), "no checkpoint was written");
+            fprintf(stderr, "train: step %lld: %s is %s; stopping (%s)\n", (long long)step + 1,
+                    bad_loss ? "the loss" : "the gradient norm", std::isnan(bad) ? "NaN" : "Inf", where);
             return 1;
         }
         const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -260,27 +288,15 @@ static int run(int argc, char** argv) {
             return 130;
         }
     }
-    if (start == plan.total_steps) printf("train: %s is already at step %lld of %lld; nothing to do\n", files.state.c_str(),
-                                          (long long)start, (long long)plan.total_steps);
     const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_run).count();
     printf("train: done, %lld tokens in %s; wrote %s, %s/, %s, %s\n", (long long)tokens_done, fmt_duration(total).c_str(),
            files.adapter.c_str(), files.peft_dir.c_str(), files.state.c_str(), files.log.c_str());
-    // the loss curve, when gnuplot is there
-    if (system("command -v gnuplot >/dev/null 2>&1") == 0) {
-        std::string title = (o.demo ? std::string("demo") : o.model) + " | " + (o.demo ? "data/demo.jsonl" : o.data) + " | " +
-                            (s.quant ? "QLoRA NF4" : "LoRA bf16") + " r=" + std::to_string(s.rank);
-        std::string cmd = "tools/plot_loss '" + files.log + "' '" + files.loss_curve + "' '" + title + "' >/dev/null";
-        if (system(cmd.c_str()) == 0) printf("train: loss curve %s\n", files.loss_curve.c_str());
-        else fprintf(stderr, "train: tools/plot_loss failed; the log is in %s\n", files.log.c_str());
-    }
+    const std::string title = (o.demo ? std::string("demo") : o.model + " | " + o.data) + " | " +
+                              (s.quant ? "QLoRA NF4" : "LoRA bf16") + " r=" + std::to_string(s.rank);
+    const std::string why = plot_loss_curve(files.log, files.loss_curve, title);
+    if (why.empty()) printf("train: loss curve %s\n", files.loss_curve.c_str());
+    else fprintf(stderr, "train: no loss curve (%s); the log is in %s\n", why.c_str(), files.log.c_str());
     return 0;
 }
 
-int main(int argc, char** argv) {
-    try {
-        return run(argc, argv);
-    } catch (const InputError& e) {
-        fprintf(stderr, "%s: %s\n", PROG, e.what());
-        return 1;
-    }
-}
+int main(int argc, char** argv) { return run_main(PROG, run, argc, argv); }

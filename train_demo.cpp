@@ -23,8 +23,20 @@ std::vector<float> demo_weights(const Config& c, uint64_t seed) {
     return w;
 }
 
-void demo_datasets(const std::string& path, int val_every, Dataset& train, Dataset& val) {
-    std::istringstream in(read_text_file(path));
+// data/demo.jsonl, assembled into the binary (.incbin reads it from the repo root, where make runs)
+extern "C" const char demo_jsonl_begin[], demo_jsonl_end[];
+asm(".section .rodata\n"
+    ".global demo_jsonl_begin\n"
+    "demo_jsonl_begin:\n"
+    ".incbin \"data/demo.jsonl\"\n"
+    ".global demo_jsonl_end\n"
+    "demo_jsonl_end:\n"
+    ".byte 0\n"
+    ".previous\n");
+
+void demo_datasets(int val_every, Dataset& train, Dataset& val) {
+    const std::string path = "data/demo.jsonl (built in)";
+    std::istringstream in(std::string(demo_jsonl_begin, demo_jsonl_end));
     std::string line;
     Dataset* sets[2] = {&train, &val};
     for (Dataset* d : sets) {
@@ -74,11 +86,10 @@ void demo_datasets(const std::string& path, int val_every, Dataset& train, Datas
 }
 
 void write_model_bf16(const std::string& path, const Config& c, const std::vector<float>& w) {
-    const ModelHeader h = make_model_header(c, DT_BF16);
+    ModelHeader h = make_model_header(c, DT_BF16);
     std::vector<uint16_t> half(w.size());
     convert_from_f32(half.data(), w.data(), DT_BF16, w.size());
-    AtomicFile out(path);
-    out.write(&h, sizeof(h));
+    PayloadWriter out(path, sizeof(h));
     out.write(half.data(), half.size() * 2);
-    out.commit();
+    out.commit(h);
 }

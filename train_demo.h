@@ -13,8 +13,9 @@
 Config demo_config();
 // Its random base weights (fp32, file order) for a seed.
 std::vector<float> demo_weights(const Config& c, uint64_t seed);
-// data/demo.jsonl (LIMA's format) with the Llama 2 chat template over byte tokens; every
-// `val_every`-th conversation goes to the held-out set.
-void demo_datasets(const std::string& path, int val_every, Dataset& train, Dataset& val);
+// data/demo.jsonl (LIMA's format; embedded in the binary at build time, so ./train runs from any
+// directory) with the Llama 2 chat template over byte tokens; every `val_every`-th conversation
+// goes to the held-out set.
+void demo_datasets(int val_every, Dataset& train, Dataset& val);
 // Writes the demo's base model (fp32 weights stored as bf16), for ./sample to load beside the adapter.
 void write_model_bf16(const std::string& path, const Config& c, const std::vector<float>& w);

@@ -12,13 +12,14 @@
 #include "../llama2_gpu.h"
 #include "../schedule.h"
 #include "bench_util.h"
+#include "profile.h"
 
 static const char* PROG = "bench_step";
 
 int main(int argc, char** argv) {
     struct {
         std::string model = "7b", quant = "nf4", seq = "2048", rows = "1", rank = "64", recompute = "none", steps = "3",
-                    micro = "1";
+                    micro = "1", profile, att_warps = "8";
     } a;
     const Cli cli{PROG, "./bench_step [--model 7b] [--quant nf4|bf16] [--seq 2048] [options]",
                   "Times LoRA/QLoRA training steps of a Llama-2-shaped model with random weights on the GPU.",
@@ -31,6 +32,8 @@ int main(int argc, char** argv) {
                       {nullptr, "--recompute", "MODE", "none|light|full (default none)", &a.recompute},
                       {nullptr, "--steps", "N", "timed steps after one warm-up step (default 3)", &a.steps},
                       {nullptr, "--micro", "N", "micro-batches per step (default 1)", &a.micro},
+                      {nullptr, "--profile", nullptr, "also time one step phase by phase and print the table", &a.profile},
+                      {nullptr, "--att-warps", "N", "warps per query block of the attention kernels, 4 or 8 (default 8)", &a.att_warps},
                       {"-h", "--help", nullptr, "show this help and exit", nullptr},
                   }};
     if (!cli_parse(cli, argc, argv)) return 0;
@@ -41,6 +44,7 @@ int main(int argc, char** argv) {
               micro = (int)cli_int(PROG, "--micro", a.micro, 1, 1 << 20);
     cudaDeviceProp prop;
     const Config c = bench_setup(PROG, model, &prop);
+    attention_set_query_warps((int)cli_int(PROG, "--att-warps", a.att_warps, 4, 8) >= 8 ? 8 : 4);
     const int q = quant == "nf4" ? QUANT_NF4 : QUANT_BF16;
     const int rc = recompute == "full" ? RECOMPUTE_FULL : recompute == "light" ? RECOMPUTE_LIGHT : RECOMPUTE_NONE;
     LoraConfig lc{rank, 16.0f, 0.1f, LORA_ALL_TARGETS};
@@ -106,6 +110,14 @@ int main(int argc, char** argv) {
            (total_b - free_b) / 1073741824.0, total_b / 1073741824.0);
     printf("RESULT model=%s quant=%s seq=%d tokens_per_s=%.0f mfu=%.4f mem_gib=%.2f\n", model.c_str(), quant.c_str(), seq,
            tokens / step_s, peak > 0 ? flops / step_s / peak : 0.0, (total_b - free_b) / 1073741824.0);
+    if (!a.profile.empty()) {
+        const Ceilings ceil = measure_ceilings(m.blas, m.stream);
+        double ms[NUM_PHASES];
+        gpu_profile_start(m);
+        run_step(2 + steps);
+        gpu_profile_stop(m, ms);
+        print_profile(ms, phase_work(c, lc, q, tokens, (double)rows * micro * (double)seq * (seq + 1) / 2.0), ceil);
+    }
     gpu_model_free(m);
     return 0;
 }

@@ -222,6 +222,13 @@ static Dataset make_dataset(const std::vector<const Tokenized*>& convs, const Da
 static int run(const Options& o) {
     auto t0 = std::chrono::steady_clock::now();
 
+    IoPaths io;  // no output may be (or link to) an input or the other output
+    io.input("-t", o.tokenizer);
+    io.input("-i", o.input);
+    io.output_file("-o", o.output);
+    if (!o.val_out.empty()) io.output_file("--val-out", o.val_out);
+    io.check();
+
     // the tokenizer: read it ourselves so a missing file gets the project's message, and a file that
     // is not a sentencepiece model gets one line naming it
     std::string model_bytes = read_text_file(o.tokenizer);
@@ -309,13 +316,10 @@ static int run(const Options& o) {
     return 0;
 }
 
-int main(int argc, char** argv) {
+static int prepare_main(int argc, char** argv) {
     Options o;
     if (!parse_args(argc, argv, o)) return 0;
-    try {
-        return run(o);
-    } catch (const InputError& e) {
-        fprintf(stderr, "%s: %s\n", PROG, e.what());
-        return 1;
-    }
+    return run(o);
 }
+
+int main(int argc, char** argv) { return run_main(PROG, prepare_main, argc, argv); }

@@ -3,16 +3,14 @@
 // the backward recomputes the probabilities from it (three kernels: rowsum(dO * O), then dK/dV per
 // key block, then dQ per query block; no atomics, so the gradients are bitwise deterministic).
 // CPU twin: cpu::attention_forward / cpu::attention_backward (llama2_cpu.cpp), which keep the whole
-// probability matrix. Test: test/gpu_kernels.cu ("kernel attention ..."), racecheck in tools/gpu_check.sh.
-#include <climits>
-
-#include "ops.h"
-
-// flash attention with tensor cores (mma.sync m16n8k16, bf16 in, fp32 accumulate).
+// probability matrix. Test: test/gpu_kernels.cu ("kernel: flash attention ..."), racecheck in
+// tools/gpu_check.sh. Runs on sm_80 and later (mma.sync, ldmatrix, cp.async: no Hopper-only code).
 //
-// A block takes 64 queries of one (row, head); each of its 4 warps owns 16 of them. Keys stream
-// through shared memory 64 at a time; scores, the online softmax and the output accumulator stay
-// in registers. Only the log-sum-exp of each query is saved for the backward.
+// The work, FlashAttention-2's: a block owns a tile of queries (forward, dQ) or keys (dK/dV); the
+// other side streams through shared memory in tiles, double-buffered with cp.async so the next
+// tile's loads overlap this tile's math; scores, the online softmax and the accumulators stay in
+// registers. Fragments come out of shared memory with ldmatrix (.trans where the operand is laid
+// out the other way), four 8x8 matrices per instruction.
 //
 // Fragment layouts (PTX ISA, mma.m16n8k16 with .bf16), g = lane/4, c = lane%4:
 //   A (16x16, row-major): reg0 = (row g, cols 2c..2c+1), reg1 = (g+8, 2c..), reg2 = (g, 2c+8..), reg3 = (g+8, 2c+8..)
@@ -21,17 +19,24 @@
 // Two C tiles side by side (16x16) are exactly one A fragment: this is how P feeds P V.
 //
 // Masking: query t of a row attends keys [t - pos[t], t]. start(t) = t - pos[t] never decreases
-// along a row (it jumps forward at each new conversation), which bounds the key blocks to visit.
+// along a row (it jumps forward at each new conversation), which bounds the key tiles to visit; a
+// tile every query of the block sees whole skips the per-element mask.
+#include <climits>
+
+#include "ops.h"
 
 namespace att {
 constexpr int D = 128;        // head_dim (every Llama 2 size)
-constexpr int BQ = 64;        // queries per block
-constexpr int BK = 64;        // keys per tile
-constexpr int LD = D + 8;     // shared-memory row stride in bf16: rows shift 4 banks, no conflicts
-constexpr int THREADS = 128;  // 4 warps x 16 rows
+constexpr int BK = 64;        // keys per tile; keys per block of the dK/dV kernel (4 warps x 16)
+constexpr int LD = D + 8;     // shared-memory row stride in bf16: 272 bytes, rows 4 banks apart,
+                              // so the 8 rows of an ldmatrix hit 32 different banks
+constexpr int KV_THREADS = 128;  // dK/dV: 4 warps of 16 keys
 constexpr float LOG2E = 1.4426950408889634f;
 constexpr float LN2 = 0.6931471805599453f;
 }  // namespace att
+
+// ----------------------------------------------------------------------------------------------
+// tensor-core and copy primitives
 
 __device__ __forceinline__ void mma_16816(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
     asm volatile(
@@ -39,58 +44,83 @@ __device__ __forceinline__ void mma_16816(float c[4], const uint32_t a[4], uint3
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
-__device__ __forceinline__ uint32_t ld_pair(const bf16* p) { return *(const uint32_t*)p; }  // two adjacent bf16
-__device__ __forceinline__ uint32_t pack_pair(bf16 lo, bf16 hi) {
-    return (uint32_t)__bfloat16_as_ushort(lo) | ((uint32_t)__bfloat16_as_ushort(hi) << 16);
+__device__ __forceinline__ uint32_t smem_addr(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
+__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const bf16* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const bf16* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+// 16 bytes global -> shared without passing through registers; !valid writes 16 zero bytes
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 __device__ __forceinline__ uint32_t pack_floats(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     return *(uint32_t*)&v;
 }
-// A fragment of rows [r0, r0+16), cols [k0, k0+16) of a row-major shared tile
-__device__ __forceinline__ void load_a_frag(uint32_t a[4], const bf16* tile, int r0, int k0, int g, int c) {
-    a[0] = ld_pair(tile + (r0 + g) * att::LD + k0 + 2 * c);
-    a[1] = ld_pair(tile + (r0 + g + 8) * att::LD + k0 + 2 * c);
-    a[2] = ld_pair(tile + (r0 + g) * att::LD + k0 + 2 * c + 8);
-    a[3] = ld_pair(tile + (r0 + g + 8) * att::LD + k0 + 2 * c + 8);
+
+// Fragment loads from a row-major shared tile (stride att::LD), lane = threadIdx.x % 32:
+// A of rows [r0, r0+16) x cols [k0, k0+16)
+__device__ __forceinline__ void load_a(uint32_t a[4], const bf16* tile, int r0, int k0, int lane) {
+    ldmatrix_x4(a, tile + (r0 + (lane & 15)) * att::LD + k0 + (lane >> 4) * 8);
 }
-// B fragment where B[k][n] = tile[n0 + n][k0 + k] (the tile's rows are B's columns): contiguous pairs
-__device__ __forceinline__ void load_b_rows(uint32_t& b0, uint32_t& b1, const bf16* tile, int n0, int k0, int g, int c) {
-    b0 = ld_pair(tile + (n0 + g) * att::LD + k0 + 2 * c);
-    b1 = ld_pair(tile + (n0 + g) * att::LD + k0 + 2 * c + 8);
+// B fragments of two 8-column tiles where B[k][n] = tile[n0 + n][k0 + k] (the tile's rows are B's
+// columns, as K in Q K^T): b[0], b[1] for columns n0..n0+7, b[2], b[3] for n0+8..n0+15
+__device__ __forceinline__ void load_b_rows(uint32_t b[4], const bf16* tile, int n0, int k0, int lane) {
+    ldmatrix_x4(b, tile + (n0 + (lane & 7) + ((lane >> 4) << 3)) * att::LD + k0 + ((lane >> 3) & 1) * 8);
 }
-// B fragment where B[k][n] = tile[k0 + k][n0 + n] (the tile's rows are B's k): two scalar loads per pair
-__device__ __forceinline__ void load_b_cols(uint32_t& b0, uint32_t& b1, const bf16* tile, int k0, int n0, int g, int c) {
-    b0 = pack_pair(tile[(k0 + 2 * c) * att::LD + n0 + g], tile[(k0 + 2 * c + 1) * att::LD + n0 + g]);
-    b1 = pack_pair(tile[(k0 + 2 * c + 8) * att::LD + n0 + g], tile[(k0 + 2 * c + 9) * att::LD + n0 + g]);
+// the same where B[k][n] = tile[k0 + k][n0 + n] (the tile's rows are B's k, as V in P V)
+__device__ __forceinline__ void load_b_cols(uint32_t b[4], const bf16* tile, int k0, int n0, int lane) {
+    ldmatrix_x4_trans(b, tile + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * att::LD + n0 + (lane >> 4) * 8);
 }
-// rows [t0, t0+64) of one head of a (B, T, n_heads, D) tensor into a shared tile; rows >= T are zero
-// (a zero V row times a zero probability must stay zero, never NaN)
-__device__ __forceinline__ void load_tile(bf16* tile, const bf16* src, int b, int t0, int head, int n_heads, int T) {
-    for (int i = threadIdx.x; i < att::BQ * (att::D / 8); i += att::THREADS) {
-        const int r = i / (att::D / 8), c8 = i % (att::D / 8);
-        uint4 v = make_uint4(0, 0, 0, 0);
-        if (t0 + r < T) v = *(const uint4*)(src + (((int64_t)b * T + t0 + r) * n_heads + head) * att::D + c8 * 8);
-        *(uint4*)(tile + r * att::LD + c8 * 8) = v;
+
+// Starts the copy of rows [t0, t0+ROWS) of one head of a (B, T, n_heads, D) tensor into a shared
+// tile; rows >= T are zero (a zero V row times a zero probability must stay zero, never NaN).
+template <int ROWS, int THREADS>
+__device__ __forceinline__ void load_tile_async(bf16* tile, const bf16* src, int b, int t0, int head, int n_heads, int T) {
+    for (int i = threadIdx.x; i < ROWS * (att::D / 8); i += THREADS) {
+        const int r = i / (att::D / 8), c8 = i % (att::D / 8), t = t0 + r;
+        const bool valid = t < T;
+        const bf16* s = src + (((int64_t)b * T + (valid ? t : 0)) * n_heads + head) * att::D + c8 * 8;
+        cp_async16(tile + r * att::LD + c8 * 8, s, valid);
     }
 }
 __device__ __forceinline__ int att_start(const int32_t* pos, int b, int t, int T) { return t - pos[(int64_t)b * T + t]; }
 
-__global__ void __launch_bounds__(att::THREADS) attention_forward_kernel(bf16* out, float* lse, const bf16* q, const bf16* k,
-                                                                        const bf16* v, const int32_t* pos, int T, int H,
-                                                                        int KV, float scale_log2) {
-    using namespace att;
-    const int t0 = blockIdx.x * BQ, h = blockIdx.y, b = blockIdx.z, kvh = h / (H / KV);
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
-    __shared__ __align__(16) bf16 Ks[BK * LD];
-    __shared__ __align__(16) bf16 Vs[BK * LD];
+// ----------------------------------------------------------------------------------------------
+// forward: 16 * WARPS queries of one (row, head) per block, a warp per 16; keys in tiles of 64
 
-    load_tile(Ks, q, b, t0, h, H, T);  // stage this block's queries
-    __syncthreads();
-    uint32_t qf[D / 16][4];  // this warp's 16 query rows as A fragments
-#pragma unroll
-    for (int ks = 0; ks < D / 16; ks++) load_a_frag(qf[ks], Ks, warp * 16, ks * 16, g, c);
-    __syncthreads();
+template <int WARPS>
+__global__ void __launch_bounds__(WARPS * 32) attention_forward_kernel(bf16* out, float* lse, const bf16* q, const bf16* k,
+                                                                      const bf16* v, const int32_t* pos, int T, int H, int KV,
+                                                                      float scale_log2) {
+    using namespace att;
+    constexpr int BQ = 16 * WARPS, Q_THREADS = 32 * WARPS;
+    // the last query blocks have the most keys: start them first so the tail of the grid is short
+    const int t0 = (gridDim.x - 1 - blockIdx.x) * BQ, h = blockIdx.y, b = blockIdx.z, kvh = h / (H / KV);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+    extern __shared__ __align__(16) bf16 smem[];
+    bf16* Qs = smem;                // (BQ, LD)
+    bf16* Ks = Qs + BQ * LD;        // (2, BK, LD) double buffer
+    bf16* Vs = Ks + 2 * BK * LD;    // (2, BK, LD)
+
+    const int t_last = min(t0 + BQ - 1, T - 1);
+    const int kb_first = att_start(pos, b, t0, T) / BK, kb_last = t_last / BK;
+    const int start_last = att_start(pos, b, t_last, T);  // the largest start in the block
+    load_tile_async<BQ, Q_THREADS>(Qs, q, b, t0, h, H, T);
+    load_tile_async<BK, Q_THREADS>(Ks, k, b, kb_first * BK, kvh, KV, T);
+    load_tile_async<BK, Q_THREADS>(Vs, v, b, kb_first * BK, kvh, KV, T);
+    cp_async_commit();
 
     const int row[2] = {t0 + warp * 16 + g, t0 + warp * 16 + g + 8};
     int start[2];
@@ -99,31 +129,41 @@ __global__ void __launch_bounds__(att::THREADS) attention_forward_kernel(bf16* o
     float o[D / 8][4];
 #pragma unroll
     for (int nt = 0; nt < D / 8; nt++) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.0f;
+    cp_async_wait<0>();
+    __syncthreads();
+    uint32_t qf[D / 16][4];  // this warp's 16 query rows as A fragments
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ks++) load_a(qf[ks], Qs, warp * 16, ks * 16, lane);
 
-    const int kb_first = att_start(pos, b, t0, T) / BK, kb_last = min(t0 + BQ - 1, T - 1) / BK;
     for (int kb = kb_first; kb <= kb_last; kb++) {
-        const int k0 = kb * BK;
-        load_tile(Ks, k, b, k0, kvh, KV, T);
-        load_tile(Vs, v, b, k0, kvh, KV, T);
-        __syncthreads();
+        const int buf = (kb - kb_first) & 1, k0 = kb * BK;
+        if (kb < kb_last) {  // the next tile streams in while this one is used
+            load_tile_async<BK, Q_THREADS>(Ks + (buf ^ 1) * BK * LD, k, b, k0 + BK, kvh, KV, T);
+            load_tile_async<BK, Q_THREADS>(Vs + (buf ^ 1) * BK * LD, v, b, k0 + BK, kvh, KV, T);
+            cp_async_commit();
+        }
+        const bf16 *Kt = Ks + buf * BK * LD, *Vt = Vs + buf * BK * LD;
         float s[BK / 8][4];  // scores: 16 rows x 64 keys
 #pragma unroll
-        for (int nt = 0; nt < BK / 8; nt++) {
-            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+        for (int nt = 0; nt < BK / 8; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
 #pragma unroll
-            for (int ks = 0; ks < D / 16; ks++) {
-                uint32_t b0, b1;
-                load_b_rows(b0, b1, Ks, nt * 8, ks * 16, g, c);
-                mma_16816(s[nt], qf[ks], b0, b1);
+        for (int ks = 0; ks < D / 16; ks++)
+#pragma unroll
+            for (int np = 0; np < BK / 16; np++) {
+                uint32_t bb[4];
+                load_b_rows(bb, Kt, np * 16, ks * 16, lane);
+                mma_16816(s[2 * np], qf[ks], bb[0], bb[1]);
+                mma_16816(s[2 * np + 1], qf[ks], bb[2], bb[3]);
             }
-        }
+        // every query of the block sees every key of the tile: no per-element mask
+        const bool whole = k0 + BK - 1 <= t0 && k0 >= start_last;
         float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
         for (int nt = 0; nt < BK / 8; nt++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 const int key = k0 + nt * 8 + 2 * c + (e & 1), ri = e / 2;
-                s[nt][e] = (key >= start[ri] && key <= row[ri]) ? s[nt][e] * scale_log2 : -INFINITY;
+                s[nt][e] = (whole || (key >= start[ri] && key <= row[ri])) ? s[nt][e] * scale_log2 : -INFINITY;
                 mx[ri] = fmaxf(mx[ri], s[nt][e]);
             }
         float alpha[2], base[2];
@@ -153,14 +193,18 @@ __global__ void __launch_bounds__(att::THREADS) attention_forward_kernel(bf16* o
             o[nt][1] *= alpha[0];
             o[nt][2] *= alpha[1];
             o[nt][3] *= alpha[1];
-#pragma unroll
-            for (int ks = 0; ks < BK / 16; ks++) {
-                uint32_t b0, b1;
-                load_b_cols(b0, b1, Vs, ks * 16, nt * 8, g, c);
-                mma_16816(o[nt], pf[ks], b0, b1);
-            }
         }
-        __syncthreads();  // before the next tile overwrites Ks, Vs
+#pragma unroll
+        for (int ks = 0; ks < BK / 16; ks++)
+#pragma unroll
+            for (int np = 0; np < D / 16; np++) {
+                uint32_t bb[4];
+                load_b_cols(bb, Vt, ks * 16, np * 16, lane);
+                mma_16816(o[2 * np], pf[ks], bb[0], bb[1]);
+                mma_16816(o[2 * np + 1], pf[ks], bb[2], bb[3]);
+            }
+        cp_async_wait<0>();  // the next tile has landed,
+        __syncthreads();     // and no warp still reads this one when it is overwritten
     }
 #pragma unroll
     for (int ri = 0; ri < 2; ri++) {
@@ -175,6 +219,9 @@ __global__ void __launch_bounds__(att::THREADS) attention_forward_kernel(bf16* o
         if (c == 0) lse[((int64_t)b * H + h) * T + row[ri]] = (m[ri] + log2f(l[ri])) * LN2;
     }
 }
+
+// ----------------------------------------------------------------------------------------------
+// backward
 
 // delta (B, H, T) = rowsum(dout * out) per query and head; dout_bf16 = bf16 copy of dout.
 // One warp per (token, head).
@@ -196,114 +243,152 @@ __global__ void attention_backward_preprocess_kernel(bf16* dout_bf16, float* del
 }
 
 // dK, dV for 64 keys of one (row, kv head): each warp owns 16 keys and loops over every query
-// (of every head sharing this kv head) that can see them. Gradients stay in registers; no atomics,
-// so the result is bitwise deterministic.
-__global__ void __launch_bounds__(att::THREADS) attention_backward_dkdv_kernel(
+// (of every head sharing this kv head) that can see them, 64 at a time, double-buffered.
+// Gradients stay in registers; no atomics, so the result is bitwise deterministic.
+struct QTileInfo {  // per query of a streamed tile
+    float lse2[att::BK];   // log-sum-exp in log2 units
+    float delta[att::BK];
+    int start[att::BK];    // first visible key (INT_MAX beyond T: sees nothing)
+};
+
+__device__ __forceinline__ void load_q_tile_info(QTileInfo* qi, const float* lse, const float* delta,
+                                                 const int32_t* pos, int b, int h, int H, int q0, int T) {
+    for (int i = threadIdx.x; i < att::BK; i += att::KV_THREADS) {
+        const int t = q0 + i;
+        const bool ok = t < T;
+        qi->lse2[i] = ok ? lse[((int64_t)b * H + h) * T + t] * att::LOG2E : 0.0f;
+        qi->delta[i] = ok ? delta[((int64_t)b * H + h) * T + t] : 0.0f;
+        qi->start[i] = ok ? att_start(pos, b, t, T) : INT_MAX;
+    }
+}
+
+__global__ void __launch_bounds__(att::KV_THREADS) attention_backward_dkdv_kernel(
     bf16* dk, bf16* dv, const bf16* dout, const float* lse, const float* delta, const bf16* q, const bf16* k,
     const bf16* v, const int32_t* pos, int T, int H, int KV, float scale_log2, float scale) {
     using namespace att;
     extern __shared__ __align__(16) bf16 smem[];
-    bf16 *Ks = smem, *Vs = Ks + BK * LD, *Qs = Vs + BK * LD, *dOs = Qs + BQ * LD;
-    float* lse_s = (float*)(dOs + BQ * LD);  // (64) in log2 units
-    float* delta_s = lse_s + BQ;             // (64)
-    int* start_s = (int*)(delta_s + BQ);     // (64)
+    bf16 *Ks = smem, *Vs = Ks + BK * LD;
+    bf16* Qs = Vs + BK * LD;       // (2, BK, LD)
+    bf16* dOs = Qs + 2 * BK * LD;  // (2, BK, LD)
+    QTileInfo* info = (QTileInfo*)(dOs + 2 * BK * LD);  // (2)
+    // (the first key blocks are seen by the most queries; they come first in the grid anyway)
     const int k0 = blockIdx.x * BK, kvh = blockIdx.y, b = blockIdx.z, group = H / KV;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
-    load_tile(Ks, k, b, k0, kvh, KV, T);
-    load_tile(Vs, v, b, k0, kvh, KV, T);
     const int key[2] = {k0 + warp * 16 + g, k0 + warp * 16 + g + 8};
+    const int last_key = min(k0 + BK - 1, T - 1);
+    // the query tiles to visit, per head: from the tile holding k0 up to the first whose queries
+    // all start their conversation after our last key
+    const int q_first = k0;  // BK-aligned
+    int q_end = q_first;
+    while (q_end < T && att_start(pos, b, q_end, T) <= last_key) q_end += BK;
+    const int n_tiles = (q_end - q_first) / BK, total = n_tiles * group;
+
+    load_tile_async<BK, KV_THREADS>(Ks, k, b, k0, kvh, KV, T);
+    load_tile_async<BK, KV_THREADS>(Vs, v, b, k0, kvh, KV, T);
+    auto issue = [&](int j, int buf) {  // tile j of the (head, query tile) sequence into buffer buf
+        const int h = kvh * group + j / n_tiles, q0 = q_first + (j % n_tiles) * BK;
+        load_tile_async<BK, KV_THREADS>(Qs + buf * BK * LD, q, b, q0, h, H, T);
+        load_tile_async<BK, KV_THREADS>(dOs + buf * BK * LD, dout, b, q0, h, H, T);
+        load_q_tile_info(info + buf, lse, delta, pos, b, h, H, q0, T);
+    };
+    if (total > 0) issue(0, 0);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+
     float dkacc[D / 8][4], dvacc[D / 8][4];
 #pragma unroll
     for (int nt = 0; nt < D / 8; nt++)
 #pragma unroll
         for (int e = 0; e < 4; e++) dkacc[nt][e] = dvacc[nt][e] = 0.0f;
-    const int last_key = min(k0 + BK - 1, T - 1);
 
-    for (int h = kvh * group; h < (kvh + 1) * group; h++)
-        for (int q0 = (k0 / BQ) * BQ; q0 < T; q0 += BQ) {
-            // queries from here on start their conversation after our last key: nothing left to see
-            if (att_start(pos, b, q0, T) > last_key) break;
-            __syncthreads();  // previous tiles fully used
-            load_tile(Qs, q, b, q0, h, H, T);
-            load_tile(dOs, dout, b, q0, h, H, T);
-            for (int i = threadIdx.x; i < BQ; i += THREADS) {
-                const int t = q0 + i;
-                const bool ok = t < T;
-                lse_s[i] = ok ? lse[((int64_t)b * H + h) * T + t] * LOG2E : 0.0f;
-                delta_s[i] = ok ? delta[((int64_t)b * H + h) * T + t] : 0.0f;
-                start_s[i] = ok ? att_start(pos, b, t, T) : INT_MAX;  // beyond T: sees nothing
-            }
-            __syncthreads();
-            // S^T = K Q^T (16 keys x 64 queries), then P^T
-            float st[BQ / 8][4];
-#pragma unroll
-            for (int nt = 0; nt < BQ / 8; nt++) st[nt][0] = st[nt][1] = st[nt][2] = st[nt][3] = 0.0f;
-#pragma unroll
-            for (int ks = 0; ks < D / 16; ks++) {
-                uint32_t a[4];
-                load_a_frag(a, Ks, warp * 16, ks * 16, g, c);
-#pragma unroll
-                for (int nt = 0; nt < BQ / 8; nt++) {
-                    uint32_t b0, b1;
-                    load_b_rows(b0, b1, Qs, nt * 8, ks * 16, g, c);
-                    mma_16816(st[nt], a, b0, b1);
-                }
-            }
-            uint32_t pf[BQ / 16][4];
-#pragma unroll
-            for (int nt = 0; nt < BQ / 8; nt++) {
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int qi = nt * 8 + 2 * c + (e & 1), t = q0 + qi, kk = key[e / 2];
-                    const bool visible = kk <= t && start_s[qi] <= kk;
-                    st[nt][e] = visible ? exp2f(st[nt][e] * scale_log2 - lse_s[qi]) : 0.0f;
-                }
-                pf[nt / 2][(nt & 1) * 2 + 0] = pack_floats(st[nt][0], st[nt][1]);
-                pf[nt / 2][(nt & 1) * 2 + 1] = pack_floats(st[nt][2], st[nt][3]);
-            }
-            // dV += P^T dO
-#pragma unroll
-            for (int nt = 0; nt < D / 8; nt++)
-#pragma unroll
-                for (int ks = 0; ks < BQ / 16; ks++) {
-                    uint32_t b0, b1;
-                    load_b_cols(b0, b1, dOs, ks * 16, nt * 8, g, c);
-                    mma_16816(dvacc[nt], pf[ks], b0, b1);
-                }
-            // dP^T = V dO^T, dS^T = P^T * (dP^T - delta)
-            float dpt[BQ / 8][4];
-#pragma unroll
-            for (int nt = 0; nt < BQ / 8; nt++) dpt[nt][0] = dpt[nt][1] = dpt[nt][2] = dpt[nt][3] = 0.0f;
-#pragma unroll
-            for (int ks = 0; ks < D / 16; ks++) {
-                uint32_t a[4];
-                load_a_frag(a, Vs, warp * 16, ks * 16, g, c);
-#pragma unroll
-                for (int nt = 0; nt < BQ / 8; nt++) {
-                    uint32_t b0, b1;
-                    load_b_rows(b0, b1, dOs, nt * 8, ks * 16, g, c);
-                    mma_16816(dpt[nt], a, b0, b1);
-                }
-            }
-            uint32_t dsf[BQ / 16][4];
-#pragma unroll
-            for (int nt = 0; nt < BQ / 8; nt++) {
-                float ds[4];
-#pragma unroll
-                for (int e = 0; e < 4; e++) ds[e] = st[nt][e] * (dpt[nt][e] - delta_s[nt * 8 + 2 * c + (e & 1)]);
-                dsf[nt / 2][(nt & 1) * 2 + 0] = pack_floats(ds[0], ds[1]);
-                dsf[nt / 2][(nt & 1) * 2 + 1] = pack_floats(ds[2], ds[3]);
-            }
-            // dK += dS^T Q
-#pragma unroll
-            for (int nt = 0; nt < D / 8; nt++)
-#pragma unroll
-                for (int ks = 0; ks < BQ / 16; ks++) {
-                    uint32_t b0, b1;
-                    load_b_cols(b0, b1, Qs, ks * 16, nt * 8, g, c);
-                    mma_16816(dkacc[nt], dsf[ks], b0, b1);
-                }
+    for (int j = 0; j < total; j++) {
+        const int buf = j & 1, q0 = q_first + (j % n_tiles) * BK;
+        if (j + 1 < total) {  // the next tile streams in while this one is used
+            issue(j + 1, buf ^ 1);
+            cp_async_commit();
         }
+        const bf16 *Qt = Qs + buf * BK * LD, *dOt = dOs + buf * BK * LD;
+        const QTileInfo& qi = info[buf];
+        // S^T = K Q^T (16 keys x 64 queries), then P^T
+        float st[BK / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < BK / 8; nt++) st[nt][0] = st[nt][1] = st[nt][2] = st[nt][3] = 0.0f;
+#pragma unroll
+        for (int ks = 0; ks < D / 16; ks++) {
+            uint32_t kf[4];  // this warp's 16 keys, re-read from shared memory (registers are short here)
+            load_a(kf, Ks, warp * 16, ks * 16, lane);
+#pragma unroll
+            for (int np = 0; np < BK / 16; np++) {
+                uint32_t bb[4];
+                load_b_rows(bb, Qt, np * 16, ks * 16, lane);
+                mma_16816(st[2 * np], kf, bb[0], bb[1]);
+                mma_16816(st[2 * np + 1], kf, bb[2], bb[3]);
+            }
+        }
+        // the whole tile sees all 64 keys when its first query is past our last key and its last
+        // query starts at or before our first key
+        const bool whole = q0 >= last_key && qi.start[BK - 1] <= k0 && q0 + BK <= T;
+        uint32_t pf[BK / 16][4];
+#pragma unroll
+        for (int nt = 0; nt < BK / 8; nt++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int qx = nt * 8 + 2 * c + (e & 1), t = q0 + qx, kk = key[e / 2];
+                const bool visible = whole || (kk <= t && qi.start[qx] <= kk);
+                st[nt][e] = visible ? exp2f(st[nt][e] * scale_log2 - qi.lse2[qx]) : 0.0f;
+            }
+            pf[nt / 2][(nt & 1) * 2 + 0] = pack_floats(st[nt][0], st[nt][1]);
+            pf[nt / 2][(nt & 1) * 2 + 1] = pack_floats(st[nt][2], st[nt][3]);
+        }
+        // dV += P^T dO
+#pragma unroll
+        for (int ks = 0; ks < BK / 16; ks++)
+#pragma unroll
+            for (int np = 0; np < D / 16; np++) {
+                uint32_t bb[4];
+                load_b_cols(bb, dOt, ks * 16, np * 16, lane);
+                mma_16816(dvacc[2 * np], pf[ks], bb[0], bb[1]);
+                mma_16816(dvacc[2 * np + 1], pf[ks], bb[2], bb[3]);
+            }
+        // dP^T = V dO^T, dS^T = P^T * (dP^T - delta)
+        float dpt[BK / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < BK / 8; nt++) dpt[nt][0] = dpt[nt][1] = dpt[nt][2] = dpt[nt][3] = 0.0f;
+#pragma unroll
+        for (int ks = 0; ks < D / 16; ks++) {
+            uint32_t vf[4];
+            load_a(vf, Vs, warp * 16, ks * 16, lane);
+#pragma unroll
+            for (int np = 0; np < BK / 16; np++) {
+                uint32_t bb[4];
+                load_b_rows(bb, dOt, np * 16, ks * 16, lane);
+                mma_16816(dpt[2 * np], vf, bb[0], bb[1]);
+                mma_16816(dpt[2 * np + 1], vf, bb[2], bb[3]);
+            }
+        }
+        uint32_t dsf[BK / 16][4];
+#pragma unroll
+        for (int nt = 0; nt < BK / 8; nt++) {
+            float ds[4];
+#pragma unroll
+            for (int e = 0; e < 4; e++) ds[e] = st[nt][e] * (dpt[nt][e] - qi.delta[nt * 8 + 2 * c + (e & 1)]);
+            dsf[nt / 2][(nt & 1) * 2 + 0] = pack_floats(ds[0], ds[1]);
+            dsf[nt / 2][(nt & 1) * 2 + 1] = pack_floats(ds[2], ds[3]);
+        }
+        // dK += dS^T Q
+#pragma unroll
+        for (int ks = 0; ks < BK / 16; ks++)
+#pragma unroll
+            for (int np = 0; np < D / 16; np++) {
+                uint32_t bb[4];
+                load_b_cols(bb, Qt, ks * 16, np * 16, lane);
+                mma_16816(dkacc[2 * np], dsf[ks], bb[0], bb[1]);
+                mma_16816(dkacc[2 * np + 1], dsf[ks], bb[2], bb[3]);
+            }
+        cp_async_wait<0>();  // the next tile has landed,
+        __syncthreads();     // and no warp still reads this one when it is overwritten
+    }
 #pragma unroll
     for (int ri = 0; ri < 2; ri++) {
         if (key[ri] >= T) continue;
@@ -317,25 +402,32 @@ __global__ void __launch_bounds__(att::THREADS) attention_backward_dkdv_kernel(
     }
 }
 
-// dQ for 64 queries of one (row, head): recompute P from the saved log-sum-exp, dS = P (dP - delta),
-// dQ = dS K scale.
-__global__ void __launch_bounds__(att::THREADS) attention_backward_dq_kernel(
+// dQ for 16 * WARPS queries of one (row, head): recompute P from the saved log-sum-exp,
+// dS = P (dP - delta), dQ = dS K scale. A warp per 16 queries; keys and values in tiles of 64,
+// double-buffered.
+template <int WARPS>
+__global__ void __launch_bounds__(WARPS * 32) attention_backward_dq_kernel(
     bf16* dq, const bf16* dout, const float* lse, const float* delta, const bf16* q, const bf16* k, const bf16* v,
     const int32_t* pos, int T, int H, int KV, float scale_log2, float scale) {
     using namespace att;
-    const int t0 = blockIdx.x * BQ, h = blockIdx.y, b = blockIdx.z, kvh = h / (H / KV);
+    constexpr int BQ = 16 * WARPS, Q_THREADS = 32 * WARPS;
+    const int t0 = (gridDim.x - 1 - blockIdx.x) * BQ, h = blockIdx.y, b = blockIdx.z, kvh = h / (H / KV);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
-    __shared__ __align__(16) bf16 Ks[BK * LD];
-    __shared__ __align__(16) bf16 Vs[BK * LD];
-    load_tile(Ks, q, b, t0, h, H, T);
-    load_tile(Vs, dout, b, t0, h, H, T);
-    __syncthreads();
-    uint32_t qf[D / 16][4], dof[D / 16][4];
-#pragma unroll
-    for (int ks = 0; ks < D / 16; ks++) {
-        load_a_frag(qf[ks], Ks, warp * 16, ks * 16, g, c);
-        load_a_frag(dof[ks], Vs, warp * 16, ks * 16, g, c);
-    }
+    extern __shared__ __align__(16) bf16 smem[];
+    bf16* Qs = smem;               // (BQ, LD)
+    bf16* dOs = Qs + BQ * LD;      // (BQ, LD)
+    bf16* Ks = dOs + BQ * LD;      // (2, BK, LD)
+    bf16* Vs = Ks + 2 * BK * LD;   // (2, BK, LD)
+
+    const int t_last = min(t0 + BQ - 1, T - 1);
+    const int kb_first = att_start(pos, b, t0, T) / BK, kb_last = t_last / BK;
+    const int start_last = att_start(pos, b, t_last, T);
+    load_tile_async<BQ, Q_THREADS>(Qs, q, b, t0, h, H, T);
+    load_tile_async<BQ, Q_THREADS>(dOs, dout, b, t0, h, H, T);
+    load_tile_async<BK, Q_THREADS>(Ks, k, b, kb_first * BK, kvh, KV, T);
+    load_tile_async<BK, Q_THREADS>(Vs, v, b, kb_first * BK, kvh, KV, T);
+    cp_async_commit();
+
     const int row[2] = {t0 + warp * 16 + g, t0 + warp * 16 + g + 8};
     int start[2];
     float lse2[2], dl[2];
@@ -348,28 +440,41 @@ __global__ void __launch_bounds__(att::THREADS) attention_backward_dq_kernel(
     float dqacc[D / 8][4];
 #pragma unroll
     for (int nt = 0; nt < D / 8; nt++) dqacc[nt][0] = dqacc[nt][1] = dqacc[nt][2] = dqacc[nt][3] = 0.0f;
+    cp_async_wait<0>();
+    __syncthreads();
+    uint32_t qf[D / 16][4], dof[D / 16][4];  // this warp's 16 queries and their output gradients
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ks++) {
+        load_a(qf[ks], Qs, warp * 16, ks * 16, lane);
+        load_a(dof[ks], dOs, warp * 16, ks * 16, lane);
+    }
 
-    const int kb_first = att_start(pos, b, t0, T) / BK, kb_last = min(t0 + BQ - 1, T - 1) / BK;
     for (int kb = kb_first; kb <= kb_last; kb++) {
-        const int k0 = kb * BK;
-        __syncthreads();
-        load_tile(Ks, k, b, k0, kvh, KV, T);
-        load_tile(Vs, v, b, k0, kvh, KV, T);
-        __syncthreads();
+        const int buf = (kb - kb_first) & 1, k0 = kb * BK;
+        if (kb < kb_last) {  // the next tile streams in while this one is used
+            load_tile_async<BK, Q_THREADS>(Ks + (buf ^ 1) * BK * LD, k, b, k0 + BK, kvh, KV, T);
+            load_tile_async<BK, Q_THREADS>(Vs + (buf ^ 1) * BK * LD, v, b, k0 + BK, kvh, KV, T);
+            cp_async_commit();
+        }
+        const bf16 *Kt = Ks + buf * BK * LD, *Vt = Vs + buf * BK * LD;
         float s[BK / 8][4], dp[BK / 8][4];
 #pragma unroll
-        for (int nt = 0; nt < BK / 8; nt++) {
+        for (int nt = 0; nt < BK / 8; nt++)
 #pragma unroll
             for (int e = 0; e < 4; e++) s[nt][e] = dp[nt][e] = 0.0f;
 #pragma unroll
-            for (int ks = 0; ks < D / 16; ks++) {
-                uint32_t b0, b1;
-                load_b_rows(b0, b1, Ks, nt * 8, ks * 16, g, c);
-                mma_16816(s[nt], qf[ks], b0, b1);
-                load_b_rows(b0, b1, Vs, nt * 8, ks * 16, g, c);
-                mma_16816(dp[nt], dof[ks], b0, b1);
+        for (int ks = 0; ks < D / 16; ks++)
+#pragma unroll
+            for (int np = 0; np < BK / 16; np++) {
+                uint32_t bb[4];
+                load_b_rows(bb, Kt, np * 16, ks * 16, lane);
+                mma_16816(s[2 * np], qf[ks], bb[0], bb[1]);
+                mma_16816(s[2 * np + 1], qf[ks], bb[2], bb[3]);
+                load_b_rows(bb, Vt, np * 16, ks * 16, lane);
+                mma_16816(dp[2 * np], dof[ks], bb[0], bb[1]);
+                mma_16816(dp[2 * np + 1], dof[ks], bb[2], bb[3]);
             }
-        }
+        const bool whole = k0 + BK - 1 <= t0 && k0 >= start_last;
         uint32_t dsf[BK / 16][4];
 #pragma unroll
         for (int nt = 0; nt < BK / 8; nt++) {
@@ -377,7 +482,7 @@ __global__ void __launch_bounds__(att::THREADS) attention_backward_dq_kernel(
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 const int kk = k0 + nt * 8 + 2 * c + (e & 1), ri = e / 2;
-                const bool visible = kk >= start[ri] && kk <= row[ri];
+                const bool visible = whole || (kk >= start[ri] && kk <= row[ri]);
                 const float p = visible ? exp2f(s[nt][e] * scale_log2 - lse2[ri]) : 0.0f;
                 ds[e] = p * (dp[nt][e] - dl[ri]);
             }
@@ -385,13 +490,16 @@ __global__ void __launch_bounds__(att::THREADS) attention_backward_dq_kernel(
             dsf[nt / 2][(nt & 1) * 2 + 1] = pack_floats(ds[2], ds[3]);
         }
 #pragma unroll
-        for (int nt = 0; nt < D / 8; nt++)
+        for (int ks = 0; ks < BK / 16; ks++)
 #pragma unroll
-            for (int ks = 0; ks < BK / 16; ks++) {
-                uint32_t b0, b1;
-                load_b_cols(b0, b1, Ks, ks * 16, nt * 8, g, c);
-                mma_16816(dqacc[nt], dsf[ks], b0, b1);
+            for (int np = 0; np < D / 16; np++) {
+                uint32_t bb[4];
+                load_b_cols(bb, Kt, ks * 16, np * 16, lane);
+                mma_16816(dqacc[2 * np], dsf[ks], bb[0], bb[1]);
+                mma_16816(dqacc[2 * np + 1], dsf[ks], bb[2], bb[3]);
             }
+        cp_async_wait<0>();  // the next tile has landed,
+        __syncthreads();     // and no warp still reads this one when it is overwritten
     }
 #pragma unroll
     for (int ri = 0; ri < 2; ri++) {
@@ -404,6 +512,9 @@ __global__ void __launch_bounds__(att::THREADS) attention_backward_dq_kernel(
     }
 }
 
+// ----------------------------------------------------------------------------------------------
+// launchers
+
 static void check_attention_shape(int H, int KV, int D) {
     if (D != att::D) {
         fprintf(stderr, "attention: head_dim %d is not supported on the GPU (the kernels are built for %d)\n", D, att::D);
@@ -412,34 +523,67 @@ static void check_attention_shape(int H, int KV, int D) {
     ASSERT(H % KV == 0, "query heads are a multiple of kv heads");
 }
 
+// the opt-in above 48 KiB of dynamic shared memory, once per kernel and process
+template <typename Kernel>
+static void allow_smem(Kernel kernel, size_t bytes, bool& done) {
+    if (done) return;
+    cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+    done = true;
+}
+
+constexpr size_t fwd_smem(int warps) { return (size_t)(16 * warps + 4 * att::BK) * att::LD * sizeof(bf16); }
+constexpr size_t dq_smem(int warps) { return (size_t)(32 * warps + 4 * att::BK) * att::LD * sizeof(bf16); }
+constexpr size_t DKDV_SMEM = (size_t)6 * att::BK * att::LD * sizeof(bf16) + 2 * sizeof(QTileInfo);
+
+// Warps per query block of the forward and dQ kernels: 4 (64 queries) or 8 (128).
+static int g_query_warps = 8;
+void attention_set_query_warps(int warps) {
+    ASSERT(warps == 4 || warps == 8, "4 or 8 warps per query block");
+    g_query_warps = warps;
+}
+
+template <int WARPS>
+static void forward_launch(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, const int32_t* pos, int B,
+                           int T, int H, int KV, float scale_log2, cudaStream_t stream) {
+    static bool smem_set = false;
+    allow_smem(attention_forward_kernel<WARPS>, fwd_smem(WARPS), smem_set);
+    attention_forward_kernel<WARPS><<<dim3(ceil_div(T, 16 * WARPS), H, B), 32 * WARPS, fwd_smem(WARPS), stream>>>(
+        out, lse, q, k, v, pos, T, H, KV, scale_log2);
+    cudaCheckLaunch();
+}
+
+template <int WARPS>
+static void dq_launch(bf16* dq, const bf16* dout_bf16, const float* lse, const float* delta, const bf16* q, const bf16* k,
+                      const bf16* v, const int32_t* pos, int B, int T, int H, int KV, float scale_log2, float scale,
+                      cudaStream_t stream) {
+    static bool smem_set = false;
+    allow_smem(attention_backward_dq_kernel<WARPS>, dq_smem(WARPS), smem_set);
+    attention_backward_dq_kernel<WARPS><<<dim3(ceil_div(T, 16 * WARPS), H, B), 32 * WARPS, dq_smem(WARPS), stream>>>(
+        dq, dout_bf16, lse, delta, q, k, v, pos, T, H, KV, scale_log2, scale);
+    cudaCheckLaunch();
+}
+
 void attention_forward(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, const int32_t* pos, int B,
                        int T, int H, int KV, int D, cudaStream_t stream) {
     check_attention_shape(H, KV, D);
     const float scale_log2 = att::LOG2E / sqrtf((float)D);
-    dim3 grid(ceil_div(T, att::BQ), H, B);
-    attention_forward_kernel<<<grid, att::THREADS, 0, stream>>>(out, lse, q, k, v, pos, T, H, KV, scale_log2);
-    cudaCheckLaunch();
+    if (g_query_warps == 8) forward_launch<8>(out, lse, q, k, v, pos, B, T, H, KV, scale_log2, stream);
+    else forward_launch<4>(out, lse, q, k, v, pos, B, T, H, KV, scale_log2, stream);
 }
 
 void attention_backward(bf16* dq, bf16* dk, bf16* dv, bf16* dout_bf16, float* delta, const float* dout, const bf16* out,
                         const float* lse, const bf16* q, const bf16* k, const bf16* v, const int32_t* pos, int B, int T,
                         int H, int KV, int D, cudaStream_t stream) {
     check_attention_shape(H, KV, D);
+    static bool dkdv_set = false;
+    allow_smem(attention_backward_dkdv_kernel, DKDV_SMEM, dkdv_set);
     const float scale = 1.0f / sqrtf((float)D), scale_log2 = scale * att::LOG2E;
     attention_backward_preprocess_kernel<<<ceil_div((int64_t)B * T * H, 8), 256, 0, stream>>>(dout_bf16, delta, dout, out,
                                                                                             B, T, H);
     cudaCheckLaunch();
-    const size_t smem = (size_t)4 * att::BQ * att::LD * sizeof(bf16) + 3 * att::BQ * sizeof(float);
-    static bool attr_set = false;  // the opt-in above 48 KiB of shared memory, once per process
-    if (!attr_set) {
-        cudaCheck(cudaFuncSetAttribute(attention_backward_dkdv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        attr_set = true;
-    }
-    attention_backward_dkdv_kernel<<<dim3(ceil_div(T, att::BK), KV, B), att::THREADS, smem, stream>>>(
+    attention_backward_dkdv_kernel<<<dim3(ceil_div(T, att::BK), KV, B), att::KV_THREADS, DKDV_SMEM, stream>>>(
         dk, dv, dout_bf16, lse, delta, q, k, v, pos, T, H, KV, scale_log2, scale);
     cudaCheckLaunch();
-    attention_backward_dq_kernel<<<dim3(ceil_div(T, att::BQ), H, B), att::THREADS, 0, stream>>>(
-        dq, dout_bf16, lse, delta, q, k, v, pos, T, H, KV, scale_log2, scale);
-    cudaCheckLaunch();
+    if (g_query_warps == 8) dq_launch<8>(dq, dout_bf16, lse, delta, q, k, v, pos, B, T, H, KV, scale_log2, scale, stream);
+    else dq_launch<4>(dq, dout_bf16, lse, delta, q, k, v, pos, B, T, H, KV, scale_log2, scale, stream);
 }
-

@@ -66,6 +66,9 @@ void attention_backward(bf16* dq, bf16* dk, bf16* dv, bf16* dout_bf16, float* de
                         const float* lse, const bf16* q, const bf16* k, const bf16* v, const int32_t* pos, int B, int T,
                         int H, int KV, int D, cudaStream_t stream);
 
+// Tuning: warps per query block of the forward and dQ kernels, 4 or 8 (default 8). For benchmarks.
+void attention_set_query_warps(int warps);
+
 // ---- swiglu.cu
 // h (n) = silu(g) * u
 void swiglu_forward(bf16* h, const bf16* g, const bf16* u, int64_t n, cudaStream_t stream);

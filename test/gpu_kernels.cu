@@ -188,11 +188,18 @@ static void check_attention(int B, int T, int H, int KV, int max_conv, uint64_t 
 }
 
 TEST_CASE("kernel: flash attention vs the CPU twin (odd lengths, packed rows, GQA)") {
-    check_attention(1, 1, 2, 2, 1, 10);      // a single token
-    check_attention(2, 37, 4, 4, 37, 11);    // odd length, one conversation per row at most
-    check_attention(2, 130, 4, 2, 50, 12);   // GQA, several conversations per row, crosses tile edges
-    check_attention(1, 200, 3, 1, 200, 13);  // all heads share one kv head (MQA), as tiny_pub_gqa
-    check_attention(3, 64, 2, 1, 9, 14);     // many short conversations in a row
+    for (int warps : {8, 4}) {  // both query-block sizes the kernels are built for
+        CAPTURE(warps);
+        attention_set_query_warps(warps);
+        check_attention(1, 1, 2, 2, 1, 10);      // a single token
+        check_attention(2, 37, 4, 4, 37, 11);    // odd length, one conversation per row at most
+        check_attention(2, 130, 4, 2, 50, 12);   // GQA, several conversations per row, crosses tile edges
+        check_attention(1, 200, 3, 1, 200, 13);  // all heads share one kv head (MQA), as tiny_pub_gqa
+        check_attention(3, 64, 2, 1, 9, 14);     // many short conversations in a row
+        check_attention(1, 385, 2, 2, 385, 15);  // one long conversation: unmasked interior tiles
+        check_attention(1, 320, 4, 2, 140, 16);  // long conversations packed: interior tiles and jumps
+    }
+    attention_set_query_warps(8);
 }
 
 TEST_CASE("kernel: swiglu forward and backward") {

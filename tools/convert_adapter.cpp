@@ -79,6 +79,13 @@ static void run(const Args& args) {
         if (!args.dtype.empty() || !args.base_model.empty())
             cli_usage_error(PROG, "--dtype and --base-model apply when writing PEFT (-i an adapter file)");
         if (is_directory(args.output)) fail("%s: is a directory; -o names the adapter file to write", args.output.c_str());
+        IoPaths io;
+        io.input("-i PEFT file", args.input + "/adapter_config.json");
+        io.input("-i PEFT file", args.input + "/adapter_model.safetensors");
+        if (!args.model.empty()) io.input("-m", args.model);
+        if (!args.hf.empty()) io.input("--hf", is_directory(args.hf) ? args.hf + "/config.json" : args.hf);
+        io.output_file("-o", args.output);
+        io.check();
         uint8_t sha[32];
         std::string from;
         Config base = base_config(args, sha, from);
@@ -94,6 +101,14 @@ static void run(const Args& args) {
             dtype = (d == "f16" || d == "fp16") ? DT_F16 : (d == "f32" || d == "fp32") ? DT_F32 : -1;
             if (dtype < 0) cli_usage_error(PROG, "--dtype must be f16 or f32, not '" + d + "'");
         }
+        IoPaths io;
+        io.input("-i", args.input);
+        if (!args.model.empty()) io.input("-m", args.model);
+        if (!args.hf.empty()) io.input("--hf", is_directory(args.hf) ? args.hf + "/config.json" : args.hf);
+        io.output_dir("-o", args.output);
+        io.output_file("-o's adapter_config.json", args.output + "/adapter_config.json");
+        io.output_file("-o's adapter_model.safetensors", args.output + "/adapter_model.safetensors");
+        io.check();
         Adapter a = read_adapter(args.input);
         // a base model given here is a check, not a source: the adapter file carries its own config
         if (!args.model.empty() || !args.hf.empty()) {
@@ -107,18 +122,12 @@ static void run(const Args& args) {
     }
 }
 
-int main(int argc, char** argv) {
+static int convert_main(int argc, char** argv) {
     Args args;
     if (!cli_parse(make_cli(args), argc, argv)) return 0;
     if (!args.model.empty() && !args.hf.empty()) cli_usage_error(PROG, "give the base model once: -m or --hf, not both");
-    try {
-        run(args);
-    } catch (const InputError& e) {
-        fprintf(stderr, "%s: %s\n", PROG, e.what());
-        return 1;
-    } catch (const std::bad_alloc&) {
-        fprintf(stderr, "%s: out of memory\n", PROG);
-        return 1;
-    }
+    run(args);
     return 0;
 }
+
+int main(int argc, char** argv) { return run_main(PROG, convert_main, argc, argv); }

@@ -113,6 +113,11 @@ static void run(const Args& args) {
     std::string tok = !args.tokenizer.empty() ? args.tokenizer
                       : is_regular_file(args.input + "/tokenizer.model") ? args.input + "/tokenizer.model" : "";
     if (!tok.empty()) check_tokenizer(tok, c, args.input + "/config.json", h.tokenizer_sha256);
+    IoPaths io;  // -o must not be (or link to) a file of the checkpoint or the tokenizer
+    for (const std::string& f : ck.files()) io.input("checkpoint file", f);
+    if (!tok.empty()) io.input("tokenizer", tok);
+    io.output_file("-o", args.output);
+    io.check();
 
     // one layer's slice of the largest weight, in the output dtype and as fp32 for conversions
     int64_t max_numel = 0;
@@ -125,8 +130,7 @@ static void run(const Args& args) {
     // small export prints nothing but its summary and a failure stays the one line it should be.
     const bool tty = isatty(2);
     double last_log = 0;
-    AtomicFile out(args.output);
-    out.write(&h, sizeof(h));
+    PayloadWriter out(args.output, sizeof(h));
     int64_t bytes = sizeof(h), params = 0, linear_bytes = 0, linear_params = 0;
     for (int id = 0; id < NUM_WEIGHTS; id++) {
         if (weight_numel(c, id) == 0) continue;  // lm_head of a tied model
@@ -149,6 +153,9 @@ static void run(const Args& args) {
                 convert_from_f32(buf.data(), f32.data(), out_dtype, f32.size());
             }
             size_t n_bytes = (size_t)wi.numel() * dtype_size(out_dtype);
+            // a NaN/Inf would make the file unloadable: refuse it here, naming the tensor
+            if (first_nonfinite(buf.data(), out_dtype, (size_t)wi.numel()) >= 0)
+                check_dense_weights(buf.data(), out_dtype, wi.numel(), ck.index.at(name).first->path, "tensor '" + name + "'");
             if (nf4 && weight_is_linear(id)) {
                 // bitsandbytes quantizes the weight as transformers loaded it, i.e. in the model's
                 // 16-bit dtype: the checkpoint's own bytes when it is stored in out_dtype. An f32
@@ -178,7 +185,7 @@ static void run(const Args& args) {
             }
         }
     }
-    out.commit();
+    out.commit(h);
     clear_progress();
     // bits per parameter of the linears as stored (records with their 16-byte alignment padding);
     // bitsandbytes' NF4 with double quantization is 4.127 for a 7B weight
@@ -194,19 +201,14 @@ static void run(const Args& args) {
            tok.empty() ? "none" : hex_digest(h.tokenizer_sha256).substr(0, 16).c_str(), elapsed());
 }
 
-int main(int argc, char** argv) {
+static int export_main(int argc, char** argv) {
     Args args;
     if (!cli_parse(make_cli(args), argc, argv)) return 0;
-    try {
-        run(args);
-    } catch (const InputError& e) {
-        clear_progress();
-        fprintf(stderr, "%s: %s\n", PROG, e.what());
-        return 1;
-    } catch (const std::bad_alloc&) {
-        clear_progress();
-        fprintf(stderr, "%s: out of memory\n", PROG);
-        return 1;
-    }
+    struct ProgressLine {  // whatever ends the run, a progress line on the terminal is ended first
+        ~ProgressLine() { clear_progress(); }
+    } progress;
+    run(args);
     return 0;
 }
+
+int main(int argc, char** argv) { return run_main(PROG, export_main, argc, argv); }

@@ -4,7 +4,7 @@
 # installer puts it; it is not in Debian's main archive.
 # Run: tools/install_deps.sh
 set -euo pipefail
-pkgs="build-essential pkg-config libsentencepiece-dev doctest-dev nlohmann-json3-dev libssl-dev gnuplot-nox"
+pkgs="build-essential pkg-config libsentencepiece-dev doctest-dev nlohmann-json3-dev libssl-dev libxxhash-dev gnuplot-nox"
 missing=""
 for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
