@@ -2,7 +2,7 @@
 // case of every nf4_*.safetensors under $FIXTURES_DIR must match bit for bit (packed codes, absmax,
 // double-quant codes, second-level scales, offset, both dequantized outputs). Plus bad input (NaN/Inf
 // names the tensor), an error-bound property on random data, and the record layout.
-// Run: ./test_cpu -ts="nf4*"
+// Run: ./test_cpu -tc="nf4*"
 #include <doctest/doctest.h>
 
 #include <algorithm>

@@ -1,6 +1,6 @@
 // test/cpu_reference.cpp — the CPU reference (llama2_cpu.cpp) against things no one here wrote:
 // transformers + peft fixtures (every tiny_* directory under $FIXTURES_DIR), finite differences,
-// and the packed-row equivalence. Run: ./test_cpu -ts="reference*"
+// and the packed-row equivalence. Run: ./test_cpu -tc="reference*"
 //
 // Tolerances (fp32 CPU vs fp32 PyTorch on an H200), error = max|ours - ref| / max|ref| per tensor:
 //   logits, base_logits, loss: 1e-4      every LoRA gradient: 1e-3      each AdamW loss: 1e-4

@@ -1,12 +1,13 @@
-// test/cpu_sample.cpp — tests of generation: transformers' logits processors on hand-computed
-// cases, the sampler's distribution, the generation loop's stopping and cache reuse, greedy
-// decoding against the fixtures' logits (transformers' own numbers), the KV-cached forward against
-// cpu_forward, merged against unmerged LoRA, the Llama 2 chat template against sentencepiece, the
-// byte tokenizer, and ./sample itself (bad input, the table, the demo defaults, chat on stdin).
+// test/cpu_sample.cpp — tests of generation (sampling.cpp, CpuDecoder in llama2_cpu.cpp) and of
+// ./sample: transformers' logits processors on hand-computed cases, the sampler's distribution,
+// the generation loop's stopping and cache reuse, greedy decoding against the fixtures' logits
+// (transformers' own numbers), the KV-cached forward against cpu_forward, merged against unmerged
+// LoRA, a chat turn on the cached history, and ./sample itself (bad input, the table, the demo
+// defaults, chat on stdin). The chat template and the byte tokenizer are in test/cpu_chat.cpp.
 // Run from the repo root after `make NO_CUDA=1 sample export_hf test_cpu`:
 //   ./test_cpu -tc="sample:*"
-// Fixtures: every tiny_* directory under $FIXTURES_DIR (default ../shared/fixtures); the chat
-// template and ./sample cases also need ../shared/data (LIMA text, Llama 2's tokenizer.model).
+// Fixtures: every tiny_* directory under $FIXTURES_DIR (default ../shared/fixtures); the ./sample
+// cases also need ../shared/data (LIMA text for the test tokenizers).
 #include <doctest/doctest.h>
 #include <sentencepiece_processor.h>
 #include <unistd.h>
@@ -495,65 +496,6 @@ TEST_CASE("sample: a chat turn on the cached history gives what a fresh prefill 
     dec.reset();
     std::vector<int32_t> a2_fresh = generate(dec, ids2, (int64_t)ids2.size() + 6, 2, g, rng, nullptr, nullptr);
     CHECK(a2_cached == a2_fresh);
-}
-
-// ==============================================================================================
-// chat template and tokenizers
-
-TEST_CASE("sample: Llama 2 chat tokens for a multi-turn conversation with a system prompt") {
-    const std::string tok_path = shared_dir() + "/data/llama2/tokenizer.model";
-    REQUIRE_MESSAGE(path_exists(tok_path), "needs " << tok_path);
-    sentencepiece::SentencePieceProcessor sp;
-    REQUIRE(sp.Load(tok_path).ok());
-    auto sp_encode = [&](const std::string& s) {
-        std::vector<int> ids;
-        REQUIRE(sp.Encode(s, &ids).ok());
-        return std::vector<int32_t>(ids.begin(), ids.end());
-    };
-    const std::vector<int32_t> ans1 = sp_encode("Hi! How can I help?"), ans2 = sp_encode("4");
-    std::vector<ChatTurn> turns = {
-        ChatTurn{"Hello there", ans1, true},
-        ChatTurn{"What is 2+2?", ans2, true},
-        ChatTurn{"Thanks", {}, false},
-    };
-    std::vector<int32_t> got = llama2_chat_tokens(turns, "Be brief.", sp_encode, sp.bos_id(), sp.eos_id());
-    // Meta's format: system inside the first [INST]; training data's: prompt and answer encoded apart
-    std::vector<int32_t> want;
-    auto add = [&](const std::vector<int32_t>& v) { want.insert(want.end(), v.begin(), v.end()); };
-    add({1});
-    add(sp_encode("[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHello there [/INST]"));
-    add(ans1);
-    add({2, 1});
-    add(sp_encode("[INST] What is 2+2? [/INST]"));
-    add(ans2);
-    add({2, 1});
-    add(sp_encode("[INST] Thanks [/INST]"));
-    CHECK(got == want);
-    CHECK(sp.bos_id() == 1);
-    CHECK(sp.eos_id() == 2);
-    // without a system prompt the first turn is plain
-    std::vector<int32_t> plain = llama2_chat_tokens({ChatTurn{"Hello there", {}, false}}, "", sp_encode, 1, 2);
-    std::vector<int32_t> plain_want = {1};
-    for (int32_t t : sp_encode("[INST] Hello there [/INST]")) plain_want.push_back(t);
-    CHECK(plain == plain_want);
-    // and what the tokens say: the prompt decodes back to the text the training data uses
-    std::string text;
-    sp.Decode(std::vector<int>(plain.begin() + 1, plain.end()), &text);
-    CHECK(text == "[INST] Hello there [/INST]");
-}
-
-TEST_CASE("sample: byte tokenizer maps byte b to 3 + b and back; specials decode to nothing") {
-    const std::string s = "h\xC3\xA9llo\n\x01\xFF";
-    std::vector<int32_t> ids = ByteTokenizer::encode(s);
-    REQUIRE(ids.size() == s.size());
-    for (size_t i = 0; i < s.size(); i++) CHECK(ids[i] == 3 + (int)(unsigned char)s[i]);
-    CHECK(ids.back() == 258);
-    CHECK(ByteTokenizer::VOCAB == 259);
-    std::vector<int32_t> with_specials = {ByteTokenizer::BOS};
-    with_specials.insert(with_specials.end(), ids.begin(), ids.end());
-    with_specials.push_back(ByteTokenizer::EOS);
-    with_specials.push_back(ByteTokenizer::UNK);
-    CHECK(ByteTokenizer::decode(with_specials) == s);
 }
 
 // ==============================================================================================

@@ -2,7 +2,7 @@
 // (namespace cpu in llama2_cpu.cpp) on fresh random inputs at several shapes: odd lengths, several
 // conversations per row, head_dim 128, GQA. Inputs are rounded to bf16 first so that both sides
 // see the same numbers; outputs are poisoned before each launch.
-// Run: ./test_gpu -ts="kernel*"
+// Run: ./test_gpu -tc="kernel*"
 //
 // Error metric: ||gpu - cpu||_2 / ||cpu||_2 over the tensor. Tolerances (bf16 storage, fp32 math):
 //   elementwise / norm / RoPE / cross-entropy outputs stored as bf16: 1e-2

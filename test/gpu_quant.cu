@@ -2,7 +2,7 @@
 // bitsandbytes' fixtures: byte for byte, on every fixture case, on fresh random tensors of Llama-2 7B
 // layer shapes in bf16 and fp16, on awkward sizes, and on PyTorch's mean across its launch shapes.
 // Outputs are poisoned before every launch, so a byte a kernel forgets to write is a failure.
-// Run: ./test_gpu -ts="nf4*"
+// Run: ./test_gpu -tc="nf4 gpu*"
 #include <doctest/doctest.h>
 
 #include <cmath>

@@ -1,6 +1,6 @@
 // test/test_gpu.cu — the doctest main of the GPU suite (needs an NVIDIA GPU; CI has none, so it runs
 // on a GPU machine through tools/gpu_check.sh). The cases live in test/gpu_*.cu, one file per area.
-// Run: make test-gpu   (or ./test_gpu -ts="nf4*" for a subset; FIXTURES_DIR overrides ../shared/fixtures)
+// Run: make test-gpu   (or ./test_gpu -tc="nf4*" for a subset; FIXTURES_DIR overrides ../shared/fixtures)
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 

@@ -1,4 +1,4 @@
-// test/tokenizer_util.h — small sentencepiece models for the CPU tests (test/cpu_export.cpp,
+// test/tokenizer_util.h — small sentencepiece models for the CPU tests (test/cpu_export_hf.cpp,
 // test/cpu_sample.cpp), trained on LIMA's text from ../shared/data; links -lsentencepiece_train.
 // Not part of the GPU suite.
 #pragma once

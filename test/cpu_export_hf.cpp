@@ -1,20 +1,18 @@
-// test/cpu_export.cpp — tests of the Hugging Face import path: safetensors read/write, config.json
-// (old and new forms), ./export_hf on every fixture checkpoint read back bit for bit, sharded
-// checkpoints, tokenizer checks, pre-quantized NF4 model files (--dtype nf4: every record against
-// the CPU quantizer, the 7B size arithmetic, corrupt records), the model file readers, and every
-// kind of bad input (exit 1, one line naming the file, no output file left, an existing good
-// output untouched).
+// test/cpu_export_hf.cpp — tests of ./export_hf (tools/export_hf.cpp), the Hugging Face import
+// path: every fixture checkpoint exported and read back bit for bit, --dtype conversions with round
+// to nearest even, sharded checkpoints, old-form config.json, tokenizer checks, pre-quantized NF4
+// model files (--dtype nf4: every record against the CPU quantizer), the command line, and every
+// kind of bad input (exit 1, one line naming the file, no output file left, an existing good output
+// untouched).
 // Run from the repo root after `make NO_CUDA=1 export_hf test_cpu`:
-//   ./test_cpu -tc="export_hf*,safetensors*,config.json*,model file*"
+//   ./test_cpu -tc="export_hf*"
 // Fixtures: every tiny_* directory under $FIXTURES_DIR (default ../shared/fixtures) is used, so a new
 // checkpoint in the same layout is tested with no code change; failures name fixture and tensor.
 #include <doctest/doctest.h>
 #include <unistd.h>
 
-#include <cstddef>
 #include <cstring>
 #include <functional>
-#include <map>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <set>
@@ -22,18 +20,15 @@
 #include "hf.h"
 #include "model.h"
 #include "quant.h"
+#include "test/fixture_util.h"
 #include "test/test_util.h"
 #include "test/tokenizer_util.h"
-
-using json = nlohmann::json;
 
 namespace {
 
 // ----------------------------------------------------------------------------------------------
-// helpers (file utilities, tiny_fixtures() and input_error_of() are in test/test_util.h)
-
-json load_json(const std::string& path) { return json::parse(read_bytes(path)); }
-void save_json(const std::string& path, const json& j) { write_bytes(path, j.dump(2)); }
+// helpers (file utilities, tiny_fixtures() and input_error_of() are in test/test_util.h; load_json,
+// save_json, rewrite_header, export_hf and nf4_file_slices in test/fixture_util.h)
 
 // A checkpoint directory `dst` holding fixture `fix`'s config.json (copied, so it can be edited)
 // and its model.safetensors (linked: read-only use).
@@ -70,20 +65,6 @@ void write_raw_tensors(const std::string& path, const std::vector<RawTensor>& ts
     write_safetensors(path, w, {{"format", "pt"}});
 }
 
-// Copies a safetensors file with its JSON header edited by `edit` (the data bytes unchanged):
-// the way to make a header that lies.
-void rewrite_header(const std::string& src, const std::string& dst, const std::function<void(json&)>& edit) {
-    std::string b = read_bytes(src);
-    uint64_t n;
-    memcpy(&n, b.data(), 8);
-    json h = json::parse(b.substr(8, n));
-    edit(h);
-    std::string text = h.dump();
-    while (text.size() % 8) text += ' ';
-    uint64_t m = text.size();
-    write_bytes(dst, std::string((const char*)&m, 8) + text + b.substr(8 + n));
-}
-
 std::string sha256sum_cli(const std::string& path) {  // an independent sha256: coreutils
     CmdResult r = run_cmd("sha256sum '" + path + "'");
     REQUIRE(r.exit_code == 0);
@@ -97,11 +78,6 @@ bool bits_equal(const float* a, const float* b, size_t n, size_t* first_diff) {
             return false;
         }
     return true;
-}
-
-CmdResult export_hf(const std::string& args) {
-    REQUIRE_MESSAGE(path_exists("./export_hf"), "build ./export_hf first (make NO_CUDA=1 export_hf)");
-    return run_cmd("./export_hf " + args);
 }
 
 // Checks a model file against the fixture's safetensors, tensor by tensor, value by value:
@@ -145,167 +121,87 @@ int64_t checkpoint_params(const std::string& fix) {  // counted from the safeten
     return n;
 }
 
+// The 16-bit values transformers would hand bitsandbytes with torch_dtype = dtype16: the stored
+// bytes when the tensor is in that dtype, else rounded to it (an F32 checkpoint).
+std::vector<uint16_t> tensor_as16(SafeTensors& st, const std::string& name, int32_t dtype16) {
+    const StTensor& t = st.get(name);
+    std::vector<uint16_t> out((size_t)t.numel());
+    if (st_dtype_to_dtype(t.dtype) == dtype16) {
+        st.read_raw(t, out.data());
+    } else {
+        std::vector<float> f = st.read_f32(name);
+        convert_from_f32(out.data(), f.data(), dtype16, f.size());
+    }
+    return out;
+}
+
+int64_t first_byte_diff(const void* a, const void* b, size_t n) {
+    const uint8_t *p = (const uint8_t*)a, *q = (const uint8_t*)b;
+    for (size_t i = 0; i < n; i++)
+        if (p[i] != q[i]) return (int64_t)i;
+    return -1;
+}
+
+// Checks an NF4 model file made from checkpoint file `st_path` (label names it in failures):
+// header, exact size, every linear record == nf4_to_record(nf4_quantize_dq_cpu(its 16-bit values)),
+// every other tensor == its 16-bit bytes, and load_model_f32 == bf16-dequantized linears / exact
+// 16-bit values elsewhere. Returns the linears' storage in bits per parameter.
+double check_nf4_model(const std::string& label, const std::string& st_path, const Config& c, int32_t dtype16,
+                       const std::string& model_path) {
+    InFile in(model_path);
+    const ModelHeader h = read_model_header(in);
+    CHECK(h.magic == MODEL_MAGIC);
+    CHECK(h.version == MODEL_VERSION);
+    CHECK(memcmp(&h.config, &c, sizeof(Config)) == 0);
+    CHECK(h.dtype == dtype16);
+    CHECK(h.linear_format == LINEAR_NF4);
+    const std::vector<FileSlice> slices = nf4_file_slices(c, dtype16);
+    CHECK(in.size == slices.back().offset + slices.back().bytes);
+    int64_t by_header = sizeof(ModelHeader);
+    for (int id = 0; id < NUM_WEIGHTS; id++) by_header += model_weight_bytes(h, id);
+    CHECK(by_header == in.size);
+
+    const std::string file = read_bytes(model_path);
+    std::vector<float> loaded;
+    load_model_f32(model_path, loaded);
+    REQUIRE((int64_t)loaded.size() == total_weight_numel(c));
+    SafeTensors st(st_path);
+    int64_t linear_bytes = 0, linear_params = 0, at = 0;  // at: element offset in `loaded`
+    for (const FileSlice& s : slices) {
+        CAPTURE(s.name);
+        REQUIRE(s.offset + s.bytes <= (int64_t)file.size());
+        const std::vector<uint16_t> w16 = tensor_as16(st, s.name, dtype16);
+        REQUIRE((int64_t)w16.size() == s.numel);
+        std::vector<float> expect((size_t)s.numel);
+        if (s.bytes != s.numel * 2) {  // a linear: an NF4 record
+            const Nf4Tensor q = nf4_quantize_dq_cpu(w16.data(), dtype16, s.numel, s.name.c_str());
+            std::vector<uint8_t> rec((size_t)nf4_layout(s.numel).bytes);
+            REQUIRE((int64_t)rec.size() == s.bytes);
+            nf4_to_record(q, rec.data());
+            const int64_t i = first_byte_diff(file.data() + s.offset, rec.data(), rec.size());
+            if (i >= 0) FAIL_CHECK(label << ": tensor " << s.name << ": NF4 record differs at byte " << i << " of " << rec.size());
+            std::vector<uint16_t> deq((size_t)s.numel);
+            nf4_dequantize_dq_cpu(deq.data(), DT_BF16, q);
+            convert_to_f32(expect.data(), deq.data(), DT_BF16, deq.size());
+            linear_bytes += s.bytes;
+            linear_params += s.numel;
+        } else {
+            const int64_t i = first_byte_diff(file.data() + s.offset, w16.data(), (size_t)s.bytes);
+            if (i >= 0) FAIL_CHECK(label << ": tensor " << s.name << ": 16-bit value differs at byte " << i);
+            convert_to_f32(expect.data(), w16.data(), dtype16, w16.size());
+        }
+        size_t j = 0;
+        if (!bits_equal(loaded.data() + at, expect.data(), expect.size(), &j))
+            FAIL_CHECK(label << ": tensor " << s.name << ": load_model_f32 differs at element " << j << ": "
+                             << loaded[at + j] << " vs " << expect[j]);
+        at += s.numel;
+    }
+    CHECK(at == (int64_t)loaded.size());
+    REQUIRE(linear_params > 0);
+    return 8.0 * (double)linear_bytes / (double)linear_params;
+}
+
 }  // namespace
-
-// ----------------------------------------------------------------------------------------------
-// safetensors and config.json
-
-TEST_CASE("safetensors: write then read keeps names, dtypes, shapes, bytes and metadata") {
-    TempDir t;
-    std::vector<float> f32 = {1.5f, -2.25f, 3.0e-8f, 65504.0f, -0.0f, 7.0f};  // (2, 3)
-    std::vector<uint16_t> f16 = {0x3c00, 0xc000, 0x0001, 0x7bff};              // (4)
-    std::vector<uint16_t> bf16 = {0x3f80, 0x4049};                             // (1, 2)
-    std::vector<int32_t> i32 = {-7, 0, 123456789};                            // (3)
-    std::vector<uint8_t> u8 = {0, 255, 17, 4, 9};                              // (5)
-    write_safetensors(t / "a.safetensors",
-                      {{"w.f32", "F32", {2, 3}, f32.data()}, {"w.f16", "F16", {4}, f16.data()},
-                       {"w.bf16", "BF16", {1, 2}, bf16.data()}, {"i", "I32", {3}, i32.data()},
-                       {"u", "U8", {5}, u8.data()}, {"empty", "F32", {0, 4}, nullptr}},
-                      {{"r", "8"}, {"note", "x"}});
-    std::string b = read_bytes(t / "a.safetensors");
-    uint64_t n;
-    memcpy(&n, b.data(), 8);
-    CHECK(n % 8 == 0);  // the format pads the header to a multiple of 8
-    CHECK(b.size() == 8 + n + 24 + 8 + 4 + 12 + 5);
-
-    SafeTensors st(t / "a.safetensors");
-    CHECK(st.tensors.size() == 6);
-    CHECK(st.metadata == std::map<std::string, std::string>{{"r", "8"}, {"note", "x"}});
-    CHECK(st.get("w.f32").shape == std::vector<int64_t>{2, 3});
-    CHECK(st.get("empty").shape == std::vector<int64_t>{0, 4});
-    CHECK(st.read_f32("w.f32", {2, 3}) == f32);
-    CHECK(st.read_f32("w.f16") == std::vector<float>{1.0f, -2.0f, 5.9604645e-8f, 65504.0f});
-    CHECK(st.read_f32("w.bf16") == std::vector<float>{1.0f, 3.140625f});
-    CHECK(st.read_i32("i") == i32);
-    CHECK(st.read_u8("u") == u8);
-    std::string msg = input_error_of([&] { st.read_f32("w.f32", {3, 2}); });
-    CHECK(msg.find("a.safetensors") != std::string::npos);
-    CHECK(msg.find("w.f32") != std::string::npos);
-    CHECK(input_error_of([&] { st.get("nope"); }).find("nope") != std::string::npos);
-    CHECK(input_error_of([&] { st.read_f32("i"); }).find("I32") != std::string::npos);
-
-    // a shape whose element count overflows 64 bits (2^32 * 2^32 * 2 bytes wraps to 0) must not
-    // pass as an empty tensor
-    const int64_t data_bytes = (int64_t)(b.size() - 8 - n);
-    rewrite_header(t / "a.safetensors", t / "huge.safetensors", [&](json& h) {
-        h["huge"] = {{"dtype", "F16"}, {"shape", {4294967296LL, 4294967296LL}}, {"data_offsets", {data_bytes, data_bytes}}};
-    });
-    msg = input_error_of([&] { SafeTensors bad(t / "huge.safetensors"); });
-    CHECK_MESSAGE(msg.find(t / "huge.safetensors") != std::string::npos, msg);
-    CHECK_MESSAGE(msg.find("'huge' has an invalid shape") != std::string::npos, msg);
-}
-
-TEST_CASE("safetensors: the fixtures' files (written by HF's safetensors) are read with every tensor") {
-    for (const std::string& fix : tiny_fixtures()) {
-        CAPTURE(fix);
-        // the first 8 bytes and the JSON header, parsed here independently of SafeTensors
-        std::string b = read_bytes(fix + "/model.safetensors");
-        uint64_t n;
-        memcpy(&n, b.data(), 8);
-        json h = json::parse(b.substr(8, n));
-        SafeTensors st(fix + "/model.safetensors");
-        CHECK(st.tensors.size() == h.size() - h.count("__metadata__"));
-        for (auto it = h.begin(); it != h.end(); ++it) {
-            if (it.key() == "__metadata__") continue;
-            REQUIRE_MESSAGE(st.has(it.key()), it.key());
-            const StTensor& t = st.get(it.key());
-            CHECK(t.dtype == it.value()["dtype"].get<std::string>());
-            CHECK(t.shape == it.value()["shape"].get<std::vector<int64_t>>());
-            CHECK(t.begin == (int64_t)(8 + n) + it.value()["data_offsets"][0].get<int64_t>());
-            CHECK(t.end == (int64_t)(8 + n) + it.value()["data_offsets"][1].get<int64_t>());
-        }
-    }
-}
-
-TEST_CASE("config.json: new and old forms, rope_theta, dtype, rms_norm_eps") {
-    for (const std::string& fix : tiny_fixtures()) {
-        CAPTURE(fix);
-        TempDir t;
-        json orig = load_json(fix + "/config.json");
-        int32_t dtype;
-        Config c = parse_hf_config(fix + "/config.json", &dtype);
-        // the fields as config.json states them, compared independently of the parser
-        CHECK(c.dim == orig["hidden_size"].get<int>());
-        CHECK(c.hidden_dim == orig["intermediate_size"].get<int>());
-        CHECK(c.n_layers == orig["num_hidden_layers"].get<int>());
-        CHECK(c.n_heads == orig["num_attention_heads"].get<int>());
-        CHECK(c.n_kv_heads == orig.value("num_key_value_heads", c.n_heads));
-        CHECK(c.vocab_size == orig["vocab_size"].get<int>());
-        CHECK(c.max_seq_len == orig["max_position_embeddings"].get<int>());
-        CHECK(c.norm_eps == orig["rms_norm_eps"].get<float>());
-        CHECK(c.tie_embeddings == (int)orig.value("tie_word_embeddings", false));
-        std::string declared = orig.value("dtype", orig.value("torch_dtype", std::string()));
-        CHECK(dtype == (declared == "float16" ? DT_F16 : declared == "bfloat16" ? DT_BF16 : declared == "float32" ? DT_F32 : -1));
-
-        auto parse = [&](const json& j, int32_t* d) {
-            save_json(t / "config.json", j);
-            return parse_hf_config(t / "config.json", d);
-        };
-        // old form: torch_dtype, no rope_theta anywhere -> 10000
-        json old = orig;
-        old.erase("dtype");
-        old.erase("rope_parameters");
-        old.erase("rope_theta");
-        old["torch_dtype"] = "float16";
-        old["rope_scaling"] = nullptr;
-        int32_t d = 0;
-        Config co = parse(old, &d);
-        CHECK(co.rope_theta == 10000.0f);
-        CHECK(d == DT_F16);
-        CHECK(same_architecture(co, c));
-        // old form with a top-level rope_theta (as Llama 2 configs after 2023 carry)
-        old["rope_theta"] = 500000.0;
-        CHECK(parse(old, &d).rope_theta == 500000.0f);
-        // new form: rope_parameters.rope_theta, dtype
-        json neu = orig;
-        neu["rope_parameters"] = {{"rope_theta", 250000.0}, {"rope_type", "default"}};
-        neu["dtype"] = "bfloat16";
-        Config cn = parse(neu, &d);
-        CHECK(cn.rope_theta == 250000.0f);
-        CHECK(d == DT_BF16);
-        // rms_norm_eps is read, never assumed
-        neu["rms_norm_eps"] = 1e-6;
-        CHECK(parse(neu, &d).norm_eps == 1e-6f);
-        // no dtype at all; no num_key_value_heads (pre-GQA) means one kv head per query head
-        json bare = orig;
-        bare.erase("dtype");
-        bare.erase("torch_dtype");
-        bare.erase("num_key_value_heads");
-        Config cb = parse(bare, &d);
-        CHECK(d == -1);
-        CHECK(cb.n_kv_heads == cb.n_heads);
-        // eos_token_id as a list (newer configs): the first is taken
-        json eos_list = orig;
-        eos_list["eos_token_id"] = {2, 7};
-        CHECK(parse(eos_list, &d).eos_id == 2);
-
-        // refused: each names the file and the key
-        struct Bad { const char* what; std::function<void(json&)> edit; const char* key; };
-        std::vector<Bad> bad = {
-            {"no rms_norm_eps", [](json& j) { j.erase("rms_norm_eps"); }, "rms_norm_eps"},
-            {"rms_norm_eps a string", [](json& j) { j["rms_norm_eps"] = "1e-5"; }, "rms_norm_eps"},
-            {"rope_theta a string", [](json& j) { j["rope_parameters"]["rope_theta"] = "big"; }, "rope_theta"},
-            {"not llama", [](json& j) { j["model_type"] = "mistral"; }, "mistral"},
-            {"rope scaling", [](json& j) { j["rope_parameters"]["rope_type"] = "llama3"; }, "llama3"},
-            {"kv heads wrap", [](json& j) { j["num_key_value_heads"] = 4294967296LL + 1; }, "num_key_value_heads"},
-            {"kv heads not dividing", [](json& j) { j["num_key_value_heads"] = j["num_attention_heads"].get<int>() + 1; }, "n_kv_heads"},
-            {"no hidden_size", [](json& j) { j.erase("hidden_size"); }, "hidden_size"},
-            {"dtype float64", [](json& j) { j["dtype"] = "float64"; }, "float64"},
-            {"biases", [](json& j) { j["attention_bias"] = true; }, "attention_bias"},
-            {"not an object", [](json& j) { j = json::array({1, 2}); }, "config.json"},
-        };
-        for (const Bad& b : bad) {
-            CAPTURE(b.what);
-            json j = orig;
-            b.edit(j);
-            std::string msg = input_error_of([&] { parse(j, &d); });
-            CHECK(msg.find(t / "config.json") != std::string::npos);
-            CHECK(msg.find(b.key) != std::string::npos);
-        }
-        write_bytes(t / "config.json", "{\"hidden_size\": 256,");
-        CHECK(input_error_of([&] { parse_hf_config(t / "config.json", &d); }).find("not valid JSON") != std::string::npos);
-    }
-}
 
 // ----------------------------------------------------------------------------------------------
 // export_hf on the fixtures
@@ -691,183 +587,8 @@ TEST_CASE("export_hf: command line") {
 }
 
 // ----------------------------------------------------------------------------------------------
-// the model file readers
-
-TEST_CASE("model file: damaged or foreign files are refused with the path in the message") {
-    const std::string fix = tiny_fixtures()[0];
-    TempDir t;
-    CmdResult ok = export_hf("-i " + fix + " -o " + (t / "good.bin"));
-    REQUIRE_MESSAGE(ok.exit_code == 0, ok.output);
-    const std::string good = read_bytes(t / "good.bin");
-    {  // the good file itself reads
-        std::vector<float> w;
-        CHECK(input_error_of([&] { load_model_f32(t / "good.bin", w); }) == "");
-    }
-    auto patched = [&](size_t offset, const void* v, size_t n) {
-        std::string b = good;
-        memcpy(&b[offset], v, n);
-        return b;
-    };
-    std::mt19937 rng(99);
-    std::string random_bytes(good.size(), '\0');
-    for (char& ch : random_bytes) ch = (char)(rng() & 0xff);
-    // a data file where a model file belongs (the header's magic says what it is)
-    Dataset ds;
-    memset(&ds.header, 0, sizeof(ds.header));
-    ds.header.magic = DATA_MAGIC;
-    ds.header.version = DATA_VERSION;
-    ds.header.n_tokens = 3;
-    ds.header.n_conversations = 1;
-    ds.header.vocab_size = 32000;
-    ds.header.bos_id = 1;
-    ds.header.eos_id = 2;
-    ds.tokens = {1, 5, 2};
-    ds.loss_mask = {0, 1, 1};
-    ds.header.n_loss_tokens = 2;
-    ds.conv_offsets = {0, 3};
-    write_dataset(t / "data.bin", ds);
-    const uint32_t bad_version = 99, zero = 0, bad_dtype = 7;
-
-    struct Case { const char* what; std::string bytes; const char* mention; };
-    std::vector<Case> cases = {
-        {"truncated by one byte", good.substr(0, good.size() - 1), "truncated"},
-        {"truncated inside the header", good.substr(0, 100), "truncated"},
-        {"empty", "", "truncated"},
-        {"oversized", good + "x", "oversized"},
-        {"random bytes", random_bytes, "wrong magic"},
-        {"a safetensors file", read_bytes(fix + "/model.safetensors"), "wrong magic"},
-        {"a data file", read_bytes(t / "data.bin"), "data file"},
-        {"version 99", patched(offsetof(ModelHeader, version), &bad_version, 4), "version 99"},
-        {"n_layers 0", patched(offsetof(ModelHeader, config) + offsetof(Config, n_layers), &zero, 4), "n_layers"},
-        {"unknown dtype", patched(offsetof(ModelHeader, dtype), &bad_dtype, 4), "dtype"},
-    };
-    for (const Case& k : cases) {
-        CAPTURE(k.what);
-        const std::string path = t / "bad.bin";
-        write_bytes(path, k.bytes);
-        std::string m1 = input_error_of([&] {
-            InFile in(path);
-            read_model_header(in);
-        });
-        std::vector<float> w;
-        std::string m2 = input_error_of([&] { load_model_f32(path, w); });
-        for (const std::string& m : {m1, m2}) {
-            CHECK_MESSAGE(m.find(path) != std::string::npos, m);
-            CHECK_MESSAGE(m.find(k.mention) != std::string::npos, m);
-            CHECK(m.find('\n') == std::string::npos);
-        }
-    }
-    CHECK(input_error_of([&] { InFile in(t / "missing.bin"); }).find(t / "missing.bin") != std::string::npos);
-}
-
-// ----------------------------------------------------------------------------------------------
 // NF4 model files (export_hf --dtype nf4): the seven linears as bitsandbytes' NF4 records, the
-// rest 16-bit. Run: ./test_cpu -tc="export_hf --dtype nf4*,model file*"
-
-namespace {
-
-// Where each (weight, layer) lies in an NF4 model file, from nf4_layout and the 16-bit size alone
-// (not from model_weight_bytes, which the tests check against this).
-struct FileSlice {
-    int id, layer;
-    std::string name;
-    int64_t numel, offset, bytes;
-};
-std::vector<FileSlice> nf4_file_slices(const Config& c, int32_t dtype16) {
-    std::vector<FileSlice> out;
-    int64_t off = sizeof(ModelHeader);
-    for (int id = 0; id < NUM_WEIGHTS; id++) {
-        if (id == W_LM_HEAD && c.tie_embeddings) continue;
-        const WeightInfo wi = weight_info(c, id);
-        const bool linear = id == W_Q || id == W_K || id == W_V || id == W_O || id == W_GATE || id == W_UP || id == W_DOWN;
-        const int64_t bytes = linear ? nf4_layout(wi.numel()).bytes : wi.numel() * (int64_t)dtype_size(dtype16);
-        for (int l = 0; l < (wi.per_layer ? c.n_layers : 1); l++, off += bytes)
-            out.push_back({id, l, weight_hf_name(id, l), wi.numel(), off, bytes});
-    }
-    return out;
-}
-
-// The 16-bit values transformers would hand bitsandbytes with torch_dtype = dtype16: the stored
-// bytes when the tensor is in that dtype, else rounded to it (an F32 checkpoint).
-std::vector<uint16_t> tensor_as16(SafeTensors& st, const std::string& name, int32_t dtype16) {
-    const StTensor& t = st.get(name);
-    std::vector<uint16_t> out((size_t)t.numel());
-    if (st_dtype_to_dtype(t.dtype) == dtype16) {
-        st.read_raw(t, out.data());
-    } else {
-        std::vector<float> f = st.read_f32(name);
-        convert_from_f32(out.data(), f.data(), dtype16, f.size());
-    }
-    return out;
-}
-
-int64_t first_byte_diff(const void* a, const void* b, size_t n) {
-    const uint8_t *p = (const uint8_t*)a, *q = (const uint8_t*)b;
-    for (size_t i = 0; i < n; i++)
-        if (p[i] != q[i]) return (int64_t)i;
-    return -1;
-}
-
-// Checks an NF4 model file made from checkpoint file `st_path` (label names it in failures):
-// header, exact size, every linear record == nf4_to_record(nf4_quantize_dq_cpu(its 16-bit values)),
-// every other tensor == its 16-bit bytes, and load_model_f32 == bf16-dequantized linears / exact
-// 16-bit values elsewhere. Returns the linears' storage in bits per parameter.
-double check_nf4_model(const std::string& label, const std::string& st_path, const Config& c, int32_t dtype16,
-                       const std::string& model_path) {
-    InFile in(model_path);
-    const ModelHeader h = read_model_header(in);
-    CHECK(h.magic == MODEL_MAGIC);
-    CHECK(h.version == MODEL_VERSION);
-    CHECK(memcmp(&h.config, &c, sizeof(Config)) == 0);
-    CHECK(h.dtype == dtype16);
-    CHECK(h.linear_format == LINEAR_NF4);
-    const std::vector<FileSlice> slices = nf4_file_slices(c, dtype16);
-    CHECK(in.size == slices.back().offset + slices.back().bytes);
-    int64_t by_header = sizeof(ModelHeader);
-    for (int id = 0; id < NUM_WEIGHTS; id++) by_header += model_weight_bytes(h, id);
-    CHECK(by_header == in.size);
-
-    const std::string file = read_bytes(model_path);
-    std::vector<float> loaded;
-    load_model_f32(model_path, loaded);
-    REQUIRE((int64_t)loaded.size() == total_weight_numel(c));
-    SafeTensors st(st_path);
-    int64_t linear_bytes = 0, linear_params = 0, at = 0;  // at: element offset in `loaded`
-    for (const FileSlice& s : slices) {
-        CAPTURE(s.name);
-        REQUIRE(s.offset + s.bytes <= (int64_t)file.size());
-        const std::vector<uint16_t> w16 = tensor_as16(st, s.name, dtype16);
-        REQUIRE((int64_t)w16.size() == s.numel);
-        std::vector<float> expect((size_t)s.numel);
-        if (s.bytes != s.numel * 2) {  // a linear: an NF4 record
-            const Nf4Tensor q = nf4_quantize_dq_cpu(w16.data(), dtype16, s.numel, s.name.c_str());
-            std::vector<uint8_t> rec((size_t)nf4_layout(s.numel).bytes);
-            REQUIRE((int64_t)rec.size() == s.bytes);
-            nf4_to_record(q, rec.data());
-            const int64_t i = first_byte_diff(file.data() + s.offset, rec.data(), rec.size());
-            if (i >= 0) FAIL_CHECK(label << ": tensor " << s.name << ": NF4 record differs at byte " << i << " of " << rec.size());
-            std::vector<uint16_t> deq((size_t)s.numel);
-            nf4_dequantize_dq_cpu(deq.data(), DT_BF16, q);
-            convert_to_f32(expect.data(), deq.data(), DT_BF16, deq.size());
-            linear_bytes += s.bytes;
-            linear_params += s.numel;
-        } else {
-            const int64_t i = first_byte_diff(file.data() + s.offset, w16.data(), (size_t)s.bytes);
-            if (i >= 0) FAIL_CHECK(label << ": tensor " << s.name << ": 16-bit value differs at byte " << i);
-            convert_to_f32(expect.data(), w16.data(), dtype16, w16.size());
-        }
-        size_t j = 0;
-        if (!bits_equal(loaded.data() + at, expect.data(), expect.size(), &j))
-            FAIL_CHECK(label << ": tensor " << s.name << ": load_model_f32 differs at element " << j << ": "
-                             << loaded[at + j] << " vs " << expect[j]);
-        at += s.numel;
-    }
-    CHECK(at == (int64_t)loaded.size());
-    REQUIRE(linear_params > 0);
-    return 8.0 * (double)linear_bytes / (double)linear_params;
-}
-
-}  // namespace
+// rest 16-bit. Run: ./test_cpu -tc="export_hf --dtype nf4*"
 
 TEST_CASE("export_hf --dtype nf4: linears are bitsandbytes' NF4 records, everything else the checkpoint's 16-bit values") {
     std::set<int32_t> dtypes_seen;
@@ -969,113 +690,4 @@ TEST_CASE("export_hf --dtype nf4: a NaN or Inf in a linear weight is an error na
         CHECK_MESSAGE(r.output.find("element 37") != std::string::npos, r.output);
         CHECK(!path_exists(t / "nf4.bin"));
     }
-}
-
-TEST_CASE("model file: NF4 layout arithmetic for Llama-2-7b gives about 3.9 GB") {
-    ModelHeader h;
-    memset(&h, 0, sizeof(h));
-    h.config = llama2_preset("7b");
-    h.dtype = DT_BF16;
-    h.linear_format = LINEAR_DENSE;
-    int64_t dense = sizeof(ModelHeader), nf4 = sizeof(ModelHeader);
-    for (int id = 0; id < NUM_WEIGHTS; id++) dense += model_weight_bytes(h, id);
-    h.linear_format = LINEAR_NF4;
-    for (int id = 0; id < NUM_WEIGHTS; id++) nf4 += model_weight_bytes(h, id);
-    // Llama-2-7b has 6,738,415,616 parameters (its model card's count): 2 bytes each in bf16
-    CHECK(dense == 256 + 2 * 6738415616LL);
-    CHECK(nf4 >= 3.7e9);
-    CHECK(nf4 <= 4.1e9);
-    // by hand: per layer 4 (4096 x 4096) and 3 (11008 x 4096) linears, each record 4 bits a weight,
-    // one byte per 64 weights, one fp32 per 64 * 256 weights, one fp32 offset, padded to 16 bytes
-    const int64_t L = 32, C = 4096, F = 11008, V = 32000;
-    int64_t by_hand = sizeof(ModelHeader) + (2 * V * C + (2 * L + 1) * C) * 2;
-    for (int64_t n : {C * C, C * C, C * C, C * C, F * C, F * C, F * C}) {
-        int64_t rec = 4 + 4 * ((n + 64 * 256 - 1) / (64 * 256));
-        rec = (rec + 15) / 16 * 16 + (n + 63) / 64;
-        rec = (rec + 15) / 16 * 16 + n / 2;
-        by_hand += L * ((rec + 15) / 16 * 16);
-    }
-    CHECK(nf4 == by_hand);
-    MESSAGE("Llama-2-7b model file: " << dense << " bytes bf16, " << nf4 << " bytes with NF4 linears");
-}
-
-TEST_CASE("model file: damaged NF4 files are refused naming the file and the tensor") {
-    const std::string fix = tiny_fixtures()[0];
-    TempDir t;
-    CmdResult ok = export_hf("-i " + fix + " -o " + (t / "good.bin") + " --dtype nf4");
-    REQUIRE_MESSAGE(ok.exit_code == 0, ok.output);
-    CmdResult ok_dense = export_hf("-i " + fix + " -o " + (t / "dense.bin"));
-    REQUIRE_MESSAGE(ok_dense.exit_code == 0, ok_dense.output);
-    const std::string good = read_bytes(t / "good.bin"), dense = read_bytes(t / "dense.bin");
-    std::vector<float> w;
-    REQUIRE(input_error_of([&] { load_model_f32(t / "good.bin", w); }) == "");
-    InFile gin(t / "good.bin");
-    const ModelHeader h = read_model_header(gin);
-    const std::vector<FileSlice> slices = nf4_file_slices(h.config, h.dtype);
-    auto slice_of = [&](int id, int layer) {
-        for (const FileSlice& s : slices)
-            if (s.id == id && s.layer == layer) return s;
-        FAIL("no slice");
-        return slices[0];
-    };
-    auto patched = [](std::string b, size_t offset, const void* v, size_t n) {
-        memcpy(&b[offset], v, n);
-        return b;
-    };
-    const float nan = NAN, inf = INFINITY, minus_one = -1.0f;
-    const int32_t lf2 = 2, lf_neg = -1, nf4_fmt = LINEAR_NF4, dense_fmt = LINEAR_DENSE, f32 = DT_F32;
-    const FileSlice up = slice_of(W_UP, h.config.n_layers - 1), q = slice_of(W_Q, 0), down = slice_of(W_DOWN, 0);
-    const Nf4Layout up_l = nf4_layout(up.numel), q_l = nf4_layout(q.numel), down_l = nf4_layout(down.numel);
-    const size_t lf_at = offsetof(ModelHeader, linear_format), dt_at = offsetof(ModelHeader, dtype);
-
-    struct Case { std::string what, bytes, mention, tensor; };
-    std::vector<Case> cases = {
-        {"NaN second-level scale", patched(good, up.offset + up_l.scale2_at, &nan, 4), "corrupt NF4 record", up.name},
-        {"NaN offset", patched(good, q.offset + q_l.offset_at, &nan, 4), "corrupt NF4 record", q.name},
-        {"Inf last second-level scale", patched(good, down.offset + down_l.scale2_at + 4 * (down_l.n_dq_blocks - 1), &inf, 4),
-         "corrupt NF4 record", down.name},
-        {"negative second-level scale", patched(good, up.offset + up_l.scale2_at, &minus_one, 4), "corrupt NF4 record", up.name},
-        {"truncated by one byte", good.substr(0, good.size() - 1), "truncated", ""},
-        {"truncated inside a record", good.substr(0, (size_t)(up.offset + up.bytes / 2)), "truncated", ""},
-        {"oversized", good + std::string(16, '\0'), "oversized", ""},
-        {"linear_format 2", patched(good, lf_at, &lf2, 4), "linear_format", ""},
-        {"linear_format -1", patched(good, lf_at, &lf_neg, 4), "linear_format", ""},
-        {"NF4 file marked dense", patched(good, lf_at, &dense_fmt, 4), "truncated", ""},
-        {"dense file marked NF4", patched(dense, lf_at, &nf4_fmt, 4), "oversized", ""},
-        {"NF4 with f32 non-linear tensors", patched(good, dt_at, &f32, 4), "NF4", ""},
-    };
-    for (const Case& k : cases) {
-        CAPTURE(k.what);
-        const std::string path = t / "bad.bin";
-        write_bytes(path, k.bytes);
-        std::string msg = input_error_of([&] { load_model_f32(path, w); });
-        CHECK_MESSAGE(msg.find(path) != std::string::npos, msg);
-        CHECK_MESSAGE(msg.find(k.mention) != std::string::npos, msg);
-        CHECK_MESSAGE(msg.find(k.tensor) != std::string::npos, msg);
-        CHECK(msg.find('\n') == std::string::npos);
-        if (k.tensor.empty()) {  // header and size problems are found by the header check alone
-            std::string m2 = input_error_of([&] {
-                InFile in(path);
-                read_model_header(in);
-            });
-            CHECK_MESSAGE(m2 == msg, m2);
-        }
-    }
-    // any code byte is valid: inverting the first packed byte of a record loads, and changes
-    // exactly that record's first two weights (element 0 in the high nibble, 1 in the low one)
-    const size_t byte_at = (size_t)(up.offset + up_l.packed_at);
-    const char inverted = (char)~good[byte_at];
-    write_bytes(t / "inverted.bin", patched(good, byte_at, &inverted, 1));
-    std::vector<float> w2;
-    REQUIRE(input_error_of([&] { load_model_f32(t / "inverted.bin", w2); }) == "");
-    REQUIRE(w2.size() == w.size());
-    int64_t up_at = 0;  // element offset of that record's weights in load_model_f32's output
-    for (const FileSlice& s : slices) {
-        if (s.id == W_UP && s.layer == up.layer) break;
-        up_at += s.numel;
-    }
-    std::vector<int64_t> changed;
-    for (size_t i = 0; i < w.size(); i++)
-        if (memcmp(&w[i], &w2[i], 4) != 0) changed.push_back((int64_t)i - up_at);
-    CHECK(changed == std::vector<int64_t>{0, 1});
 }
