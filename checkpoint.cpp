@@ -77,8 +77,8 @@ TrainState read_state(const std::string& path) {
     in.read(s.v.data(), (size_t)n * 4, "AdamW second moments");
     PayloadHash hash;
     for (const std::vector<float>* a : {&s.params, &s.m, &s.v}) hash.update(a->data(), a->size() * 4);
-    if (hash.digest() != h.payload_xxh3)
-        fail("%s: payload checksum mismatch (the file is corrupt or was changed after it was written)", path.c_str());
+    if (file_checksum(&h, sizeof(h), offsetof(StateHeader, checksum), hash.digest()) != h.checksum)
+        fail("%s: checksum mismatch (the file is corrupt, or was changed after it was written)", path.c_str());
     const struct {
         const std::vector<float>* x;
         const char* what;

@@ -26,7 +26,7 @@ struct StateHeader {
     int64_t n_conversations;  // of the training data
     int64_t n_tokens;
     uint64_t data_hash;       // FNV-1a of the training tokens and mask
-    uint64_t payload_xxh3;    // of params, m, v as stored
+    uint64_t checksum;        // file_checksum of the header, params, m, v
     uint8_t reserved[256 - 8 - sizeof(Config) - sizeof(LoraConfig) - sizeof(TrainSettings) - 6 * 8];
 };
 static_assert(sizeof(StateHeader) == 256, "header is 256 bytes");

@@ -109,6 +109,12 @@ void PayloadHash::update(const void* data, size_t bytes) {
 uint64_t PayloadHash::digest() const { return XXH3_64bits_digest((const XXH3_state_t*)state_); }
 uint64_t payload_hash(const void* data, size_t bytes) { return XXH3_64bits(data, bytes); }
 
+uint64_t file_checksum(const void* header, size_t header_bytes, size_t checksum_offset, uint64_t payload_hash) {
+    std::vector<uint8_t> h((const uint8_t*)header, (const uint8_t*)header + header_bytes);
+    memset(h.data() + checksum_offset, 0, 8);
+    return XXH3_64bits_withSeed(h.data(), h.size(), payload_hash);
+}
+
 bool all_zero(const void* data, size_t bytes) {
     const uint8_t* p = (const uint8_t*)data;
     for (size_t i = 0; i < bytes; i++)

@@ -191,6 +191,10 @@ class PayloadHash {
     void* state_;  // XXH3_state_t
 };
 uint64_t payload_hash(const void* data, size_t bytes);
+// The checksum a project file carries in its header: the XXH3-64 of the header itself (with the
+// checksum field read as zero) seeded with the payload's hash, so a change anywhere in the file,
+// a header field that still looks valid included (fp16 for bf16, say), is noticed.
+uint64_t file_checksum(const void* header, size_t header_bytes, size_t checksum_offset, uint64_t payload_hash);
 bool all_zero(const void* data, size_t bytes);
 
 // A file opened for reading with every read checked against its size.

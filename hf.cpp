@@ -506,25 +506,39 @@ Adapter read_peft_adapter(const std::string& dir, const Config& base) {
         fail("%s: missing; this adapter is in PyTorch's pickle format (adapter_model.bin), which is not read: "
              "re-save it with safe_serialization=True", st_path.c_str());
     SafeTensors st(st_path);
-    LoraLayout lay = lora_layout(base, a.lora);
-    a.params.assign((size_t)lay.total, 0.0f);
-    std::set<std::string> used;
+    // every tensor's presence and shape first: the safetensors reader has checked that each one's
+    // bytes are in the file, so only then is allocating the parameters bounded by the file's size
+    // (an adapter_config.json claiming r = 65536 must not allocate gigabytes for an empty file)
     const int64_t r = a.lora.rank;
     for (int t = 0; t < NUM_LORA_TARGETS; t++) {
         if (!a.lora.has(t)) continue;
         const int64_t in = lora_in_dim(base, t), out = lora_out_dim(base, t);
         for (int l = 0; l < base.n_layers; l++) {
-            std::string an = lora_peft_name(t, l, false), bn = lora_peft_name(t, l, true);
-            if (!st.has(an)) fail("%s: missing tensor '%s'", st.path.c_str(), an.c_str());
-            if (!st.has(bn)) fail("%s: missing tensor '%s'", st.path.c_str(), bn.c_str());
+            const std::string an = lora_peft_name(t, l, false), bn = lora_peft_name(t, l, true);
             // PEFT's shapes: A (r, in), B (out, r); a mismatch means the adapter belongs to another model
-            for (const auto& want : {std::make_pair(an, std::vector<int64_t>{r, in}), std::make_pair(bn, std::vector<int64_t>{out, r})})
+            for (const auto& want : {std::make_pair(an, std::vector<int64_t>{r, in}), std::make_pair(bn, std::vector<int64_t>{out, r})}) {
+                if (!st.has(want.first)) fail("%s: missing tensor '%s'", st.path.c_str(), want.first.c_str());
                 if (st.get(want.first).shape != want.second)
                     fail("%s: tensor '%s' has shape %s, but LoRA r=%lld on a base model with %s needs %s "
                          "(adapter made for another model?)", st.path.c_str(), want.first.c_str(),
                          shape_str(st.get(want.first).shape).c_str(), (long long)r, config_summary(base).c_str(),
                          shape_str(want.second).c_str());
+            }
+        }
+    }
+    LoraLayout lay = lora_layout(base, a.lora);
+    a.params.assign((size_t)lay.total, 0.0f);
+    std::set<std::string> used;
+    for (int t = 0; t < NUM_LORA_TARGETS; t++) {
+        if (!a.lora.has(t)) continue;
+        const int64_t in = lora_in_dim(base, t), out = lora_out_dim(base, t);
+        for (int l = 0; l < base.n_layers; l++) {
+            const std::string an = lora_peft_name(t, l, false), bn = lora_peft_name(t, l, true);
             std::vector<float> A = st.read_f32(an, {r, in}), B = st.read_f32(bn, {out, r});
+            for (const auto& [name, x] : {std::pair<const std::string&, const std::vector<float>&>{an, A}, {bn, B}}) {
+                const int64_t i = first_nonfinite(x.data(), DT_F32, x.size());
+                if (i >= 0) fail("%s: tensor '%s': element %lld is NaN or Inf", st.path.c_str(), name.c_str(), (long long)i);
+            }
             std::copy(A.begin(), A.end(), a.params.begin() + lay.a_offset[t] + l * r * in);
             std::copy(B.begin(), B.end(), a.params.begin() + lay.b_offset[t] + l * out * r);
             used.insert(an);

@@ -219,10 +219,11 @@ void PayloadWriter::write(const void* data, size_t bytes) {
     file.write(data, bytes);
 }
 
-static void check_payload(const std::string& path, uint64_t got, uint64_t want) {
-    if (got != want)
-        fail("%s: payload checksum mismatch (the file is corrupt, truncated and padded, or was changed after it "
-             "was written)", path.c_str());
+// h's checksum against the header itself and the hash of the payload that followed it
+template <typename Header>
+static void check_checksum(const std::string& path, const Header& h, uint64_t payload) {
+    if (file_checksum(&h, sizeof(h), offsetof(Header, checksum), payload) != h.checksum)
+        fail("%s: checksum mismatch (the file is corrupt, or was changed after it was written)", path.c_str());
 }
 
 static void check_reserved(const std::string& path, const void* reserved, size_t bytes) {
@@ -287,6 +288,16 @@ ModelHeader read_model_header(InFile& in) {
     return h;
 }
 
+void write_model(const std::string& path, ModelHeader h, const void* weights, size_t bytes) {
+    ASSERT(h.linear_format == LINEAR_DENSE, "a dense model");
+    int64_t want = 0;
+    for (int id = 0; id < NUM_WEIGHTS; id++) want += model_weight_bytes(h, id);
+    ASSERT((int64_t)bytes == want, "the weights the header implies");
+    PayloadWriter out(path, sizeof(h));
+    out.write(weights, bytes);
+    out.commit(h);
+}
+
 void check_dense_weights(const void* data, int32_t dtype, int64_t n, const std::string& path, const std::string& tensor) {
     const int64_t i = first_nonfinite(data, dtype, (size_t)n);
     if (i >= 0) fail("%s: %s: element %lld is NaN or Inf", path.c_str(), tensor.c_str(), (long long)i);
@@ -329,12 +340,12 @@ ModelHeader load_model_f32(const std::string& path, std::vector<float>& weights)
             convert_to_f32(dst, buf.data(), h.dtype, (size_t)n);
         }
     }
-    check_payload(path, hash.digest(), h.payload_xxh3);
+    check_checksum(path, h, hash.digest());
     return h;
 }
 
 void check_model_payload(const ModelHeader& h, uint64_t payload_hash, const std::string& path) {
-    check_payload(path, payload_hash, h.payload_xxh3);
+    check_checksum(path, h, payload_hash);
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -391,7 +402,7 @@ Dataset read_dataset(const std::string& path) {
     hash.update(d.tokens.data(), d.tokens.size() * 4);
     hash.update(d.loss_mask.data(), d.loss_mask.size());
     hash.update(d.conv_offsets.data(), d.conv_offsets.size() * 8);
-    check_payload(path, hash.digest(), h.payload_xxh3);
+    check_checksum(path, h, hash.digest());
     // the arrays must agree with the header: an inconsistent file is rejected here, not deep in training
     if (d.conv_offsets[0] != 0 || d.conv_offsets.back() != h.n_tokens)
         fail("%s: corrupt conversation offsets (first %lld, last %lld, n_tokens %lld)", path.c_str(),
@@ -488,7 +499,7 @@ Adapter read_adapter(const std::string& path) {
              (long long)in.size, (long long)want);
     std::vector<uint16_t> half((size_t)lay.total);
     in.read(half.data(), half.size() * 2, "LoRA tensors");
-    check_payload(path, payload_hash(half.data(), half.size() * 2), h.payload_xxh3);
+    check_checksum(path, h, payload_hash(half.data(), half.size() * 2));
     const int64_t bad = first_nonfinite(half.data(), DT_F16, half.size());
     if (bad >= 0) fail("%s: LoRA parameter %lld is NaN or Inf", path.c_str(), (long long)bad);
     a.params.resize(half.size());

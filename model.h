@@ -173,7 +173,7 @@ std::string lora_peft_name(int t, int layer, bool is_b);
 // ----------------------------------------------------------------------------------------------
 // file formats. All headers are 256 bytes: typed fields, then zero padding (reserved for later
 // versions; readers refuse non-zero reserved bytes). Arrays follow the header back to back. Every
-// header carries payload_xxh3, the XXH3-64 of everything after the header (common.h: PayloadHash),
+// header carries `checksum`, over the header and everything after it (common.h: file_checksum),
 // written by PayloadWriter below and checked by every reader once it has read the payload.
 
 constexpr uint32_t fourcc(const char s[5]) {
@@ -196,11 +196,11 @@ struct ModelHeader {
     int32_t dtype;                 // DType of every stored tensor (of the non-linear ones under NF4)
     int32_t linear_format;         // LinearFormat of W_Q..W_DOWN (0 in files made before it existed)
     uint8_t tokenizer_sha256[32];  // of the tokenizer.model checked at export; zeros if none
-    uint64_t payload_xxh3;         // of every byte after the header
+    uint64_t checksum;         // file_checksum of the header and every byte after it
     uint8_t reserved[256 - 8 - sizeof(Config) - 4 - 4 - 32 - 8];
 };
 static_assert(sizeof(ModelHeader) == 256, "header is 256 bytes");
-static_assert(offsetof(ModelHeader, payload_xxh3) % 8 == 0, "no padding before the checksum");
+static_assert(offsetof(ModelHeader, checksum) % 8 == 0, "no padding before the checksum");
 // A header for `c` with every tensor stored as `dtype` (LINEAR_DENSE, no tokenizer hash), zeroed
 // first so the reserved bytes (and the padding) on disk are zeros.
 inline ModelHeader make_model_header(const Config& c, int32_t dtype) {
@@ -237,7 +237,7 @@ struct DataHeader {
     int32_t chat_template;         // ChatTemplate
     int32_t reserved0;
     uint8_t tokenizer_sha256[32];  // of tokenizer.model
-    uint64_t payload_xxh3;         // of tokens, loss_mask and conv_offsets as stored
+    uint64_t checksum;         // file_checksum of the header, tokens, loss_mask and conv_offsets
     uint8_t reserved[256 - 8 - 6 * 8 - 6 * 4 - 32 - 8];
 };
 static_assert(sizeof(DataHeader) == 256, "header is 256 bytes");
@@ -256,15 +256,15 @@ struct AdapterHeader {
     int32_t dtype;                 // DT_F16
     uint8_t tokenizer_sha256[32];  // of the data's tokenizer; zeros if unknown
     int32_t trained_on;            // TrainedOn
-    uint64_t payload_xxh3;         // of the fp16 tensors
+    uint64_t checksum;         // file_checksum of the header and the fp16 tensors
     uint8_t reserved[256 - 8 - sizeof(Config) - sizeof(LoraConfig) - 4 - 32 - 4 - 8];
 };
 static_assert(sizeof(AdapterHeader) == 256, "header is 256 bytes");
-static_assert(offsetof(AdapterHeader, payload_xxh3) % 8 == 0 && offsetof(DataHeader, payload_xxh3) % 8 == 0,
+static_assert(offsetof(AdapterHeader, checksum) % 8 == 0 && offsetof(DataHeader, checksum) % 8 == 0,
               "no padding before the checksums");
 
 // Writes header + payload atomically: the payload is hashed as it streams, and commit() puts the
-// hash into the header's payload_xxh3 before the header goes to the front and the file into place.
+// file's checksum into the header before the header goes to the front and the file into place.
 struct PayloadWriter {
     AtomicFile file;
     PayloadHash hash;
@@ -275,7 +275,7 @@ struct PayloadWriter {
     void commit(Header& h) {
         static_assert(sizeof(Header) == 256, "a file header");
         ASSERT(sizeof(h) == header_bytes, "the header reserved at the start");
-        h.payload_xxh3 = hash.digest();
+        h.checksum = file_checksum(&h, sizeof(h), offsetof(Header, checksum), hash.digest());
         file.write_at(0, &h, sizeof(h));
         file.commit();
     }
@@ -298,8 +298,12 @@ void check_nf4_record(const uint8_t* record, int64_t numel, const std::string& p
 ModelHeader read_model_header(InFile& in);
 // Throws "path: tensor: element i is NaN or Inf" when n stored values of dtype hold one.
 void check_dense_weights(const void* data, int32_t dtype, int64_t n, const std::string& path, const std::string& tensor);
-// Throws "path: payload checksum mismatch" unless payload_hash is h's (after streaming every byte).
+// Throws "path: checksum mismatch" unless h and the hash of the payload streamed after it agree with
+// h.checksum (call after streaming every byte).
 void check_model_payload(const ModelHeader& h, uint64_t payload_hash, const std::string& path);
+// Writes a dense model file: header h (its checksum filled in) and the weights, already in
+// h.dtype, file order (the demo's base model; tests).
+void write_model(const std::string& path, ModelHeader h, const void* weights, size_t bytes);
 // Load all weights of a model file as fp32 (CPU reference). Returns the header. NF4 linears are
 // dequantized to bf16 (nf4_dequantize_dq_cpu), then widened: the numbers the GPU computes with.
 ModelHeader load_model_f32(const std::string& path, std::vector<float>& weights);

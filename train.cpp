@@ -175,9 +175,11 @@ static void check_run_paths(const RunOptions& o, const RunFiles& f) {
     if (!o.val.empty()) io.input("-v", o.val);
     if (!o.model.empty() && !o.random_model()) io.input("-m", o.model);
     io.output_dir("-o", f.dir);
-    for (const std::string* p : {&f.log, &f.loss_curve, &f.adapter, &f.state, &f.demo_model, &f.latest})
+    // (the checkpoint set's links, latest and checkpoints/, are the run's own: checkpoint.h)
+    for (const std::string* p : {&f.log, &f.loss_curve, &f.adapter, &f.state})
         io.output_file("-o's " + p->substr(f.dir.size() + 1), *p);
-    for (const std::string* p : {&f.peft_dir, &f.checkpoints}) io.output_dir("-o's " + p->substr(f.dir.size() + 1), *p);
+    if (o.demo) io.output_file("-o's model.bin", f.demo_model);
+    io.output_dir("-o's adapter", f.peft_dir);
     io.check();
 }
 

@@ -86,10 +86,7 @@ void demo_datasets(int val_every, Dataset& train, Dataset& val) {
 }
 
 void write_model_bf16(const std::string& path, const Config& c, const std::vector<float>& w) {
-    ModelHeader h = make_model_header(c, DT_BF16);
     std::vector<uint16_t> half(w.size());
     convert_from_f32(half.data(), w.data(), DT_BF16, w.size());
-    PayloadWriter out(path, sizeof(h));
-    out.write(half.data(), half.size() * 2);
-    out.commit(h);
+    write_model(path, make_model_header(c, DT_BF16), half.data(), half.size() * 2);
 }

@@ -152,14 +152,18 @@ TEST_CASE("config.json: new and old forms, rope_theta, dtype, rms_norm_eps") {
         Config cb = parse(bare, &d);
         CHECK(d == -1);
         CHECK(cb.n_kv_heads == cb.n_heads);
-        // eos_token_id as a list (newer configs): the first is taken
+        // eos_token_id as a list of one (newer configs): that id; several ids are refused below
         json eos_list = orig;
-        eos_list["eos_token_id"] = {2, 7};
+        eos_list["eos_token_id"] = {2};
         CHECK(parse(eos_list, &d).eos_id == 2);
 
         // refused: each names the file and the key
         struct Bad { const char* what; std::function<void(json&)> edit; const char* key; };
         std::vector<Bad> bad = {
+            {"several eos ids", [](json& j) { j["eos_token_id"] = {1, 2}; }, "eos_token_id"},
+            {"head_dim a list", [](json& j) { j["head_dim"] = {32}; }, "head_dim"},
+            {"tie_word_embeddings a number", [](json& j) { j["tie_word_embeddings"] = 1; }, "tie_word_embeddings"},
+            {"num_key_value_heads a string", [](json& j) { j["num_key_value_heads"] = "2"; }, "num_key_value_heads"},
             {"no rms_norm_eps", [](json& j) { j.erase("rms_norm_eps"); }, "rms_norm_eps"},
             {"rms_norm_eps a string", [](json& j) { j["rms_norm_eps"] = "1e-5"; }, "rms_norm_eps"},
             {"rope_theta a string", [](json& j) { j["rope_parameters"]["rope_theta"] = "big"; }, "rope_theta"},
@@ -310,6 +314,10 @@ TEST_CASE("PEFT: unsupported or broken adapter directories are refused naming th
         cases.push_back({what, d, d + "/adapter_config.json", mention});
     };
     add_cfg("DoRA", [](json& j) { j["use_dora"] = true; }, "use_dora");
+    add_cfg("DoRA as 1 (PEFT would apply it)", [](json& j) { j["use_dora"] = 1; }, "use_dora");
+    add_cfg("rsLoRA as a string", [](json& j) { j["use_rslora"] = "true"; }, "use_rslora");
+    add_cfg("per-module alphas", [](json& j) { j["alpha_pattern"] = {{"v_proj", 32}}; }, "alpha_pattern");
+    add_cfg("r a float", [](json& j) { j["r"] = 8.5; }, "\"r\"");
     add_cfg("rsLoRA", [](json& j) { j["use_rslora"] = true; }, "use_rslora");
     add_cfg("LoRA bias", [](json& j) { j["lora_bias"] = true; }, "lora_bias");
     add_cfg("fan_in_fan_out", [](json& j) { j["fan_in_fan_out"] = true; }, "fan_in_fan_out");

@@ -80,8 +80,12 @@ TEST_CASE("model file: damaged or foreign files are refused with the path in the
     ds.conv_offsets = {0, 3};
     write_dataset(t / "data.bin", ds);
     const uint32_t bad_version = 99, zero = 0, bad_dtype = 7;
+    // the exported fixture is bf16 or f16: the other 16-bit type has the same size, only the checksum tells
+    InFile gh(t / "good.bin");
+    const uint32_t f16_dtype = read_model_header(gh).dtype == DT_BF16 ? DT_F16 : DT_BF16;
 
-    struct Case { const char* what; std::string bytes; const char* mention; };
+    // in_header: read_model_header alone sees it (else only a reader of the whole payload does)
+    struct Case { const char* what; std::string bytes; const char* mention; bool in_header = true; };
     std::vector<Case> cases = {
         {"truncated by one byte", good.substr(0, good.size() - 1), "truncated"},
         {"truncated inside the header", good.substr(0, 100), "truncated"},
@@ -93,6 +97,9 @@ TEST_CASE("model file: damaged or foreign files are refused with the path in the
         {"version 99", patched(offsetof(ModelHeader, version), &bad_version, 4), "version 99"},
         {"n_layers 0", patched(offsetof(ModelHeader, config) + offsetof(Config, n_layers), &zero, 4), "n_layers"},
         {"unknown dtype", patched(offsetof(ModelHeader, dtype), &bad_dtype, 4), "dtype"},
+        {"a payload byte changed", [&] { std::string b = good; b[good.size() / 2] ^= 0x10; return b; }(), "checksum", false},
+        {"f16 in the header for bf16 weights", patched(offsetof(ModelHeader, dtype), &f16_dtype, 4), "checksum", false},
+        {"a reserved byte set", [&] { std::string b = good; b[250] = 7; return b; }(), "reserved"},
     };
     for (const Case& k : cases) {
         CAPTURE(k.what);
@@ -104,7 +111,8 @@ TEST_CASE("model file: damaged or foreign files are refused with the path in the
         });
         std::vector<float> w;
         std::string m2 = input_error_of([&] { load_model_f32(path, w); });
-        for (const std::string& m : {m1, m2}) {
+        if (!k.in_header) CHECK_MESSAGE(m1 == "", m1);
+        for (const std::string& m : k.in_header ? std::vector<std::string>{m1, m2} : std::vector<std::string>{m2}) {
             CHECK_MESSAGE(m.find(path) != std::string::npos, m);
             CHECK_MESSAGE(m.find(k.mention) != std::string::npos, m);
             CHECK(m.find('\n') == std::string::npos);
@@ -211,7 +219,7 @@ TEST_CASE("model file: damaged NF4 files are refused naming the file and the ten
     // exactly that record's first two weights (element 0 in the high nibble, 1 in the low one)
     const size_t byte_at = (size_t)(up.offset + up_l.packed_at);
     const char inverted = (char)~good[byte_at];
-    write_bytes(t / "inverted.bin", patched(good, byte_at, &inverted, 1));
+    write_bytes(t / "inverted.bin", rehashed(patched(good, byte_at, &inverted, 1), offsetof(ModelHeader, checksum)));
     std::vector<float> w2;
     REQUIRE(input_error_of([&] { load_model_f32(t / "inverted.bin", w2); }) == "");
     REQUIRE(w2.size() == w.size());
@@ -258,7 +266,9 @@ TEST_CASE("data file: write_dataset and read_dataset round trip") {
     write_dataset(dir / "d.bin", d);
     CHECK(read_bytes(dir / "d.bin").size() == sizeof(DataHeader) + 9 * 5 + 3 * 8);
     Dataset r = read_dataset(dir / "d.bin");
-    CHECK(memcmp(&r.header, &d.header, sizeof(DataHeader)) == 0);
+    DataHeader want = d.header;
+    want.checksum = r.header.checksum;  // written by write_dataset (checked by read_dataset)
+    CHECK(memcmp(&r.header, &want, sizeof(DataHeader)) == 0);
     CHECK(r.tokens == d.tokens);
     CHECK(r.loss_mask == d.loss_mask);
     CHECK(r.conv_offsets == d.conv_offsets);
@@ -277,7 +287,8 @@ TEST_CASE("data file: write_dataset and read_dataset round trip") {
     CHECK(offsetof(DataHeader, max_len) == 68);
     CHECK(offsetof(DataHeader, chat_template) == 72);
     CHECK(offsetof(DataHeader, tokenizer_sha256) == 80);
-    CHECK(offsetof(DataHeader, reserved) == 112);
+    CHECK(offsetof(DataHeader, checksum) == 112);
+    CHECK(offsetof(DataHeader, reserved) == 120);
 }
 
 TEST_CASE("data file: read_dataset rejects broken files with InputError naming the file") {
@@ -291,6 +302,11 @@ TEST_CASE("data file: read_dataset rejects broken files with InputError naming t
         memcpy(&s[at], v, n);
         return s;
     };
+    // a payload edit with the checksum made to agree, to reach the check behind it
+    auto patched_payload = [&](size_t at, const void* v, size_t n) {
+        return rehashed(patched(at, v, n), offsetof(DataHeader, checksum));
+    };
+    uint8_t one = 1;
     uint32_t model_magic = MODEL_MAGIC, bad_version = DATA_VERSION + 1, big_token = 32000;
     int64_t reversed = 10, last_off = 8, too_many = 1000;
     uint8_t mask2 = 2, mask0 = 0;
@@ -309,11 +325,13 @@ TEST_CASE("data file: read_dataset rejects broken files with InputError naming t
         {"random bytes", std::string(4096, '\x17'), "wrong magic"},
         {"wrong version", patched(4, &bad_version, 4), "version"},
         {"n_conversations huge", patched(offsetof(DataHeader, n_conversations), &too_many, 8), "corrupt header"},
-        {"offsets reversed", patched(offs_at + 8, &reversed, 8), "conversation offsets"},
-        {"last offset != n_tokens", patched(offs_at + 16, &last_off, 8), "conversation offsets"},
-        {"token outside the vocabulary", patched(tokens_at + 4, &big_token, 4), "outside the vocabulary"},
-        {"mask byte 2", patched(mask_at + 2, &mask2, 1), "loss mask"},
-        {"mask sum differs from header", patched(mask_at + 2, &mask0, 1), "loss mask sums"},
+        {"a payload byte changed", patched(tokens_at + 4, &big_token, 4), "checksum"},
+        {"reserved bytes not zero", patched(255, &one, 1), "reserved"},
+        {"offsets reversed", patched_payload(offs_at + 8, &reversed, 8), "conversation offsets"},
+        {"last offset != n_tokens", patched_payload(offs_at + 16, &last_off, 8), "conversation offsets"},
+        {"token outside the vocabulary", patched_payload(tokens_at + 4, &big_token, 4), "outside the vocabulary"},
+        {"mask byte 2", patched_payload(mask_at + 2, &mask2, 1), "loss mask"},
+        {"mask sum differs from header", patched_payload(mask_at + 2, &mask0, 1), "loss mask sums"},
     };
     for (const Bad& b : bad) {
         CAPTURE(b.what);
@@ -398,11 +416,15 @@ TEST_CASE("adapter file: write_adapter then read_adapter keeps the header and ro
             bad += memcmp(&want, &b.params[i], 4) != 0;
         }
         CHECK_MESSAGE(bad == 0, base_name(fix) << ": " << bad << " values are not the fp16 rounding of the originals");
-        // the layout on disk: "L2AD", version 1, then fp16 values
+        // the layout on disk: "L2AD", version 2, then fp16 values, their checksum in the header
         std::string bytes = read_bytes(t / "a.bin");
         CHECK(bytes.size() == sizeof(AdapterHeader) + a.params.size() * 2);
         CHECK(bytes.substr(0, 4) == "L2AD");
-        CHECK(bytes[4] == 1);
+        CHECK(bytes[4] == 2);
+        uint64_t stored = 0;
+        memcpy(&stored, bytes.data() + offsetof(AdapterHeader, checksum), 8);
+        CHECK(stored == file_checksum(bytes.data(), 256, offsetof(AdapterHeader, checksum),
+                                      payload_hash(bytes.data() + 256, bytes.size() - 256)));
 
         // NaN, Inf or a value beyond fp16 are refused and leave no file
         for (float v : {NAN, INFINITY, 70000.0f}) {
@@ -438,7 +460,13 @@ TEST_CASE("adapter file: damaged or foreign files are refused naming the file") 
         {"a model file", read_bytes(t / "model.bin"), "it is a model file"},
         {"random bytes", random_bytes, "wrong magic"},
         {"a safetensors file", read_bytes(fix + "/adapter/adapter_model.safetensors"), "wrong magic"},
-        {"version 2", patched(offsetof(AdapterHeader, version), 2), "version 2"},
+        {"version 1 (before checksums)", patched(offsetof(AdapterHeader, version), 1), "version 1"},
+        {"version 3", patched(offsetof(AdapterHeader, version), 3), "version 3"},
+        {"one payload bit flipped", [&] { std::string b = good; b[300] ^= 1; return b; }(), "checksum"},
+        {"a NaN in the tensors (checksum right)",
+         [&] { std::string b = good; b[258] = 0x00; b[259] = 0x7e; return rehashed(b, offsetof(AdapterHeader, checksum)); }(), "NaN"},
+        {"reserved bytes not zero", [&] { std::string b = good; b[255] = 1; return b; }(), "reserved"},
+        {"trained_on 7", patched(offsetof(AdapterHeader, trained_on), 7), "trained_on"},
         {"truncated by one byte", good.substr(0, good.size() - 1), "truncated"},
         {"truncated inside the header", good.substr(0, 100), "truncated"},
         {"empty", "", "wrong magic"},

@@ -566,12 +566,8 @@ void write_demo_files(const std::string& dir) {
     c.vocab_size = ByteTokenizer::VOCAB, c.max_seq_len = 96, c.bos_id = ByteTokenizer::BOS, c.eos_id = ByteTokenizer::EOS;
     c.rope_theta = 10000.0f, c.norm_eps = 1e-5f;
     REQUIRE(system(("mkdir -p " + dir + "/out/demo").c_str()) == 0);
-    const ModelHeader h = make_model_header(c, DT_F32);
     std::vector<float> w = cpu_random_weights(c, 5);
-    AtomicFile out(dir + "/out/demo/model.bin");
-    out.write(&h, sizeof(h));
-    out.write(w.data(), w.size() * 4);
-    out.commit();
+    write_model(dir + "/out/demo/model.bin", make_model_header(c, DT_F32), w.data(), w.size() * 4);
     Adapter a;
     a.base = c;
     a.lora = LoraConfig{4, 8.0f, 0.0f, LORA_ALL_TARGETS};

@@ -42,13 +42,8 @@ TEST_CASE("train: data made for another vocabulary is refused") {
     write_dataset(tmp / "data.bin", d);
     Config c = llama2_preset("7b");
     c.n_layers = 1, c.dim = 128, c.hidden_dim = 256, c.n_heads = c.n_kv_heads = 1, c.vocab_size = 300;
-    const ModelHeader h = make_model_header(c, DT_BF16);
     std::vector<uint16_t> w((size_t)total_weight_numel(c), 0x3f80);
-    {
-        std::ofstream f(tmp / "model.bin", std::ios::binary);
-        f.write((const char*)&h, sizeof(h));
-        f.write((const char*)w.data(), w.size() * 2);
-    }
+    write_model(tmp / "model.bin", make_model_header(c, DT_BF16), w.data(), w.size() * 2);
     CmdResult r = run_cmd("./train --device cpu -i " + tmp / "data.bin" + " -m " + tmp / "model.bin -o " + tmp / "out");
     CHECK(r.exit_code == 1);
     CHECK(r.output.find("vocab") != std::string::npos);
@@ -109,24 +104,26 @@ TEST_CASE("train: 8 steps straight equal 4 + resume + 4, bit for bit (CPU)") {
 
 TEST_CASE("train: a NaN stops the run with the step number and saves nothing") {
     TempDir tmp;
-    // a small model whose LM head holds a NaN: the first loss is NaN
+    // a small model whose LM head overflows fp32 (finite weights, so the file loads): the first loss is NaN
     Config c = llama2_preset("7b");
     c.n_layers = 1, c.dim = 64, c.hidden_dim = 128, c.n_heads = c.n_kv_heads = 2, c.head_dim = 32, c.vocab_size = 50;
     std::vector<float> w = cpu_random_weights(c, 1);
     Weights<float> wv = carve_weights(c, w.data());
-    wv.lm_head[7] = NAN;
-    const ModelHeader h = make_model_header(c, DT_F32);
-    {
-        std::ofstream f(tmp / "model.bin", std::ios::binary);
-        f.write((const char*)&h, sizeof(h));
-        f.write((const char*)w.data(), w.size() * 4);
-    }
+    for (int i = 0; i < c.dim; i++) wv.lm_head[7 * c.dim + i] = 3e38f;
+    write_model(tmp / "model.bin", make_model_header(c, DT_F32), w.data(), w.size() * 4);
     write_dataset(tmp / "data.bin", make_dataset({10, 12, 9}));
     { std::ofstream(tmp / "adapter.bin") << "previous good adapter"; }
     CmdResult r = run_cmd("./train --device cpu --quant bf16 -i " + tmp / "data.bin" + " -m " + tmp / "model.bin -o " + tmp.path +
                           " --steps 3");
     CHECK(r.exit_code == 1);
     CHECK_MESSAGE(r.output.find("step 1: the loss is NaN") != std::string::npos, r.output);
+    CHECK_MESSAGE(r.output.find("no checkpoint") != std::string::npos, r.output);
     CHECK(read_bytes(tmp / "adapter.bin") == "previous good adapter");
     CHECK(!path_exists(tmp / "state.bin"));
+    // a NaN stored in the weights is refused when the file is read, naming the tensor
+    wv.lm_head[7] = NAN;
+    write_model(tmp / "nan.bin", make_model_header(c, DT_F32), w.data(), w.size() * 4);
+    r = run_cmd("./train --device cpu --quant bf16 -i " + tmp / "data.bin" + " -m " + tmp / "nan.bin -o " + (tmp / "o2"));
+    CHECK(r.exit_code == 1);
+    CHECK_MESSAGE(r.output.find("nan.bin: lm_head.weight: element 7 is NaN or Inf") != std::string::npos, r.output);
 }

@@ -89,6 +89,15 @@ inline void write_bytes(const std::string& path, const std::string& bytes) {
     fclose(f);
 }
 
+// The bytes of a project file that a test edited, with the header's checksum (at hash_offset,
+// e.g. offsetof(ModelHeader, checksum)) recomputed: a reader then gets past the checksum to the
+// deeper check the test is after.
+inline std::string rehashed(std::string bytes, size_t hash_offset) {
+    const uint64_t h = file_checksum(bytes.data(), 256, hash_offset, payload_hash(bytes.data() + 256, bytes.size() - 256));
+    memcpy(&bytes[hash_offset], &h, 8);
+    return bytes;
+}
+
 // The InputError message `f` throws, or "" when it throws none (so find(...) checks then fail).
 inline std::string input_error_of(const std::function<void()>& f) {
     try {
