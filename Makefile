@@ -4,6 +4,9 @@
 #   make test-gpu      build and run the GPU test suite (./test_gpu; needs an NVIDIA GPU)
 #   make NO_CUDA=1     CPU-only binaries, for machines without the CUDA toolkit
 #   make ARCH=sm_80    another GPU architecture (default sm_90, H100/H200)
+#   make fuzz          the libFuzzer targets (clang, ASan + UBSan) in build/fuzz/; fuzz/README.md
+#   make fuzz-smoke    every fuzz target for a few seconds on its seeds, as CI does
+#   make fuzz-corpus   regenerate the seed corpus fuzz/corpus/ with the project's writers
 #
 # One mechanism makes the CUDA build optional: GPU_OBJS (the CUDA model, its kernels and the GPU
 # half of ./train) is linked into train and sample when CUDA is built, and is empty
@@ -32,6 +35,13 @@ TRAIN_GPU_OBJS :=
 LINK := $(CXX) $(CXXFLAGS)
 LINK_LIBS := $(LDLIBS_CPU)
 
+# The fuzz goals (below) never need CUDA: given alone they build as with NO_CUDA=1.
+ifneq ($(MAKECMDGOALS),)
+  ifeq ($(filter-out fuzz fuzz-smoke fuzz-corpus,$(MAKECMDGOALS)),)
+    NO_CUDA := 1
+  endif
+endif
+
 # nvcc: on PATH or in $(CUDA_HOME). Missing nvcc is an error, never a silent CPU-only build.
 ifneq ($(NO_CUDA),1)
   NVCC ?= $(shell command -v nvcc 2>/dev/null || (test -x $(CUDA_HOME)/bin/nvcc && echo $(CUDA_HOME)/bin/nvcc))
@@ -49,7 +59,7 @@ ifneq ($(NO_CUDA),1)
   LINK_LIBS := -lcublasLt -lcrypto -lgomp
 endif
 
-.PHONY: all test test-gpu clean
+.PHONY: all test test-gpu clean fuzz fuzz-smoke fuzz-corpus
 all: $(CPU_BINS) $(GPU_BINS)
 
 $(BUILD)/%.o: %.cpp $(HEADERS)
@@ -120,6 +130,43 @@ test: $(CPU_BINS)
 
 test-gpu: $(GPU_BINS)
 	./test_gpu
+
+# ----------------------------------------------------------------------------------------------
+# fuzzing (fuzz/README.md): one libFuzzer target per file reader, built with clang and ASan + UBSan
+# into build/fuzz/. The library (LIB_SRCS) is compiled again there with the same flags, so no
+# object mixes with the normal build; the binaries at the repo root are untouched.
+FUZZ_CXX ?= $(shell command -v clang++-14 2>/dev/null || command -v clang++ 2>/dev/null || echo clang++-14)
+FUZZ_SAN := -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
+# (-ffp-contract=off as for quant_cpu.o above; the OpenMP pragmas of the CPU reference stay serial)
+FUZZ_CXXFLAGS := -g -O1 -std=c++17 -Wall -Wextra -Wno-unused-parameter -Wno-unknown-pragmas \
+                 -Wno-source-uses-openmp -ffp-contract=off
+FUZZ_BUILD := $(BUILD)/fuzz
+FUZZ_LIB_OBJS := $(LIB_SRCS:%.cpp=$(FUZZ_BUILD)/%.o)
+FUZZ_TARGETS := model data adapter state safetensors config peft
+FUZZ_BINS := $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/fuzz_%)
+
+fuzz: $(FUZZ_BINS) $(FUZZ_BUILD)/make_corpus
+# (the targets' objects are kept: make would delete them as intermediates of a chain of patterns)
+.SECONDARY: $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/fuzz/fuzz_%.o)
+
+$(FUZZ_BUILD)/%.o: %.cpp $(HEADERS) $(wildcard fuzz/*.h)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CXX) $(FUZZ_SAN) $(FUZZ_CXXFLAGS) -I. -c $< -o $@
+
+$(FUZZ_BUILD)/fuzz_%: $(FUZZ_BUILD)/fuzz/fuzz_%.o $(FUZZ_LIB_OBJS)
+	$(FUZZ_CXX) $(FUZZ_SAN) $(FUZZ_CXXFLAGS) $^ -o $@ -lcrypto
+
+# the seed generator has its own main(): sanitized and instrumented, without libFuzzer's main
+$(FUZZ_BUILD)/make_corpus: $(FUZZ_BUILD)/fuzz/make_corpus.o $(FUZZ_LIB_OBJS)
+	$(FUZZ_CXX) -fsanitize=fuzzer-no-link,address,undefined $(FUZZ_CXXFLAGS) $^ -o $@ -lcrypto
+
+fuzz-smoke: fuzz
+	fuzz/run.sh smoke
+
+# the model seeds come from ./export_hf, so the corpus follows the model format
+fuzz-corpus: $(FUZZ_BUILD)/make_corpus export_hf
+	rm -rf fuzz/corpus
+	$(FUZZ_BUILD)/make_corpus fuzz/corpus ./export_hf
 
 clean:
 	rm -rf $(BUILD) $(CPU_BINS) $(GPU_BINS)

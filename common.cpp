@@ -50,7 +50,7 @@ std::vector<int64_t> shuffled_indices(int64_t n, Rng& rng) {
 
 void convert_to_f32(float* dst, const void* src, int32_t d, size_t n) {
     if (d == DT_F32) {
-        memcpy(dst, src, n * 4);
+        if (n) memcpy(dst, src, n * 4);  // n = 0 may come with null pointers (an empty vector's data())
     } else if (d == DT_F16) {
         const uint16_t* s = (const uint16_t*)src;
         for (size_t i = 0; i < n; i++) dst[i] = f16_to_f32(s[i]);
@@ -64,7 +64,7 @@ void convert_to_f32(float* dst, const void* src, int32_t d, size_t n) {
 
 void convert_from_f32(void* dst, const float* src, int32_t d, size_t n) {
     if (d == DT_F32) {
-        memcpy(dst, src, n * 4);
+        if (n) memcpy(dst, src, n * 4);
     } else if (d == DT_F16) {
         uint16_t* o = (uint16_t*)dst;
         for (size_t i = 0; i < n; i++) o[i] = f32_to_f16(src[i]);

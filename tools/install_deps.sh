@@ -4,7 +4,8 @@
 # installer puts it; it is not in Debian's main archive.
 # Run: tools/install_deps.sh
 set -euo pipefail
-pkgs="build-essential pkg-config libsentencepiece-dev doctest-dev nlohmann-json3-dev libssl-dev libxxhash-dev gnuplot-nox"
+# libxxhash-dev: the files' checksums (header-only use); clang-14 + libfuzzer-14-dev: the fuzz targets
+pkgs="build-essential pkg-config libsentencepiece-dev doctest-dev nlohmann-json3-dev libssl-dev libxxhash-dev gnuplot-nox clang-14 libfuzzer-14-dev"
 missing=""
 for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
