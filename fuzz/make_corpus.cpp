@@ -10,6 +10,8 @@
 //   build/fuzz/make_corpus OUT_DIR EXPORT_HF [FIXTURES_DIR]
 #include <nlohmann/json.hpp>
 
+#include <cmath>
+
 #include "../checkpoint.h"
 #include "../hf.h"
 #include "fuzz_util.h"
@@ -216,6 +218,7 @@ static void make_state_seeds(const std::string& tmp) {
     st.params = random_values(n, 5, 0.1f);
     st.m = random_values(n, 6, 0.01f);
     st.v = random_values(n, 7, 0.001f);
+    for (float& x : st.v) x = std::fabs(x);  // second moments are >= 0 (read_state refuses others)
     write_state(tmp + "/state.bin", st);
     save_file("state", "state.bin", tmp + "/state.bin", 400);
     std::vector<LogRow> rows;
