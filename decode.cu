@@ -420,7 +420,7 @@ void GpuDecoder::linear(bf16* y, const bf16* x, int t, int l, int n, bool accumu
         matvec_bf16<bf16>(y, lu_, B, (int)OC, (int)r, lcfg_.scaling(), true, stream_);
     } else {
         LoraGpuArgs la{A, B, (int)r, lcfg_.scaling(), 0.0f, 0, 0};
-        lora_forward(blas_, y, lu_, nullptr, x, la, n, IC, OC, stream_);
+        lora_forward(blas_, y, lu_, nullptr, nullptr, 0, x, la, n, IC, OC, stream_);
     }
 }
 

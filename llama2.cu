@@ -72,6 +72,12 @@ static LayerView layer_view(GpuModel& m, int l) {
     return v;
 }
 
+// the fp32 scratch of the LoRA products: (N capacity, widest input)
+static int64_t lora_tmp_floats(const GpuModel& m) {
+    const Config& c = m.cfg;
+    return m.max_tokens * std::max<int64_t>(std::max<int64_t>(c.dim, c.hidden_dim), (int64_t)c.n_heads * c.head_dim);
+}
+
 static LoraGpuArgs lora_gpu_args(GpuModel& m, const GpuStepOptions& opt, int t, int l) {
     LoraGpuArgs la{nullptr, nullptr, 0, 0.0f, 0.0f, opt.dropout_seed, (uint64_t)l * NUM_LORA_TARGETS + t};
     const LoraConfig& lc = m.lora.cfg;
@@ -99,7 +105,8 @@ static void linear_forward(GpuModel& m, const GpuStepOptions& opt, bf16* y, bf16
     gpu_profile_mark(m, PHASE_FROZEN_FWD);
     matmul(m.blas, y, false, x, false, W, true, N, OC, IC, 1.0f, accumulate ? 1.0f : 0.0f, m.stream);
     gpu_profile_mark(m, PHASE_LORA);
-    lora_forward(m.blas, y, u, m.scr.lora_xd, x, lora_gpu_args(m, opt, t, l), N, IC, OC, m.stream);
+    lora_forward(m.blas, y, u, m.scr.lora_xd, m.scr.lora_tmp, lora_tmp_floats(m), x, lora_gpu_args(m, opt, t, l), N, IC,
+                 OC, m.stream);
 }
 
 // dx (N, IC) fp32 (+)= dy W + LoRA path; LoRA gradients accumulate into m.lora.grads
@@ -115,7 +122,8 @@ static void linear_backward(GpuModel& m, const GpuStepOptions& opt, float* dx, c
     const int64_t r = m.lora.cfg.rank;
     float* dA = m.lora.grads + m.lora.lay.a_offset[t] + l * r * IC;
     float* dB = m.lora.grads + m.lora.lay.b_offset[t] + l * OC * r;
-    lora_backward(m.blas, dx, dA, dB, m.scr.lora_du, m.scr.lora_xd, m.scr.lora_tmp, dy, x, u, la, N, IC, OC, m.stream);
+    lora_backward(m.blas, dx, dA, dB, m.scr.lora_du, m.scr.lora_xd, m.scr.lora_tmp, lora_tmp_floats(m), dy, x, u, la, N, IC,
+                  OC, m.stream);
 }
 
 // One transformer layer's forward from v.x_in. write_output: also the residual output x_out
@@ -149,7 +157,7 @@ static void layer_forward(GpuModel& m, const GpuStepOptions& opt, int l, bool wr
         linear_forward(m, opt, v.x_out, v.u[LT_DOWN], v.hmid, LT_DOWN, l, true);
     } else {  // recomputing for the backward: x_out is not needed, the down projection's LoRA u is
         gpu_profile_mark(m, PHASE_LORA);
-        lora_u_forward(m.blas, v.u[LT_DOWN], m.scr.lora_xd, v.hmid, lora_gpu_args(m, opt, LT_DOWN, l), N, F, m.stream);
+        lora_u_forward(m.blas, v.u[LT_DOWN], m.scr.lora_xd, m.scr.lora_tmp, lora_tmp_floats(m), v.hmid, lora_gpu_args(m, opt, LT_DOWN, l), N, F, m.stream);
     }
 }
 

@@ -81,16 +81,18 @@ struct LoraGpuArgs {
 };
 // xd (N, IC) = dropout(x) with the mask of (seed, mask_id)
 void dropout_forward(bf16* xd, const bf16* x, const LoraGpuArgs& la, int64_t N, int64_t IC, cudaStream_t stream);
-// u (N, r) = drop(x) A^T only (what the backward needs of a linear whose output is not recomputed)
-void lora_u_forward(Blas& bl, bf16* u, bf16* xd, const bf16* x, const LoraGpuArgs& la, int64_t N, int64_t IC,
-                    cudaStream_t stream);
-// y (N, OC) bf16 += s (drop(x) A^T) B^T; u (N, r) = drop(x) A^T saved; xd scratch (N, IC) used when p > 0
-void lora_forward(Blas& bl, bf16* y, bf16* u, bf16* xd, const bf16* x, const LoraGpuArgs& la, int64_t N, int64_t IC,
-                  int64_t OC, cudaStream_t stream);
+// u (N, r) = drop(x) A^T only (what the backward needs of a linear whose output is not recomputed).
+// Scratch: xd (N, IC) bf16 for the plain dropout path; `scratch` (scratch_floats fp32) for the
+// fused kernels' partial sums (they run when it holds r * max(N, IC) floats; nullptr/0: never).
+void lora_u_forward(Blas& bl, bf16* u, bf16* xd, float* scratch, int64_t scratch_floats, const bf16* x,
+                    const LoraGpuArgs& la, int64_t N, int64_t IC, cudaStream_t stream);
+// y (N, OC) bf16 += s (drop(x) A^T) B^T; u (N, r) = drop(x) A^T saved; scratch as lora_u_forward
+void lora_forward(Blas& bl, bf16* y, bf16* u, bf16* xd, float* scratch, int64_t scratch_floats, const bf16* x,
+                  const LoraGpuArgs& la, int64_t N, int64_t IC, int64_t OC, cudaStream_t stream);
 // dx (N, IC) fp32 +=, dA (r, IC) fp32 +=, dB (OC, r) fp32 += from dy (N, OC) bf16.
-// scratch: du (N, r) bf16, xd (N, IC) bf16 and tmp (N, IC) fp32 (used when p > 0)
-void lora_backward(Blas& bl, float* dx, float* dA, float* dB, bf16* du, bf16* xd, float* tmp, const bf16* dy,
-                   const bf16* x, const bf16* u, const LoraGpuArgs& la, int64_t N, int64_t IC, int64_t OC,
+// scratch: du (N, r) bf16, xd (N, IC) bf16 and tmp (tmp_floats >= N * IC fp32) (used when p > 0)
+void lora_backward(Blas& bl, float* dx, float* dA, float* dB, bf16* du, bf16* xd, float* tmp, int64_t tmp_floats,
+                   const bf16* dy, const bf16* x, const bf16* u, const LoraGpuArgs& la, int64_t N, int64_t IC, int64_t OC,
                    cudaStream_t stream);
 
 // ----------------------------------------------------------------------------------------------
@@ -165,7 +167,7 @@ struct GpuScratch {
     bf16* dgate;        // (N, F)
     bf16* dup;          // (N, F)
     bf16* lora_xd;      // (N, max in) dropout(x)
-    float* lora_tmp;    // (N, max in)
+    float* lora_tmp;    // (N, max in) du A, or the fused LoRA kernels' partial sums
     bf16* lora_du;      // (N, r)
     bf16* weight;       // (max out*in) a dequantized NF4 weight
     float* reduce;      // (1024) partial sums

@@ -3,8 +3,18 @@
 // The frozen product x W^T is the caller's (a cuBLASLt matmul on bf16 or dequantized NF4 weights);
 // this file adds the low-rank path. The dropout mask is a pure function of (seed, layer/target,
 // element index) (model.h dropout_keep), so the backward regenerates it instead of storing it.
+//
+// With dropout on, the three products that touch drop(x) run in this file's own tensor-core
+// kernels, which apply the mask as they load x: u = drop(x) A^T, dA += du^T drop(x) and
+// dx += drop'(du A) (the mask again, on the input gradient). Neither the dropped copy of x nor the
+// fp32 du A is ever written to memory (that traffic was 13% of a 7B step). Sums over a long axis
+// are split across blocks into fp32 partials that a second kernel adds in a fixed order, so the
+// results are bitwise reproducible. Without dropout (or at a rank the kernels are not built for:
+// r in {16, 32, 64, 128}, in_features a multiple of 64) cuBLASLt does the products.
 // CPU twin: cpu::linear_lora_forward / cpu::linear_lora_backward in llama2_cpu.cpp; tested inside
-// the whole step (test/gpu_model.cu) and with dropout in test/gpu_kernels.cu.
+// the whole step (test/gpu_model.cu) and with dropout at fused and plain shapes in test/gpu_kernels.cu.
+#include <algorithm>
+
 #include "llama2_gpu.h"
 
 __global__ void dropout_forward_kernel(bf16* xd, const bf16* x, int64_t n, float p, uint64_t seed, uint64_t mask_id) {
@@ -28,9 +38,274 @@ __global__ void dropout_backward_add_kernel(float* dx, const float* tmp, int64_t
     dx[i] += tmp[i] * keep;
 }
 
-void lora_u_forward(Blas& bl, bf16* u, bf16* xd, const bf16* x, const LoraGpuArgs& la, int64_t N, int64_t IC,
-                    cudaStream_t stream) {
+// ----------------------------------------------------------------------------------------------
+// the fused products (dropout > 0). Tiles of 64 x 64; 4 warps; LD = 64 + 8 bf16 (144 bytes: rows
+// an odd number of 16-byte units apart, so ldmatrix hits every bank once).
+
+namespace lk {
+constexpr int T = 64;          // tile edge (rows of x, and columns of x / A per step)
+constexpr int LD = T + 8;
+constexpr int THREADS = 128;
+constexpr int PARTS_MAX = 8;   // blocks one long sum is split over
+}  // namespace lk
+
+// drop(x) tile: rows [n0, n0+64) x cols [i0, i0+64) of x (N, IC) into Xs (64, LD), masked and
+// rounded to bf16 exactly as dropout_forward_kernel does; rows >= N are zero
+__device__ __forceinline__ void load_dropped_tile(bf16* Xs, const bf16* x, int64_t n0, int64_t i0, int64_t N, int64_t IC,
+                                                  float p, float inv_keep, uint64_t seed, uint64_t mask_id) {
+    for (int q = threadIdx.x; q < lk::T * (lk::T / 8); q += lk::THREADS) {
+        const int r = q / (lk::T / 8), c8 = q % (lk::T / 8);
+        const int64_t n = n0 + r, i = i0 + c8 * 8;
+        Bf16x8 v;
+        if (n < N) {
+            v = load_bf16x8(x + n * IC + i);
+#pragma unroll
+            for (int e = 0; e < 8; e++) {
+                const float keep = dropout_keep(seed, mask_id, (uint64_t)(n * IC + i + e), p) ? inv_keep : 0.0f;
+                v.v[e] = __float2bfloat16(__bfloat162float(v.v[e]) * keep);
+            }
+        } else {
+#pragma unroll
+            for (int e = 0; e < 8; e++) v.v[e] = __float2bfloat16(0.0f);
+        }
+        store_bf16x8(Xs + r * lk::LD + c8 * 8, v);
+    }
+}
+
+// rows [r0, r0+ROWS) x cols [c0, c0+COLS) of a row-major (rows, ld_src) bf16 matrix into a shared
+// tile of row stride LDS, by cp.async; rows >= n_rows are zero
+template <int ROWS, int COLS, int LDS>
+__device__ __forceinline__ void load_rows_async(bf16* dst, const bf16* src, int64_t r0, int64_t c0, int64_t n_rows,
+                                                int64_t ld_src) {
+    for (int q = threadIdx.x; q < ROWS * (COLS / 8); q += lk::THREADS) {
+        const int r = q / (COLS / 8), c8 = q % (COLS / 8);
+        const bool valid = r0 + r < n_rows;
+        cp_async16(dst + r * LDS + c8 * 8, src + (valid ? r0 + r : 0) * ld_src + c0 + c8 * 8, valid);
+    }
+}
+
+// u (N, R) partials: part[s] (N, R) fp32 = drop(x)[:, split s of IC] A[:, split s]^T.
+// grid (ceil(N/64), S); a warp per 16 rows of x.
+template <int R>
+__global__ void __launch_bounds__(lk::THREADS) lora_u_dropout_kernel(float* part, const bf16* x, const bf16* A, int64_t N,
+                                                                    int64_t IC, int64_t split, float p, uint64_t seed,
+                                                                    uint64_t mask_id) {
+    using namespace lk;
+    __shared__ __align__(16) bf16 Xs[T * LD];
+    __shared__ __align__(16) bf16 As[R * LD];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+    const int64_t n0 = (int64_t)blockIdx.x * T, k_begin = blockIdx.y * split, k_end = min(IC, k_begin + split);
+    const float inv_keep = 1.0f / (1.0f - p);
+    float acc[R / 8][4] = {};
+    for (int64_t k0 = k_begin; k0 < k_end; k0 += T) {
+        load_rows_async<R, T, LD>(As, A, 0, k0, R, IC);
+        cp_async_commit();
+        load_dropped_tile(Xs, x, n0, k0, N, IC, p, inv_keep, seed, mask_id);
+        cp_async_wait<0>();
+        __syncthreads();
+#pragma unroll
+        for (int ks = 0; ks < T / 16; ks++) {
+            uint32_t a[4];
+            load_a<LD>(a, Xs, warp * 16, ks * 16, lane);
+#pragma unroll
+            for (int np = 0; np < R / 16; np++) {
+                uint32_t b[4];
+                load_b_rows<LD>(b, As, np * 16, ks * 16, lane);
+                mma_16816(acc[2 * np], a, b[0], b[1]);
+                mma_16816(acc[2 * np + 1], a, b[2], b[3]);
+            }
+        }
+        __syncthreads();
+    }
+    float* out = part + (int64_t)blockIdx.y * N * R;
+#pragma unroll
+    for (int ri = 0; ri < 2; ri++) {
+        const int64_t n = n0 + warp * 16 + g + 8 * ri;
+        if (n >= N) continue;
+#pragma unroll
+        for (int nt = 0; nt < R / 8; nt++) {
+            out[n * R + nt * 8 + 2 * c] = acc[nt][2 * ri];
+            out[n * R + nt * 8 + 2 * c + 1] = acc[nt][2 * ri + 1];
+        }
+    }
+}
+
+// out (n) = bf16(sum over s of part[s] (n)), s in order
+__global__ void sum_parts_bf16_kernel(bf16* out, const float* part, int parts, int64_t n) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float s = 0.0f;
+    for (int k = 0; k < parts; k++) s += part[k * n + i];
+    out[i] = __float2bfloat16(s);
+}
+// out (n) += sum over s of part[s] (n), s in order
+__global__ void add_parts_f32_kernel(float* out, const float* part, int parts, int64_t n) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float s = 0.0f;
+    for (int k = 0; k < parts; k++) s += part[k * n + i];
+    out[i] += s;
+}
+
+// dA (R, IC) partials: part[s] (R, IC) fp32 = du[split s of N]^T drop(x)[split s of N].
+// grid (IC/64, S); warp w owns the 16-row tiles w, w+4, ... of R.
+template <int R>
+__global__ void __launch_bounds__(lk::THREADS) lora_da_dropout_kernel(float* part, const bf16* du, const bf16* x, int64_t N,
+                                                                     int64_t IC, int64_t split, float p, uint64_t seed,
+                                                                     uint64_t mask_id) {
+    using namespace lk;
+    constexpr int LDU = R + 8;            // du tile stride: an odd number of 16-byte units
+    constexpr int MT = (R / 16 + 3) / 4;  // 16-row tiles of R per warp
+    __shared__ __align__(16) bf16 Ds[T * LDU];
+    __shared__ __align__(16) bf16 Xs[T * LD];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+    const int64_t i0 = (int64_t)blockIdx.x * T, t_begin = blockIdx.y * split, t_end = min(N, t_begin + split);
+    const float inv_keep = 1.0f / (1.0f - p);
+    float acc[MT][T / 8][4] = {};
+    for (int64_t t0 = t_begin; t0 < t_end; t0 += T) {
+        load_rows_async<T, R, LDU>(Ds, du, t0, 0, t_end, R);  // tokens past this split's end read as zero
+        cp_async_commit();
+        load_dropped_tile(Xs, x, t0, i0, t_end, IC, p, inv_keep, seed, mask_id);
+        cp_async_wait<0>();
+        __syncthreads();
+#pragma unroll
+        for (int ks = 0; ks < T / 16; ks++)
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                const int m0 = (warp + 4 * mt) * 16;
+                if (m0 >= R) continue;
+                uint32_t a[4];
+                load_a_trans<LDU>(a, Ds, m0, ks * 16, lane);
+#pragma unroll
+                for (int np = 0; np < T / 16; np++) {
+                    uint32_t b[4];
+                    load_b_cols<LD>(b, Xs, ks * 16, np * 16, lane);
+                    mma_16816(acc[mt][2 * np], a, b[0], b[1]);
+                    mma_16816(acc[mt][2 * np + 1], a, b[2], b[3]);
+                }
+            }
+        __syncthreads();
+    }
+    float* out = part + (int64_t)blockIdx.y * R * IC;
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) {
+        const int m0 = (warp + 4 * mt) * 16;
+        if (m0 >= R) continue;
+#pragma unroll
+        for (int ri = 0; ri < 2; ri++) {
+            const int64_t rr = m0 + g + 8 * ri;
+#pragma unroll
+            for (int nt = 0; nt < T / 8; nt++) {
+                out[rr * IC + i0 + nt * 8 + 2 * c] = acc[mt][nt][2 * ri];
+                out[rr * IC + i0 + nt * 8 + 2 * c + 1] = acc[mt][nt][2 * ri + 1];
+            }
+        }
+    }
+}
+
+// dx (N, IC) += mask * (du A) / (1 - p): the LoRA path's input gradient through the same mask.
+// grid (ceil(N/64), IC/64); a warp per 16 rows.
+template <int R>
+__global__ void __launch_bounds__(lk::THREADS) lora_dx_dropout_kernel(float* dx, const bf16* du, const bf16* A, int64_t N,
+                                                                     int64_t IC, float p, uint64_t seed, uint64_t mask_id) {
+    using namespace lk;
+    constexpr int LDU = R + 8;
+    __shared__ __align__(16) bf16 Ds[T * LDU];
+    __shared__ __align__(16) bf16 As[R * LD];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+    const int64_t n0 = (int64_t)blockIdx.x * T, i0 = (int64_t)blockIdx.y * T;
+    load_rows_async<T, R, LDU>(Ds, du, n0, 0, N, R);
+    load_rows_async<R, T, LD>(As, A, 0, i0, R, IC);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    float acc[T / 8][4] = {};
+#pragma unroll
+    for (int ks = 0; ks < R / 16; ks++) {
+        uint32_t a[4];
+        load_a<LDU>(a, Ds, warp * 16, ks * 16, lane);
+#pragma unroll
+        for (int np = 0; np < T / 16; np++) {
+            uint32_t b[4];
+            load_b_cols<LD>(b, As, ks * 16, np * 16, lane);
+            mma_16816(acc[2 * np], a, b[0], b[1]);
+            mma_16816(acc[2 * np + 1], a, b[2], b[3]);
+        }
+    }
+    const float inv_keep = 1.0f / (1.0f - p);
+#pragma unroll
+    for (int ri = 0; ri < 2; ri++) {
+        const int64_t n = n0 + warp * 16 + g + 8 * ri;
+        if (n >= N) continue;
+#pragma unroll
+        for (int nt = 0; nt < T / 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int64_t idx = n * IC + i0 + nt * 8 + 2 * c + e;
+                if (dropout_keep(seed, mask_id, (uint64_t)idx, p)) dx[idx] += acc[nt][2 * ri + e] * inv_keep;
+            }
+    }
+}
+
+// Whether the fused kernels take this product: dropout on, a rank they are built for, rows of x
+// that tile by 64, and room for the partial sums in the caller's fp32 scratch (scratch_floats).
+static bool fused(const LoraGpuArgs& la, int64_t N, int64_t IC, int64_t scratch_floats) {
+    return la.p > 0.0f && (la.r == 16 || la.r == 32 || la.r == 64 || la.r == 128) && IC % lk::T == 0 &&
+           scratch_floats >= (int64_t)la.r * std::max(N, IC) && (uint64_t)N * (uint64_t)IC < (1ull << 62);
+}
+
+// How many blocks a sum of `len` (a multiple of 64 after rounding up) is split over, so that
+// `blocks` blocks of the other axes become about two waves of the card, within the scratch.
+static int split_parts(int64_t len, int64_t blocks, int64_t max_parts) {
+    const int64_t tiles = (len + lk::T - 1) / lk::T;
+    const int64_t want = (264 + blocks - 1) / blocks;
+    const int64_t parts = std::max<int64_t>(1, std::min(std::min(want, tiles), std::min<int64_t>(max_parts, lk::PARTS_MAX)));
+    return (int)parts;
+}
+
+template <int R>
+static void u_dropout_launch(bf16* u, float* part, const bf16* x, const LoraGpuArgs& la, int64_t N, int64_t IC,
+                             int64_t scratch_floats, cudaStream_t stream) {
+    const int64_t row_blocks = (N + lk::T - 1) / lk::T;
+    const int parts = split_parts(IC, row_blocks, scratch_floats / (N * R));
+    const int64_t split = ((IC / lk::T + parts - 1) / parts) * lk::T;
+    lora_u_dropout_kernel<R><<<dim3((unsigned)row_blocks, (unsigned)parts), lk::THREADS, 0, stream>>>(
+        part, x, la.A, N, IC, split, la.p, la.seed, la.mask_id);
+    cudaCheckLaunch();
+    sum_parts_bf16_kernel<<<ceil_div(N * R, 256), 256, 0, stream>>>(u, part, parts, N * R);
+    cudaCheckLaunch();
+}
+
+template <int R>
+static void backward_dropout_launch(float* dx, float* dA, float* part, const bf16* du, const bf16* x, const LoraGpuArgs& la,
+                                    int64_t N, int64_t IC, int64_t scratch_floats, cudaStream_t stream) {
+    const int64_t col_blocks = IC / lk::T;
+    const int parts = split_parts(N, col_blocks, scratch_floats / (R * IC));
+    const int64_t split = (((N + lk::T - 1) / lk::T + parts - 1) / parts) * lk::T;
+    lora_da_dropout_kernel<R><<<dim3((unsigned)col_blocks, (unsigned)parts), lk::THREADS, 0, stream>>>(
+        part, du, x, N, IC, split, la.p, la.seed, la.mask_id);
+    cudaCheckLaunch();
+    add_parts_f32_kernel<<<ceil_div((int64_t)R * IC, 256), 256, 0, stream>>>(dA, part, parts, (int64_t)R * IC);
+    cudaCheckLaunch();
+    lora_dx_dropout_kernel<R><<<dim3((unsigned)((N + lk::T - 1) / lk::T), (unsigned)col_blocks), lk::THREADS, 0, stream>>>(
+        dx, du, la.A, N, IC, la.p, la.seed, la.mask_id);
+    cudaCheckLaunch();
+}
+
+// ----------------------------------------------------------------------------------------------
+// launchers
+
+void lora_u_forward(Blas& bl, bf16* u, bf16* xd, float* scratch, int64_t scratch_floats, const bf16* x,
+                    const LoraGpuArgs& la, int64_t N, int64_t IC, cudaStream_t stream) {
     if (!la.A) return;
+    if (fused(la, N, IC, scratch_floats)) {
+        switch (la.r) {
+            case 16: return u_dropout_launch<16>(u, scratch, x, la, N, IC, scratch_floats, stream);
+            case 32: return u_dropout_launch<32>(u, scratch, x, la, N, IC, scratch_floats, stream);
+            case 64: return u_dropout_launch<64>(u, scratch, x, la, N, IC, scratch_floats, stream);
+            default: return u_dropout_launch<128>(u, scratch, x, la, N, IC, scratch_floats, stream);
+        }
+    }
     const bf16* xin = x;
     if (la.p > 0.0f) {
         dropout_forward(xd, x, la, N, IC, stream);
@@ -39,19 +314,27 @@ void lora_u_forward(Blas& bl, bf16* u, bf16* xd, const bf16* x, const LoraGpuArg
     matmul(bl, u, false, xin, false, la.A, true, N, la.r, IC, 1.0f, 0.0f, stream);  // u (N, r) = drop(x) A^T
 }
 
-void lora_forward(Blas& bl, bf16* y, bf16* u, bf16* xd, const bf16* x, const LoraGpuArgs& la, int64_t N, int64_t IC,
-                  int64_t OC, cudaStream_t stream) {
+void lora_forward(Blas& bl, bf16* y, bf16* u, bf16* xd, float* scratch, int64_t scratch_floats, const bf16* x,
+                  const LoraGpuArgs& la, int64_t N, int64_t IC, int64_t OC, cudaStream_t stream) {
     if (!la.A) return;
-    lora_u_forward(bl, u, xd, x, la, N, IC, stream);
+    lora_u_forward(bl, u, xd, scratch, scratch_floats, x, la, N, IC, stream);
     matmul(bl, y, false, u, false, la.B, true, N, OC, la.r, la.scale, 1.0f, stream);  // y += s u B^T
 }
 
-void lora_backward(Blas& bl, float* dx, float* dA, float* dB, bf16* du, bf16* xd, float* tmp, const bf16* dy,
-                   const bf16* x, const bf16* u, const LoraGpuArgs& la, int64_t N, int64_t IC, int64_t OC,
+void lora_backward(Blas& bl, float* dx, float* dA, float* dB, bf16* du, bf16* xd, float* tmp, int64_t tmp_floats,
+                   const bf16* dy, const bf16* x, const bf16* u, const LoraGpuArgs& la, int64_t N, int64_t IC, int64_t OC,
                    cudaStream_t stream) {
     if (!la.A) return;
     matmul(bl, dB, true, dy, true, u, false, OC, la.r, N, la.scale, 1.0f, stream);    // dB (OC, r) += s dy^T u
     matmul(bl, du, false, dy, false, la.B, false, N, la.r, OC, la.scale, 0.0f, stream);  // du (N, r) = s dy B
+    if (fused(la, N, IC, tmp_floats)) {
+        switch (la.r) {
+            case 16: return backward_dropout_launch<16>(dx, dA, tmp, du, x, la, N, IC, tmp_floats, stream);
+            case 32: return backward_dropout_launch<32>(dx, dA, tmp, du, x, la, N, IC, tmp_floats, stream);
+            case 64: return backward_dropout_launch<64>(dx, dA, tmp, du, x, la, N, IC, tmp_floats, stream);
+            default: return backward_dropout_launch<128>(dx, dA, tmp, du, x, la, N, IC, tmp_floats, stream);
+        }
+    }
     const bf16* xin = x;
     if (la.p > 0.0f) {
         dropout_forward(xd, x, la, N, IC, stream);  // the same mask as the forward

@@ -35,55 +35,6 @@ constexpr float LOG2E = 1.4426950408889634f;
 constexpr float LN2 = 0.6931471805599453f;
 }  // namespace att
 
-// ----------------------------------------------------------------------------------------------
-// tensor-core and copy primitives
-
-__device__ __forceinline__ void mma_16816(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-__device__ __forceinline__ uint32_t smem_addr(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
-__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const bf16* p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_addr(p)));
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const bf16* p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_addr(p)));
-}
-// 16 bytes global -> shared without passing through registers; !valid writes 16 zero bytes
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-__device__ __forceinline__ uint32_t pack_floats(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *(uint32_t*)&v;
-}
-
-// Fragment loads from a row-major shared tile (stride att::LD), lane = threadIdx.x % 32:
-// A of rows [r0, r0+16) x cols [k0, k0+16)
-__device__ __forceinline__ void load_a(uint32_t a[4], const bf16* tile, int r0, int k0, int lane) {
-    ldmatrix_x4(a, tile + (r0 + (lane & 15)) * att::LD + k0 + (lane >> 4) * 8);
-}
-// B fragments of two 8-column tiles where B[k][n] = tile[n0 + n][k0 + k] (the tile's rows are B's
-// columns, as K in Q K^T): b[0], b[1] for columns n0..n0+7, b[2], b[3] for n0+8..n0+15
-__device__ __forceinline__ void load_b_rows(uint32_t b[4], const bf16* tile, int n0, int k0, int lane) {
-    ldmatrix_x4(b, tile + (n0 + (lane & 7) + ((lane >> 4) << 3)) * att::LD + k0 + ((lane >> 3) & 1) * 8);
-}
-// the same where B[k][n] = tile[k0 + k][n0 + n] (the tile's rows are B's k, as V in P V)
-__device__ __forceinline__ void load_b_cols(uint32_t b[4], const bf16* tile, int k0, int n0, int lane) {
-    ldmatrix_x4_trans(b, tile + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * att::LD + n0 + (lane >> 4) * 8);
-}
-
 // Starts the copy of rows [t0, t0+ROWS) of one head of a (B, T, n_heads, D) tensor into a shared
 // tile; rows >= T are zero (a zero V row times a zero probability must stay zero, never NaN).
 template <int ROWS, int THREADS>
@@ -133,7 +84,7 @@ __global__ void __launch_bounds__(WARPS * 32) attention_forward_kernel(bf16* out
     __syncthreads();
     uint32_t qf[D / 16][4];  // this warp's 16 query rows as A fragments
 #pragma unroll
-    for (int ks = 0; ks < D / 16; ks++) load_a(qf[ks], Qs, warp * 16, ks * 16, lane);
+    for (int ks = 0; ks < D / 16; ks++) load_a<LD>(qf[ks], Qs, warp * 16, ks * 16, lane);
 
     for (int kb = kb_first; kb <= kb_last; kb++) {
         const int buf = (kb - kb_first) & 1, k0 = kb * BK;
@@ -151,7 +102,7 @@ __global__ void __launch_bounds__(WARPS * 32) attention_forward_kernel(bf16* out
 #pragma unroll
             for (int np = 0; np < BK / 16; np++) {
                 uint32_t bb[4];
-                load_b_rows(bb, Kt, np * 16, ks * 16, lane);
+                load_b_rows<LD>(bb, Kt, np * 16, ks * 16, lane);
                 mma_16816(s[2 * np], qf[ks], bb[0], bb[1]);
                 mma_16816(s[2 * np + 1], qf[ks], bb[2], bb[3]);
             }
@@ -199,7 +150,7 @@ __global__ void __launch_bounds__(WARPS * 32) attention_forward_kernel(bf16* out
 #pragma unroll
             for (int np = 0; np < D / 16; np++) {
                 uint32_t bb[4];
-                load_b_cols(bb, Vt, ks * 16, np * 16, lane);
+                load_b_cols<LD>(bb, Vt, ks * 16, np * 16, lane);
                 mma_16816(o[2 * np], pf[ks], bb[0], bb[1]);
                 mma_16816(o[2 * np + 1], pf[ks], bb[2], bb[3]);
             }
@@ -317,11 +268,11 @@ __global__ void __launch_bounds__(att::KV_THREADS) attention_backward_dkdv_kerne
 #pragma unroll
         for (int ks = 0; ks < D / 16; ks++) {
             uint32_t kf[4];  // this warp's 16 keys, re-read from shared memory (registers are short here)
-            load_a(kf, Ks, warp * 16, ks * 16, lane);
+            load_a<LD>(kf, Ks, warp * 16, ks * 16, lane);
 #pragma unroll
             for (int np = 0; np < BK / 16; np++) {
                 uint32_t bb[4];
-                load_b_rows(bb, Qt, np * 16, ks * 16, lane);
+                load_b_rows<LD>(bb, Qt, np * 16, ks * 16, lane);
                 mma_16816(st[2 * np], kf, bb[0], bb[1]);
                 mma_16816(st[2 * np + 1], kf, bb[2], bb[3]);
             }
@@ -347,7 +298,7 @@ __global__ void __launch_bounds__(att::KV_THREADS) attention_backward_dkdv_kerne
 #pragma unroll
             for (int np = 0; np < D / 16; np++) {
                 uint32_t bb[4];
-                load_b_cols(bb, dOt, ks * 16, np * 16, lane);
+                load_b_cols<LD>(bb, dOt, ks * 16, np * 16, lane);
                 mma_16816(dvacc[2 * np], pf[ks], bb[0], bb[1]);
                 mma_16816(dvacc[2 * np + 1], pf[ks], bb[2], bb[3]);
             }
@@ -358,11 +309,11 @@ __global__ void __launch_bounds__(att::KV_THREADS) attention_backward_dkdv_kerne
 #pragma unroll
         for (int ks = 0; ks < D / 16; ks++) {
             uint32_t vf[4];
-            load_a(vf, Vs, warp * 16, ks * 16, lane);
+            load_a<LD>(vf, Vs, warp * 16, ks * 16, lane);
 #pragma unroll
             for (int np = 0; np < BK / 16; np++) {
                 uint32_t bb[4];
-                load_b_rows(bb, dOt, np * 16, ks * 16, lane);
+                load_b_rows<LD>(bb, dOt, np * 16, ks * 16, lane);
                 mma_16816(dpt[2 * np], vf, bb[0], bb[1]);
                 mma_16816(dpt[2 * np + 1], vf, bb[2], bb[3]);
             }
@@ -382,7 +333,7 @@ __global__ void __launch_bounds__(att::KV_THREADS) attention_backward_dkdv_kerne
 #pragma unroll
             for (int np = 0; np < D / 16; np++) {
                 uint32_t bb[4];
-                load_b_cols(bb, Qt, ks * 16, np * 16, lane);
+                load_b_cols<LD>(bb, Qt, ks * 16, np * 16, lane);
                 mma_16816(dkacc[2 * np], dsf[ks], bb[0], bb[1]);
                 mma_16816(dkacc[2 * np + 1], dsf[ks], bb[2], bb[3]);
             }
@@ -445,8 +396,8 @@ __global__ void __launch_bounds__(WARPS * 32) attention_backward_dq_kernel(
     uint32_t qf[D / 16][4], dof[D / 16][4];  // this warp's 16 queries and their output gradients
 #pragma unroll
     for (int ks = 0; ks < D / 16; ks++) {
-        load_a(qf[ks], Qs, warp * 16, ks * 16, lane);
-        load_a(dof[ks], dOs, warp * 16, ks * 16, lane);
+        load_a<LD>(qf[ks], Qs, warp * 16, ks * 16, lane);
+        load_a<LD>(dof[ks], dOs, warp * 16, ks * 16, lane);
     }
 
     for (int kb = kb_first; kb <= kb_last; kb++) {
@@ -467,10 +418,10 @@ __global__ void __launch_bounds__(WARPS * 32) attention_backward_dq_kernel(
 #pragma unroll
             for (int np = 0; np < BK / 16; np++) {
                 uint32_t bb[4];
-                load_b_rows(bb, Kt, np * 16, ks * 16, lane);
+                load_b_rows<LD>(bb, Kt, np * 16, ks * 16, lane);
                 mma_16816(s[2 * np], qf[ks], bb[0], bb[1]);
                 mma_16816(s[2 * np + 1], qf[ks], bb[2], bb[3]);
-                load_b_rows(bb, Vt, np * 16, ks * 16, lane);
+                load_b_rows<LD>(bb, Vt, np * 16, ks * 16, lane);
                 mma_16816(dp[2 * np], dof[ks], bb[0], bb[1]);
                 mma_16816(dp[2 * np + 1], dof[ks], bb[2], bb[3]);
             }
@@ -494,7 +445,7 @@ __global__ void __launch_bounds__(WARPS * 32) attention_backward_dq_kernel(
 #pragma unroll
             for (int np = 0; np < D / 16; np++) {
                 uint32_t bb[4];
-                load_b_cols(bb, Kt, ks * 16, np * 16, lane);
+                load_b_cols<LD>(bb, Kt, ks * 16, np * 16, lane);
                 mma_16816(dqacc[2 * np], dsf[ks], bb[0], bb[1]);
                 mma_16816(dqacc[2 * np + 1], dsf[ks], bb[2], bb[3]);
             }

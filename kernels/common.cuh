@@ -103,4 +103,65 @@ __device__ __forceinline__ float nf4_weight(const float* nf4, uint32_t code, flo
     return mul_rn_ftz(nf4[code], absmax);
 }
 
+// ----------------------------------------------------------------------------------------------
+// tensor cores (mma.sync m16n8k16, bf16 in, fp32 accumulate), ldmatrix and cp.async: sm_80 and later.
+// The fragment layouts are spelled out in kernels/attention.cu.
+
+__device__ __forceinline__ void mma_16816(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ uint32_t smem_addr(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
+__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const bf16* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const bf16* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+// 16 bytes global -> shared without passing through registers; !valid writes 16 zero bytes
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+__device__ __forceinline__ uint32_t pack_floats(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *(uint32_t*)&v;
+}
+
+// Fragment loads from a row-major shared tile of row stride LD (bf16; LD * 2 a multiple of 16 and
+// rows an odd number of 16-byte units apart keeps ldmatrix free of bank conflicts), lane = threadIdx.x % 32:
+// A of rows [r0, r0+16) x cols [k0, k0+16)
+template <int LD>
+__device__ __forceinline__ void load_a(uint32_t a[4], const bf16* tile, int r0, int k0, int lane) {
+    ldmatrix_x4(a, tile + (r0 + (lane & 15)) * LD + k0 + (lane >> 4) * 8);
+}
+// B fragments of two 8-column tiles where B[k][n] = tile[n0 + n][k0 + k] (the tile's rows are B's
+// columns, as K in Q K^T): b[0], b[1] for columns n0..n0+7, b[2], b[3] for n0+8..n0+15
+template <int LD>
+__device__ __forceinline__ void load_b_rows(uint32_t b[4], const bf16* tile, int n0, int k0, int lane) {
+    ldmatrix_x4(b, tile + (n0 + (lane & 7) + ((lane >> 4) << 3)) * LD + k0 + ((lane >> 3) & 1) * 8);
+}
+// the same where B[k][n] = tile[k0 + k][n0 + n] (the tile's rows are B's k, as V in P V)
+template <int LD>
+__device__ __forceinline__ void load_b_cols(uint32_t b[4], const bf16* tile, int k0, int n0, int lane) {
+    ldmatrix_x4_trans(b, tile + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + n0 + (lane >> 4) * 8);
+}
+
+// A of rows [m0, m0+16) x cols [k0, k0+16) where A[m][k] = tile[k0 + k][m0 + m] (A stored
+// transposed, as du^T in dA = du^T x)
+template <int LD>
+__device__ __forceinline__ void load_a_trans(uint32_t a[4], const bf16* tile, int m0, int k0, int lane) {
+    ldmatrix_x4_trans(a, tile + (k0 + (lane & 7) + (lane >> 4) * 8) * LD + m0 + ((lane >> 3) & 1) * 8);
+}
+
 #endif  // __CUDACC__

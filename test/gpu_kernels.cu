@@ -288,46 +288,74 @@ TEST_CASE("kernel: cuBLASLt matmul, every transpose, fp32 and bf16 out, accumula
     blas_destroy(bl);
 }
 
+// one LoRA linear at one shape, forward and backward, against the CPU twin
+static void check_lora(Blas& bl, Rng& rng, int64_t N, int64_t IC, int64_t OC, int r, float p) {
+    CAPTURE(N);
+    CAPTURE(IC);
+    CAPTURE(r);
+    CAPTURE(p);
+    RandBf16 x(N * IC, rng), W(OC * IC, rng, 0.1f), A(r * IC, rng, 0.1f), Bm(OC * r, rng, 0.1f), dy(N * OC, rng);
+    const float scale = 2.0f;
+    cpu::LoraArgs cla{A.f.data(), Bm.f.data(), r, scale, p, 99, 12};
+    LoraGpuArgs gla{nullptr, nullptr, r, scale, p, 99, 12};
+    DeviceBuffer dx_ = to_device(x.h), dW = to_device(W.h), dA_ = to_device(A.h), dB_ = to_device(Bm.h),
+                 ddy = to_device(dy.h);
+    gla.A = dA_.as<bf16>();
+    gla.B = dB_.as<bf16>();
+    // scratch as the model sizes it: N rows of the widest input (enough for the fused partial sums)
+    const int64_t tmp_floats = N * std::max<int64_t>(IC, 4 * r);
+    DeviceBuffer dyout(N * OC * 2), du(N * r * 2), dxd(N * IC * 2), dtmp(tmp_floats * 4);
+    dyout.poison();
+    du.poison();
+    dtmp.poison();
+    matmul(bl, dyout.ptr, false, dx_.as<bf16>(), false, dW.as<bf16>(), true, N, OC, IC, 1.0f, 0.0f, 0);
+    lora_forward(bl, dyout.as<bf16>(), du.as<bf16>(), dxd.as<bf16>(), dtmp.as<float>(), tmp_floats, dx_.as<bf16>(), gla,
+                 N, IC, OC, 0);
+    std::vector<float> y(N * OC), u(N * r);
+    cpu::linear_lora_forward(y.data(), u.data(), x.f.data(), W.f.data(), cla, N, IC, OC);
+    CHECK(rel_l2(bf16_download(dyout, N * OC).data(), y.data(), y.size()) < 1e-2);
+    CHECK(rel_l2(bf16_download(du, N * r).data(), u.data(), u.size()) < 1e-2);
+    // backward: the GPU's dx covers only the LoRA path (the caller adds dy W), so add it here
+    std::vector<float> dx0(N * IC), dA0(r * IC), dB0(OC * r);
+    for (auto& v : dx0) v = rng.normal();
+    for (auto& v : dA0) v = rng.normal();
+    for (auto& v : dB0) v = rng.normal();
+    DeviceBuffer gdx = to_device_f32(dx0), gdA = to_device_f32(dA0), gdB = to_device_f32(dB0), gdu(N * r * 2);
+    dtmp.poison();
+    matmul(bl, gdx.ptr, true, ddy.as<bf16>(), false, dW.as<bf16>(), false, N, IC, OC, 1.0f, 1.0f, 0);
+    lora_backward(bl, gdx.as<float>(), gdA.as<float>(), gdB.as<float>(), gdu.as<bf16>(), dxd.as<bf16>(), dtmp.as<float>(),
+                  tmp_floats, ddy.as<bf16>(), dx_.as<bf16>(), du.as<bf16>(), gla, N, IC, OC, 0);
+    std::vector<float> cdx = dx0, cdA = dA0, cdB = dB0;
+    std::vector<float> u_r = round_bf16(u);
+    cpu::linear_lora_backward(cdx.data(), cdA.data(), cdB.data(), dy.f.data(), x.f.data(), u_r.data(), W.f.data(), cla, N,
+                              IC, OC);
+    std::vector<float> gdx_h = download<float>(gdx.ptr, N * IC);
+    CHECK(rel_l2(gdx_h.data(), cdx.data(), cdx.size()) < 1e-2);
+    // the LoRA part of dx alone, without dx0 + dy W (where the dropout mask acts: a wrong mask would
+    // hide in the much larger sum)
+    std::vector<float> cbase = dx0;
+    cpu::matmul_backward_input(cbase.data(), dy.f.data(), W.f.data(), N, IC, OC);
+    std::vector<float> g_only(N * IC), c_only(N * IC);
+    for (int64_t i = 0; i < N * IC; i++) g_only[i] = gdx_h[i] - cbase[i], c_only[i] = cdx[i] - cbase[i];
+    CHECK(rel_l2(g_only.data(), c_only.data(), c_only.size()) < 2e-2);
+    CHECK(rel_l2(download<float>(gdA.ptr, r * IC).data(), cdA.data(), cdA.size()) < 1e-2);
+    CHECK(rel_l2(download<float>(gdB.ptr, OC * r).data(), cdB.data(), cdB.size()) < 1e-2);
+    // the gradient of A alone, without the random dA0 it was added to (a wrong mask would hide in it)
+    std::vector<float> gA = download<float>(gdA.ptr, r * IC), dA_only(r * IC), cA_only(r * IC);
+    for (int64_t i = 0; i < r * IC; i++) dA_only[i] = gA[i] - dA0[i], cA_only[i] = cdA[i] - dA0[i];
+    CHECK(rel_l2(dA_only.data(), cA_only.data(), cA_only.size()) < 1e-2);
+}
+
 TEST_CASE("kernel: LoRA linear forward and backward with dropout") {
     Rng rng(7);
     Blas bl;
     blas_create(bl);
-    const int64_t N = 53, IC = 96, OC = 80;
-    const int r = 8;
     for (float p : {0.0f, 0.1f}) {
-        CAPTURE(p);
-        RandBf16 x(N * IC, rng), W(OC * IC, rng, 0.1f), A(r * IC, rng, 0.1f), Bm(OC * r, rng, 0.1f), dy(N * OC, rng);
-        const float scale = 2.0f;
-        cpu::LoraArgs cla{A.f.data(), Bm.f.data(), r, scale, p, 99, 12};
-        LoraGpuArgs gla{nullptr, nullptr, r, scale, p, 99, 12};
-        DeviceBuffer dx_ = to_device(x.h), dW = to_device(W.h), dA_ = to_device(A.h), dB_ = to_device(Bm.h),
-                     ddy = to_device(dy.h);
-        gla.A = dA_.as<bf16>();
-        gla.B = dB_.as<bf16>();
-        DeviceBuffer dyout(N * OC * 2), du(N * r * 2), dxd(N * IC * 2), dtmp(N * IC * 4);
-        dyout.poison();
-        matmul(bl, dyout.ptr, false, dx_.as<bf16>(), false, dW.as<bf16>(), true, N, OC, IC, 1.0f, 0.0f, 0);
-        lora_forward(bl, dyout.as<bf16>(), du.as<bf16>(), dxd.as<bf16>(), dx_.as<bf16>(), gla, N, IC, OC, 0);
-        std::vector<float> y(N * OC), u(N * r);
-        cpu::linear_lora_forward(y.data(), u.data(), x.f.data(), W.f.data(), cla, N, IC, OC);
-        CHECK(rel_l2(bf16_download(dyout, N * OC).data(), y.data(), y.size()) < 1e-2);
-        CHECK(rel_l2(bf16_download(du, N * r).data(), u.data(), u.size()) < 1e-2);
-        // backward: the GPU's dx covers only the LoRA path (the caller adds dy W), so add it here
-        std::vector<float> dx0(N * IC), dA0(r * IC), dB0(OC * r);
-        for (auto& v : dx0) v = rng.normal();
-        for (auto& v : dA0) v = rng.normal();
-        for (auto& v : dB0) v = rng.normal();
-        DeviceBuffer gdx = to_device_f32(dx0), gdA = to_device_f32(dA0), gdB = to_device_f32(dB0), gdu(N * r * 2);
-        matmul(bl, gdx.ptr, true, ddy.as<bf16>(), false, dW.as<bf16>(), false, N, IC, OC, 1.0f, 1.0f, 0);
-        lora_backward(bl, gdx.as<float>(), gdA.as<float>(), gdB.as<float>(), gdu.as<bf16>(), dxd.as<bf16>(),
-                      dtmp.as<float>(), ddy.as<bf16>(), dx_.as<bf16>(), du.as<bf16>(), gla, N, IC, OC, 0);
-        std::vector<float> cdx = dx0, cdA = dA0, cdB = dB0;
-        std::vector<float> u_r = round_bf16(u);
-        cpu::linear_lora_backward(cdx.data(), cdA.data(), cdB.data(), dy.f.data(), x.f.data(), u_r.data(), W.f.data(), cla,
-                                  N, IC, OC);
-        CHECK(rel_l2(download<float>(gdx.ptr, N * IC).data(), cdx.data(), cdx.size()) < 1e-2);
-        CHECK(rel_l2(download<float>(gdA.ptr, r * IC).data(), cdA.data(), cdA.size()) < 1e-2);
-        CHECK(rel_l2(download<float>(gdB.ptr, OC * r).data(), cdB.data(), cdB.size()) < 1e-2);
+        check_lora(bl, rng, 53, 96, 80, 8, p);     // cuBLASLt path: a rank the fused kernels are not built for
+        check_lora(bl, rng, 130, 192, 80, 16, p);  // fused with dropout: rows not a multiple of 64
+        check_lora(bl, rng, 77, 256, 64, 64, p);
+        check_lora(bl, rng, 300, 128, 96, 128, p);  // rank 128: two 16-row tiles of dA per warp
+        check_lora(bl, rng, 64, 704, 48, 32, p);   // a longer input split over several blocks
     }
     blas_destroy(bl);
 }

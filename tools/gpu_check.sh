@@ -94,6 +94,13 @@ if [ "${BENCH_STEP:-1}" = 1 ]; then
         fi
     done
 fi
+# PROFILE=1: the per-phase profile of the 7B NF4 step, for each attention query-block size
+if [ "${PROFILE:-0}" = 1 ]; then
+    for w in 8 4; do
+        "$BIN"/bench_step --model 7b --quant nf4 --seq 2048 --rank 64 --steps 3 --profile --att-warps $w 2>&1 |
+            tee "$LOG_DIR/profile_nf4_w$w.log"
+    done
+fi
 if [ "${BENCH_DECODE:-1}" = 1 ]; then
     for rep in 1 2; do
         "$BIN"/bench_decode --model 7b --quant nf4 --rank 64 2>&1 | tee -a "$LOG_DIR/bench_decode_nf4.log"
@@ -170,6 +177,9 @@ echo "| 7B LoRA step (bf16), seq 2048 | $(step_line bf16) |"
 dec_line() { grep -E "^RESULT decode model=7b quant=$1 " "$LOG_DIR/bench_decode_$1.log" 2>/dev/null | head -n 1 | sed 's/^RESULT decode //'; }
 echo "| 7B decode, NF4 + LoRA r=64 unmerged | $(dec_line nf4) |"
 echo "| 7B decode, bf16 + LoRA merged | $(dec_line bf16) |"
+for w in 8 4; do
+    [ -f "$LOG_DIR/profile_nf4_w$w.log" ] && echo "| profile, attention $w warps | $(grep -E '^RESULT model' "$LOG_DIR/profile_nf4_w$w.log" | sed 's/^RESULT //') |"
+done
 if [ -n "${BEFORE:-}" ]; then
     for q in nf4 bf16; do
         echo "| step $q: now / before      | $(rates "$LOG_DIR/bench_step_$q.log") / $(rates "$LOG_DIR/before_step_$q.log") |"
