@@ -265,41 +265,50 @@ ModelHeader read_model_header(InFile& in) {
     return h;
 }
 
+int64_t model_tensor_bytes(const ModelHeader& h, int id) {
+    const WeightInfo wi = weight_info(h.config, id);
+    return model_weight_bytes(h, id) / (wi.per_layer ? h.config.n_layers : 1);
+}
+
+int64_t model_tensor_offset(const ModelHeader& h, int id, int layer) {
+    int64_t off = (int64_t)sizeof(ModelHeader);
+    for (int k = 0; k < id; k++) off += model_weight_bytes(h, k);
+    return off + layer * model_tensor_bytes(h, id);
+}
+
+void read_model_tensor_raw(InFile& in, const ModelHeader& h, int id, int layer, std::vector<uint8_t>& raw) {
+    ASSERT(weight_numel(h.config, id) > 0, "a stored tensor (not a tied lm_head)");
+    raw.resize((size_t)model_tensor_bytes(h, id));
+    in.read_at(model_tensor_offset(h, id, layer), raw.data(), raw.size(), weight_hf_name(id, layer).c_str());
+}
+
+void read_model_tensor_f32(InFile& in, const ModelHeader& h, int id, int layer, float* dst, std::vector<uint8_t>& raw) {
+    read_model_tensor_raw(in, h, id, layer, raw);
+    const int64_t n = weight_info(h.config, id).numel();
+    if (h.linear_format == LINEAR_NF4 && weight_is_linear(id)) {
+        const std::string name = weight_hf_name(id, layer);
+        check_nf4_record(raw.data(), n, in.path, name);
+        // bf16, as the GPU dequantizes for its matmuls; widening to fp32 is exact
+        std::vector<uint16_t> deq((size_t)n);  // (rows * cols)
+        nf4_dequantize_dq_cpu(deq.data(), DT_BF16, nf4_from_record(raw.data(), n, name.c_str()));
+        convert_to_f32(dst, deq.data(), DT_BF16, (size_t)n);
+        return;
+    }
+    convert_to_f32(dst, raw.data(), h.dtype, (size_t)n);
+}
+
 ModelHeader load_model_f32(const std::string& path, std::vector<float>& weights) {
     InFile in(path);
     ModelHeader h = read_model_header(in);
     const Config& c = h.config;
     weights.resize((size_t)total_weight_numel(c));
-    const size_t es = dtype_size(h.dtype);
-    const int64_t chunk = 1 << 22;
-    std::vector<uint8_t> buf;
-    std::vector<uint16_t> deq;  // (rows * cols) one dequantized NF4 weight, bf16
-    float* dst = weights.data();
+    Weights<float> w = carve_weights(c, weights.data());
+    std::vector<uint8_t> raw;
     for (int id = 0; id < NUM_WEIGHTS; id++) {
-        const int64_t total = weight_numel(c, id);
-        if (total == 0) continue;
-        if (h.linear_format == LINEAR_NF4 && weight_is_linear(id)) {
-            const int64_t n = weight_info(c, id).numel();
-            const Nf4Layout lay = nf4_layout(n);
-            buf.resize((size_t)lay.bytes);
-            deq.resize((size_t)n);
-            for (int l = 0; l < c.n_layers; l++, dst += n) {
-                const std::string name = weight_hf_name(id, l);
-                in.read(buf.data(), (size_t)lay.bytes, name.c_str());
-                check_nf4_record(buf.data(), n, path, name);
-                // bf16, as the GPU dequantizes for its matmuls; widening to fp32 is exact
-                nf4_dequantize_dq_cpu(deq.data(), DT_BF16, nf4_from_record(buf.data(), n, name.c_str()));
-                convert_to_f32(dst, deq.data(), DT_BF16, (size_t)n);
-            }
-            continue;
-        }
-        buf.resize((size_t)(std::min(chunk, total) * (int64_t)es));
-        for (int64_t done = 0; done < total; done += chunk) {
-            const int64_t m = std::min(chunk, total - done);
-            in.read(buf.data(), (size_t)m * es, "weights");
-            convert_to_f32(dst + done, buf.data(), h.dtype, (size_t)m);
-        }
-        dst += total;
+        if (weight_numel(c, id) == 0) continue;  // tied lm_head
+        const WeightInfo wi = weight_info(c, id);
+        for (int l = 0; l < (wi.per_layer ? c.n_layers : 1); l++)
+            read_model_tensor_f32(in, h, id, l, *w.ptr(id) + l * wi.numel(), raw);
     }
     return h;
 }

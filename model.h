@@ -264,6 +264,15 @@ int64_t model_weight_bytes(const ModelHeader& h, int id);
 void check_nf4_record(const uint8_t* record, int64_t numel, const std::string& path, const std::string& tensor);
 // checks magic, version, config, dtype, linear_format and the exact file size
 ModelHeader read_model_header(InFile& in);
+// Where one layer's slice of weight `id` lies in a model file with header h (layer 0 for the
+// global tensors), and its size: a (rows, cols) array of h.dtype, or one NF4 record.
+int64_t model_tensor_offset(const ModelHeader& h, int id, int layer);
+int64_t model_tensor_bytes(const ModelHeader& h, int id);
+// Reads that slice's bytes as stored (model_tensor_bytes of them) into `raw`.
+void read_model_tensor_raw(InFile& in, const ModelHeader& h, int id, int layer, std::vector<uint8_t>& raw);
+// Reads it as fp32 (rows * cols values), NF4 records checked and dequantized to bf16 first, as
+// load_model_f32 does. `raw` is scratch (reused between calls to avoid reallocations).
+void read_model_tensor_f32(InFile& in, const ModelHeader& h, int id, int layer, float* dst, std::vector<uint8_t>& raw);
 // Load all weights of a model file as fp32 (CPU reference). Returns the header. NF4 linears are
 // dequantized to bf16 (nf4_dequantize_dq_cpu), then widened: the numbers the GPU computes with.
 ModelHeader load_model_f32(const std::string& path, std::vector<float>& weights);
