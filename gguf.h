@@ -40,7 +40,7 @@ uint64_t ggml_tensor_bytes(uint32_t type, const std::vector<uint64_t>& ne);
 // is code 0, exactly). Unlike ggml's quantizer, which rounds x * (1/d) with the fp32 d, ours
 // rounds x / d16 with the fp16 d16 the file stores, so every Q8_0 value is within half a step
 // (d16 / 2) of x; a Q4_0 value too, except on the side opposite m, where codes stop at +7: there
-// the error is |x| - 7 |d16| (at most one step).
+// the error is |x| - 7 |d16|, about one step (|m| = 8 |d| and d16 is d rounded to fp16).
 constexpr int GGML_QK = 32;
 struct BlockQ8_0 {
     uint16_t d;     // fp16 scale

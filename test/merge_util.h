@@ -92,13 +92,3 @@ inline std::vector<std::string> temp_leftovers(const std::string& dir) {
         if (f.find(".tmp.") != std::string::npos || f.find(".old.") != std::string::npos) left.push_back(f);
     return left;
 }
-
-// A tool run that must fail cleanly: exit `code`, one line starting with "<tool>: " that contains
-// every string of `says`.
-inline void check_one_line_failure(const CmdResult& r, const std::string& tool, int code,
-                                   const std::vector<std::string>& says) {
-    CHECK_MESSAGE(r.exit_code == code, r.output);
-    CHECK_MESSAGE(count_lines(r.output) == 1, r.output);
-    CHECK_MESSAGE(r.output.rfind(tool + ": ", 0) == 0, r.output);
-    for (const std::string& s : says) CHECK_MESSAGE(r.output.find(s) != std::string::npos, "'" << s << "' not in: " << r.output);
-}
