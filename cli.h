@@ -16,8 +16,12 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
+#include <new>
 #include <string>
 #include <vector>
+
+#include "common.h"
 
 struct CliOption {
     const char* short_name;            // "-i", or nullptr
@@ -154,4 +158,19 @@ inline std::string cli_choice(const char* prog, const char* flag, const std::str
         list += (i == 0 ? "" : i + 1 == choices.size() ? " or " : ", ") + choices[i];
     }
     cli_usage_error(prog, std::string(flag) + " expects " + list + ", got '" + s + "'");
+}
+
+// Runs a tool's work: bad input (an InputError, or running out of memory) prints "prog: message"
+// on stderr and gives exit status 1; returns 0 otherwise. main() ends with `return cli_run(...)`.
+inline int cli_run(const char* prog, const std::function<void()>& work) {
+    try {
+        work();
+    } catch (const InputError& e) {
+        fprintf(stderr, "%s: %s\n", prog, e.what());
+        return 1;
+    } catch (const std::bad_alloc&) {
+        fprintf(stderr, "%s: out of memory\n", prog);
+        return 1;
+    }
+    return 0;
 }

@@ -111,14 +111,5 @@ int main(int argc, char** argv) {
     Args args;
     if (!cli_parse(make_cli(args), argc, argv)) return 0;
     if (!args.model.empty() && !args.hf.empty()) cli_usage_error(PROG, "give the base model once: -m or --hf, not both");
-    try {
-        run(args);
-    } catch (const InputError& e) {
-        fprintf(stderr, "%s: %s\n", PROG, e.what());
-        return 1;
-    } catch (const std::bad_alloc&) {
-        fprintf(stderr, "%s: out of memory\n", PROG);
-        return 1;
-    }
-    return 0;
+    return cli_run(PROG, [&] { run(args); });
 }

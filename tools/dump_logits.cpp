@@ -12,7 +12,8 @@
 // token ids ./sample would feed for it: Llama 2's chat template (chat.h) for one user turn, with
 // --system in its <<SYS>> block; each --ids list is taken as it is. Output tensors, for sequence i
 // in the order given: seq.<i>.tokens I32 (T) and seq.<i>.logits F32 (T, V); metadata "prompts"
-// (a JSON list, "" for an --ids sequence), "system", "model", "adapter".
+// (a JSON list, "" for an --ids sequence), "system", "model", "model_kind" ("hf-directory" or
+// "model-file"), "adapter".
 // Bad input: one line naming the file, exit 1; bad flags: exit 2.
 #include <sentencepiece_processor.h>
 
@@ -126,8 +127,9 @@ static void run(const Args& a) {
         tensors.push_back({p + ".tokens", "I32", {(int64_t)seqs[i].size()}, seqs[i].data()});
         tensors.push_back({p + ".logits", "F32", {(int64_t)seqs[i].size(), c.vocab_size}, logits[i].data()});
     }
-    const std::map<std::string, std::string> meta = {{"format", "pt"}, {"prompts", nlohmann::json(texts).dump()},
-                                                     {"system", a.system}, {"model", a.model}, {"adapter", a.adapter}};
+    const std::map<std::string, std::string> meta = {
+        {"format", "pt"}, {"prompts", nlohmann::json(texts).dump()}, {"system", a.system}, {"model", a.model},
+        {"model_kind", is_directory(a.model) ? "hf-directory" : "model-file"}, {"adapter", a.adapter}};
     write_safetensors(a.output, tensors, meta);
     printf("%s: wrote %s: %zu sequences, logits of %s%s\n", PROG, a.output.c_str(), seqs.size(), a.model.c_str(),
            a.adapter.empty() ? "" : (" + " + a.adapter + " (unmerged)").c_str());
@@ -138,11 +140,5 @@ int main(int argc, char** argv) {
     if (!cli_parse(make_cli(a), argc, argv)) return 0;
     if (a.prompts.empty() && a.ids.empty()) cli_usage_error(PROG, "give at least one -p PROMPT or --ids LIST");
     if (!a.prompts.empty() && a.tokenizer.empty()) cli_usage_error(PROG, "-p needs -t tokenizer.model");
-    try {
-        run(a);
-    } catch (const InputError& e) {
-        fprintf(stderr, "%s: %s\n", PROG, e.what());
-        return 1;
-    }
-    return 0;
+    return cli_run(PROG, [&] { run(a); });
 }

@@ -55,25 +55,27 @@ struct Args {
     std::string model, adapter, tokenizer, output, dtype, base, gguf, type, shard_size, name, force;
 };
 
+static const char* USAGE =
+    "./merge_adapter -m model.bin -a adapter.bin [-t tokenizer.model] (-o DIR | --gguf FILE)\n"
+    "                       [--dtype f32|f16|bf16] [--base stored|nf4] [--type f16|q8_0|q4_0] [--force]";
+
 static Cli make_cli(Args& a) {
-    Cli cli{PROG,
-            "./merge_adapter -m model.bin -a adapter.bin [-t tokenizer.model] (-o DIR | --gguf FILE)\n"
-            "                       [--dtype f32|f16|bf16] [--base stored|nf4] [--type f16|q8_0|q4_0] [--force]",
-            "Merge a LoRA adapter into its base model; write a Hugging Face checkpoint and/or a GGUF file.",
-            {
-                {"-m", "--model", "FILE", "base model file (./export_hf), dense or NF4", &a.model, nullptr, /*required=*/true},
-                {"-a", "--adapter", "FILE", "adapter file (./train, ./convert_adapter) made for that base", &a.adapter, nullptr, /*required=*/true},
-                {"-t", "--tokenizer", "FILE", "tokenizer.model to ship with the model (checked against the model's recorded sha256); required for --gguf", &a.tokenizer},
-                {"-o", "--output", "DIR", "Hugging Face checkpoint directory to write (must be new, empty, or a checkpoint with --force)", &a.output},
-                {"-d", "--dtype", "TYPE", "tensor type in DIR: f32, f16 or bf16 (default: the model file's 16-bit type)", &a.dtype},
-                {nullptr, "--base", "KIND", "stored (default): merge into the weights as the file holds them; nf4: a dense base trained as QLoRA (./train --quant nf4): merge into its NF4-dequantized weights, as training saw them", &a.base},
-                {nullptr, "--gguf", "FILE", "also (or instead) write one GGUF file for llama.cpp / Ollama", &a.gguf},
-                {nullptr, "--type", "TYPE", "GGUF matrix type: f16 (default), q8_0 or q4_0 (norms stay f32; see README)", &a.type},
-                {nullptr, "--shard-size", "SIZE", "largest safetensors shard, bytes or with KB/MB/GB (default 5GB, as transformers)", &a.shard_size},
-                {nullptr, "--name", "NAME", "the GGUF's general.name (default: the output's name)", &a.name},
-                {"-f", "--force", nullptr, "replace an existing checkpoint in DIR / an existing GGUF file", &a.force},
-                {"-h", "--help", nullptr, "show this help and exit", nullptr},
-            }};
+    std::vector<CliOption> options = {
+        {"-m", "--model", "FILE", "base model file (./export_hf), dense or NF4", &a.model, nullptr, /*required=*/true},
+        {"-a", "--adapter", "FILE", "adapter file (./train, ./convert_adapter) made for that base", &a.adapter, nullptr, /*required=*/true},
+        {"-t", "--tokenizer", "FILE", "tokenizer.model to ship with the model (checked against the model's recorded sha256); required for --gguf", &a.tokenizer},
+        {"-o", "--output", "DIR", "Hugging Face checkpoint directory to write (must be new, empty, or a checkpoint with --force)", &a.output},
+        {nullptr, "--gguf", "FILE", "also (or instead) write one GGUF file for llama.cpp / Ollama", &a.gguf},
+        {"-d", "--dtype", "TYPE", "tensor type in DIR: f32, f16 or bf16 (default: the model file's 16-bit type)", &a.dtype},
+        {nullptr, "--type", "TYPE", "GGUF matrix type: f16 (default), q8_0 or q4_0 (norms stay f32; see README)", &a.type},
+        {nullptr, "--base", "KIND", "stored (default): merge into the weights as the file holds them; nf4: a dense base trained as QLoRA (./train --quant nf4): merge into its NF4-dequantized weights, as training saw them", &a.base},
+        {nullptr, "--shard-size", "SIZE", "largest safetensors shard, bytes or with KB/MB/GB (default 5GB, as transformers)", &a.shard_size},
+        {nullptr, "--name", "NAME", "the GGUF's general.name (default: the output's name)", &a.name},
+        {"-f", "--force", nullptr, "replace an existing checkpoint in DIR / an existing GGUF file", &a.force},
+        {"-h", "--help", nullptr, "show this help and exit", nullptr},
+    };
+    Cli cli{PROG, USAGE, "Merge a LoRA adapter into its base model; write a Hugging Face checkpoint and/or a GGUF file.",
+            options};
     cli.epilog = "Exit status: 0 ok, 1 bad input (one line naming the file), 2 bad command line.";
     cli.non_empty = true;
     cli.once = true;
@@ -472,14 +474,5 @@ int main(int argc, char** argv) {
     Args args;
     if (!cli_parse(make_cli(args), argc, argv)) return 0;
     const Options o = parse_args(args);
-    try {
-        run(o);
-    } catch (const InputError& e) {
-        fprintf(stderr, "%s: %s\n", PROG, e.what());
-        return 1;
-    } catch (const std::bad_alloc&) {
-        fprintf(stderr, "%s: out of memory\n", PROG);
-        return 1;
-    }
-    return 0;
+    return cli_run(PROG, [&] { run(o); });
 }
