@@ -281,7 +281,8 @@ static void write_tokenizer_files(const OutputDir& out, const LlamaVocab& v, con
     j["pad_token"] = nullptr;
     j["chat_template"] = llama2_chat_template_jinja();
     j["clean_up_tokenization_spaces"] = false;
-    // legacy: sentencepiece's dummy prefix also after <s>, as Meta's tokenization (and chat.h) has it
+    // legacy: sentencepiece's dummy prefix also after <s>, as Meta's tokenization (and chat.h) has it;
+    // with false, transformers (5.17, checked) drops the "▁" before "[INST]" and the ids differ from ours
     j["legacy"] = true;
     j["model_max_length"] = c.max_seq_len;
     j["padding_side"] = "right";
