@@ -23,12 +23,15 @@ BUILD := build
 LIB_SRCS := common.cpp model.cpp hf.cpp chat.cpp llama2_cpu.cpp quant_cpu.cpp sampling.cpp \
             train_config.cpp schedule.cpp checkpoint.cpp plot.cpp
 LIB_OBJS := $(LIB_SRCS:%.cpp=$(BUILD)/%.o)
+# GGUF (its vocabulary comes from sentencepiece) and the data formats, for the tools that need them
+GGUF_OBJS := $(BUILD)/gguf.o
+FORMATS_OBJS := $(BUILD)/data/formats.o
 TRAIN_OBJS := $(BUILD)/train.o $(BUILD)/train_backend.o $(BUILD)/train_demo.o
 TEST_CPU_SRCS := $(wildcard test/cpu_*.cpp) test/test_cpu.cpp
 TEST_CPU_OBJS := $(TEST_CPU_SRCS:%.cpp=$(BUILD)/%.o)
-HEADERS := $(wildcard *.h kernels/*.h kernels/*.cuh)
+HEADERS := $(wildcard *.h data/*.h kernels/*.h kernels/*.cuh)
 
-CPU_BINS := export_hf prepare_lima convert_adapter plot_loss train sample test_cpu
+CPU_BINS := export_hf prepare_lima convert_adapter merge_adapter dump_logits plot_loss train sample test_cpu
 GPU_BINS :=
 GPU_OBJS :=
 TRAIN_GPU_OBJS :=
@@ -111,7 +114,13 @@ plot_loss: $(BUILD)/tools/plot_loss.o $(LIB_OBJS)
 # the demo's conversations are assembled into ./train (.incbin): rebuild when they change
 $(BUILD)/train_demo.o: data/demo.jsonl
 
-prepare_lima: $(BUILD)/data/prepare_lima.o $(LIB_OBJS)
+merge_adapter: $(BUILD)/tools/merge_adapter.o $(GGUF_OBJS) $(LIB_OBJS)
+	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS_CPU) -lsentencepiece
+
+dump_logits: $(BUILD)/tools/dump_logits.o $(LIB_OBJS)
+	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS_CPU) -lsentencepiece
+
+prepare_lima: $(BUILD)/data/prepare_lima.o $(FORMATS_OBJS) $(LIB_OBJS)
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS_CPU) -lsentencepiece
 
 # ./train and ./sample: the CPU reference always, the GPU halves (GPU_OBJS) when CUDA is built
@@ -121,7 +130,7 @@ train: $(TRAIN_OBJS) $(TRAIN_GPU_OBJS) $(GPU_OBJS) $(LIB_OBJS)
 sample: $(BUILD)/sample.o $(GPU_OBJS) $(LIB_OBJS)
 	$(LINK) $^ -o $@ $(LINK_LIBS) -lsentencepiece
 
-test_cpu: $(TEST_CPU_OBJS) $(LIB_OBJS)
+test_cpu: $(TEST_CPU_OBJS) $(GGUF_OBJS) $(FORMATS_OBJS) $(LIB_OBJS)
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS_CPU) -lsentencepiece -lsentencepiece_train
 
 # the CPU tests run the tools as subprocesses too, so they are built first

@@ -20,6 +20,22 @@ std::vector<int32_t> chat_answer_tokens(const std::string& answer, const EncodeF
     return ids;
 }
 
+const char* llama2_chat_template_jinja() {
+    return "{% if messages[0]['role'] == 'system' %}"
+           "{% set loop_messages = messages[1:] %}{% set system_message = messages[0]['content'] %}"
+           "{% else %}{% set loop_messages = messages %}{% set system_message = false %}{% endif %}"
+           "{% for message in loop_messages %}"
+           "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+           "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+           "{% endif %}"
+           "{% if loop.index0 == 0 and system_message != false %}"
+           "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
+           "{% else %}{% set content = message['content'] %}{% endif %}"
+           "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content + ' [/INST]' }}"
+           "{% elif message['role'] == 'assistant' %}{{ ' ' + content + eos_token }}{% endif %}"
+           "{% endfor %}";
+}
+
 std::vector<int32_t> llama2_chat_tokens(const std::vector<ChatTurn>& turns, const std::string& system,
                                         const EncodeFn& encode, int32_t bos_id, int32_t eos_id) {
     std::vector<int32_t> ids;

@@ -28,6 +28,16 @@ std::vector<int32_t> chat_prompt_tokens(int32_t chat_template, const std::string
 // encode(answer) + </s>: what a training turn predicts
 std::vector<int32_t> chat_answer_tokens(const std::string& answer, const EncodeFn& encode, int32_t eos_id);
 
+// The same template as a Jinja chat template, for the files other programs read (the merged
+// checkpoint's tokenizer_config.json, for transformers' apply_chat_template, and the GGUF's
+// tokenizer.chat_template): it renders a conversation to exactly the text llama2_chat_tokens
+// encodes, turn by turn: bos_token + "[INST] " + user + " [/INST]" (the system prompt inside the
+// first one, as above), then " " + answer + eos_token (the " " is the dummy prefix sentencepiece
+// adds when the answer is encoded on its own). It is Meta's published Llama-2-chat template
+// (meta-llama/Llama-2-7b-chat-hf) with two differences, both to match what the model was trained
+// on: texts are not strip()ped, and no space precedes </s>.
+const char* llama2_chat_template_jinja();
+
 struct ChatTurn {
     std::string user;
     std::vector<int32_t> answer;  // tokens of the answer, without </s>

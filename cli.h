@@ -16,8 +16,12 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
+#include <new>
 #include <string>
 #include <vector>
+
+#include "common.h"
 
 struct CliOption {
     const char* short_name;            // "-i", or nullptr

@@ -4,10 +4,13 @@
 
 #define XXH_INLINE_ALL  // header-only xxHash (Debian's libxxhash-dev): nothing to link
 #include <openssl/evp.h>
-#include <xxhash.h>
+#include <dirent.h>
+#include <limits.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <xxhash.h>
 
+#include <algorithm>
 #include <climits>
 #include <cerrno>
 #include <cstdlib>
@@ -324,4 +327,78 @@ void make_dirs(const std::string& path) {
         const std::string part = path.substr(0, i);
         if (mkdir(part.c_str(), 0755) != 0 && errno != EEXIST) fail("%s: cannot create directory (%s)", part.c_str(), strerror(errno));
     }
+}
+
+void write_file_atomic(const std::string& path, const std::string& bytes) {
+    AtomicFile out(path);
+    out.write(bytes.data(), bytes.size());
+    out.commit();
+}
+
+std::vector<std::string> list_directory(const std::string& dir) {
+    DIR* d = opendir(dir.c_str());
+    if (!d) fail("%s: cannot read directory (%s)", dir.c_str(), strerror(errno));
+    std::vector<std::string> names;
+    while (dirent* e = readdir(d)) {
+        const std::string n = e->d_name;
+        if (n != "." && n != "..") names.push_back(n);
+    }
+    closedir(d);
+    std::sort(names.begin(), names.end());
+    return names;
+}
+
+void remove_flat_directory(const std::string& dir) {
+    DIR* d = opendir(dir.c_str());
+    if (!d) return;
+    while (dirent* e = readdir(d)) {
+        const std::string n = e->d_name;
+        if (n != "." && n != "..") unlink((dir + "/" + n).c_str());
+    }
+    closedir(d);
+    rmdir(dir.c_str());
+}
+
+// "/a//b/c" -> {"a", "b", "c"}
+static std::vector<std::string> path_components(const std::string& p) {
+    std::vector<std::string> parts;
+    for (size_t pos = 0; pos <= p.size();) {
+        size_t end = p.find('/', pos);
+        if (end == std::string::npos) end = p.size();
+        if (end > pos) parts.push_back(p.substr(pos, end - pos));
+        pos = end + 1;
+    }
+    return parts;
+}
+
+std::string resolved_path(const std::string& path) {
+    std::string full = path;  // absolute: relative paths start at the working directory
+    if (full.empty() || full[0] != '/') {
+        char cwd[PATH_MAX];
+        if (!getcwd(cwd, sizeof(cwd))) fail("%s: cannot resolve (working directory: %s)", path.c_str(), strerror(errno));
+        full = std::string(cwd) + "/" + full;
+    }
+    const std::vector<std::string> parts = path_components(full);
+    // the longest existing prefix through realpath, the rest folded lexically
+    std::vector<std::string> out;
+    size_t k = parts.size();
+    for (; k > 0; k--) {
+        std::string prefix;
+        for (size_t i = 0; i < k; i++) prefix += "/" + parts[i];
+        char buf[PATH_MAX];
+        if (realpath(prefix.c_str(), buf)) {
+            out = path_components(buf);
+            break;
+        }
+    }
+    for (size_t i = k; i < parts.size(); i++) {
+        if (parts[i] == "..") {
+            if (!out.empty()) out.pop_back();
+        } else if (parts[i] != ".") {
+            out.push_back(parts[i]);
+        }
+    }
+    std::string r;
+    for (const std::string& p : out) r += "/" + p;
+    return r.empty() ? "/" : r;
 }

@@ -218,6 +218,17 @@ bool file_exists(const std::string& path);  // anything at path (file, directory
 bool is_directory(const std::string& path);
 bool is_regular_file(const std::string& path);
 void make_dirs(const std::string& path);    // mkdir -p
+// Writes `bytes` to `path` through an AtomicFile (temporary name, then rename).
+void write_file_atomic(const std::string& path, const std::string& bytes);
+// The names in directory `dir` (not "." or ".."), sorted; throws InputError if it cannot be read.
+std::vector<std::string> list_directory(const std::string& dir);
+// Removes a directory that holds only plain files (what the tools create), then the directory;
+// quietly does nothing if it is not there. Used to clean up a half-written output directory.
+void remove_flat_directory(const std::string& dir);
+// The absolute, symlink-free path `path` names, whether or not it exists yet: the longest prefix
+// that exists goes through realpath(3), the rest is appended with "." and ".." folded, so two
+// spellings of one file (a symlink, "./x", "d/../x") compare equal.
+std::string resolved_path(const std::string& path);
 void sha256_file(const std::string& path, uint8_t out[32]);
 
 // The one output-path guard every tool runs before any work starts: an output that resolves to an

@@ -178,30 +178,46 @@ std::vector<uint8_t> SafeTensors::read_u8(const std::string& name) {
     return out;
 }
 
-void write_safetensors(const std::string& path, const std::vector<StWrite>& tensors,
-                       const std::map<std::string, std::string>& metadata) {
+int64_t StSpec::bytes() const {
+    int64_t n = (int64_t)st_dtype_size(dtype);
+    for (int64_t d : shape) n *= d;
+    return n;
+}
+
+SafeTensorsWriter::SafeTensorsWriter(const std::string& path, std::vector<StSpec> specs,
+                                     const std::map<std::string, std::string>& metadata)
+    : specs_(std::move(specs)), out_(path) {
     json h = json::object();
     if (!metadata.empty()) h["__metadata__"] = metadata;
     int64_t off = 0;
-    for (const StWrite& t : tensors) {
-        int64_t n = 1;
-        for (int64_t d : t.shape) n *= d;
-        int64_t bytes = n * (int64_t)st_dtype_size(t.dtype);
+    for (const StSpec& t : specs_) {
         ASSERT(st_dtype_size(t.dtype) > 0, "known dtype");
-        h[t.name] = {{"dtype", t.dtype}, {"shape", t.shape}, {"data_offsets", {off, off + bytes}}};
-        off += bytes;
+        h[t.name] = {{"dtype", t.dtype}, {"shape", t.shape}, {"data_offsets", {off, off + t.bytes()}}};
+        off += t.bytes();
     }
     std::string text = h.dump();
     while (text.size() % 8) text += ' ';  // the format pads the header to 8 bytes with spaces
-    uint64_t n = text.size();
-    AtomicFile out(path);
-    out.write(&n, 8);
-    out.write(text.data(), text.size());
-    for (const StWrite& t : tensors) {
-        int64_t m = 1;
-        for (int64_t d : t.shape) m *= d;
-        out.write(t.data, (size_t)(m * (int64_t)st_dtype_size(t.dtype)));
-    }
+    const uint64_t n = text.size();
+    out_.write(&n, 8);
+    out_.write(text.data(), text.size());
+}
+
+void SafeTensorsWriter::write(const void* data) {
+    ASSERT(next_ < specs_.size(), "no more tensors than specs");
+    out_.write(data, (size_t)specs_[next_++].bytes());
+}
+
+void SafeTensorsWriter::commit() {
+    ASSERT(next_ == specs_.size(), "every tensor written before commit");
+    out_.commit();
+}
+
+void write_safetensors(const std::string& path, const std::vector<StWrite>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+    std::vector<StSpec> specs;
+    for (const StWrite& t : tensors) specs.push_back({t.name, t.dtype, t.shape});
+    SafeTensorsWriter out(path, specs, metadata);
+    for (const StWrite& t : tensors) out.write(t.data);
     out.commit();
 }
 
@@ -327,6 +343,75 @@ Config parse_hf_config(const std::string& path, int32_t* dtype) {
     }
     validate_config(c, P);
     return c;
+}
+
+// A float as the JSON number a person would write: 16 rather than 16.0, 0.05 rather than
+// 0.05000000074505806 (the double nearest the float). The shortest decimal that reads back as the
+// same float, so nothing is lost; an integer when it is one (PEFT declares lora_alpha an int).
+template <typename J = json>
+static J json_number(float x) {
+    if (x == std::floor(x) && std::fabs(x) < 1e9f) return J((int64_t)x);
+    char buf[32];
+    for (int prec = 1; prec <= 9; prec++) {
+        snprintf(buf, sizeof(buf), "%.*g", prec, x);
+        if (strtof(buf, nullptr) == x) break;
+    }
+    return J(strtod(buf, nullptr));
+}
+
+std::string hf_config_json(const Config& c, int32_t dtype) {
+    const char* torch_dtype = dtype == DT_F32 ? "float32" : dtype == DT_F16 ? "float16" : "bfloat16";
+    nlohmann::ordered_json j;  // in the order save_pretrained writes the common keys
+    j["architectures"] = {"LlamaForCausalLM"};
+    j["model_type"] = "llama";
+    j["hidden_size"] = c.dim;
+    j["intermediate_size"] = c.hidden_dim;
+    j["num_hidden_layers"] = c.n_layers;
+    j["num_attention_heads"] = c.n_heads;
+    j["num_key_value_heads"] = c.n_kv_heads;
+    j["head_dim"] = c.head_dim;
+    j["vocab_size"] = c.vocab_size;
+    j["max_position_embeddings"] = c.max_seq_len;
+    j["rms_norm_eps"] = json_number<nlohmann::ordered_json>(c.norm_eps);
+    const double theta = (double)c.rope_theta;  // a float in JSON (10000.0), as transformers writes it
+    j["rope_theta"] = theta;                     // transformers < 5 reads this one
+    j["rope_parameters"] = {{"rope_theta", theta}, {"rope_type", "default"}};  // >= 5 this one
+    j["rope_scaling"] = nullptr;
+    j["bos_token_id"] = c.bos_id;
+    j["eos_token_id"] = c.eos_id;
+    j["pad_token_id"] = nullptr;
+    j["tie_word_embeddings"] = c.tie_embeddings != 0;
+    j["hidden_act"] = "silu";
+    j["attention_bias"] = false;
+    j["attention_dropout"] = 0.0;
+    j["mlp_bias"] = false;
+    j["initializer_range"] = 0.02;
+    j["pretraining_tp"] = 1;
+    j["use_cache"] = true;
+    j["torch_dtype"] = torch_dtype;  // transformers < 4.56
+    j["dtype"] = torch_dtype;
+    return j.dump(2) + "\n";
+}
+
+std::string hf_shard_name(int index, int count) {
+    if (count == 1) return "model.safetensors";
+    char name[64];
+    snprintf(name, sizeof(name), "model-%05d-of-%05d.safetensors", index + 1, count);
+    return name;
+}
+
+std::string hf_shard_index_json(const std::vector<StSpec>& specs, const std::vector<std::string>& file_of) {
+    ASSERT(specs.size() == file_of.size(), "one file per tensor");
+    int64_t total = 0;
+    nlohmann::ordered_json map = nlohmann::ordered_json::object();
+    for (size_t i = 0; i < specs.size(); i++) {
+        total += specs[i].bytes();
+        map[specs[i].name] = file_of[i];
+    }
+    nlohmann::ordered_json j;
+    j["metadata"] = {{"total_size", total}};
+    j["weight_map"] = map;
+    return j.dump(2) + "\n";
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -550,19 +635,6 @@ Adapter read_peft_adapter(const std::string& dir, const Config& base) {
             fail("%s: unexpected tensor '%s' (not a LoRA tensor of this %d-layer model)", st.path.c_str(),
                  kv.first.c_str(), base.n_layers);
     return a;
-}
-
-// A float as the JSON number a person would write: 16 rather than 16.0, 0.05 rather than
-// 0.05000000074505806 (the double nearest the float). The shortest decimal that reads back as the
-// same float, so nothing is lost; an integer when it is one (PEFT declares lora_alpha an int).
-static json json_number(float x) {
-    if (x == std::floor(x) && std::fabs(x) < 1e9f) return json((int64_t)x);
-    char buf[32];
-    for (int prec = 1; prec <= 9; prec++) {
-        snprintf(buf, sizeof(buf), "%.*g", prec, x);
-        if (strtof(buf, nullptr) == x) break;
-    }
-    return json(strtod(buf, nullptr));
 }
 
 void write_peft_adapter(const std::string& dir, const Adapter& a, int32_t dtype, const std::string& base_name) {

@@ -61,6 +61,31 @@ struct StWrite {
 void write_safetensors(const std::string& path, const std::vector<StWrite>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
 
+// What a streamed safetensors file will hold: a tensor's name, dtype and shape (no data yet).
+struct StSpec {
+    std::string name;
+    std::string dtype;
+    std::vector<int64_t> shape;
+    int64_t bytes() const;  // numel * element size
+};
+// A safetensors file written one tensor at a time, so nothing but the tensor in hand is in
+// memory (a 70B checkpoint is 138 GB): the header is made from the specs up front, then write()
+// takes each tensor's bytes in spec order. Atomic like write_safetensors: the file appears at
+// `path` only on commit(), after every tensor was written.
+class SafeTensorsWriter {
+   public:
+    SafeTensorsWriter(const std::string& path, std::vector<StSpec> specs,
+                      const std::map<std::string, std::string>& metadata = {});
+    void write(const void* data);  // the next tensor's data, specs[i].bytes() of it
+    void commit();
+    const std::string& path() const { return out_.path; }
+
+   private:
+    std::vector<StSpec> specs_;
+    size_t next_ = 0;
+    AtomicFile out_;
+};
+
 std::string shape_str(const std::vector<int64_t>& s);  // "[4096, 11008]"
 
 // ----------------------------------------------------------------------------------------------
@@ -69,6 +94,16 @@ std::string shape_str(const std::vector<int64_t>& s);  // "[4096, 11008]"
 // Reads a Llama config.json (both forms). `dtype` receives the checkpoint's declared dtype
 // (DT_F16/DT_BF16/DT_F32), or -1 when the file names none.
 Config parse_hf_config(const std::string& config_json_path, int32_t* dtype);
+
+// The config.json transformers reads for LlamaForCausalLM of config `c`, tensors in `dtype`
+// (DT_F32/DT_F16/DT_BF16): both forms at once (torch_dtype and dtype; rope_theta at the top level
+// and in rope_parameters), so that old and new transformers (and parse_hf_config) read it alike.
+std::string hf_config_json(const Config& c, int32_t dtype);
+// model.safetensors.index.json for a sharded checkpoint: "metadata": {"total_size": bytes of all
+// tensors}, "weight_map": tensor name -> file name; file_of[i] is the file of specs[i].
+std::string hf_shard_index_json(const std::vector<StSpec>& specs, const std::vector<std::string>& file_of);
+// HF's shard names: "model-00001-of-00003.safetensors"; one shard is plain "model.safetensors".
+std::string hf_shard_name(int index, int count);
 
 struct HfCheckpoint {
     std::string dir;

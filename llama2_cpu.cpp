@@ -814,6 +814,16 @@ void cpu_forward_cached(const CpuModel& m, CpuKVCache& c, const int32_t* tokens,
     c.len += n;
 }
 
+void cpu::lora_merge(float* W, const float* A, const float* B, int r, float s, int64_t OC, int64_t IC) {
+#pragma omp parallel for schedule(static)
+    for (int64_t o = 0; o < OC; o++)
+        for (int64_t i = 0; i < IC; i++) {
+            float acc = 0.0f;  // (B A)[o, i], then scaled: PEFT's merge, W + (B @ A) * scaling
+            for (int j = 0; j < r; j++) acc += B[o * r + j] * A[j * IC + i];
+            W[o * IC + i] += acc * s;
+        }
+}
+
 void cpu_lora_merge(CpuModel& m) {
     if (m.lora.rank <= 0) return;
     const int r = m.lora.rank;
@@ -822,18 +832,9 @@ void cpu_lora_merge(CpuModel& m) {
         if (!m.has_lora(t)) continue;
         const int id = lora_target_weight(t);
         const int64_t IC = lora_in_dim(m.cfg, t), OC = lora_out_dim(m.cfg, t);
-        for (int l = 0; l < m.cfg.n_layers; l++) {
-            float* W = *m.w.ptr(id) + (int64_t)l * OC * IC;  // (OC, IC)
-            const float* A = m.lora_params.data() + m.lora_A_off(t, l);  // (r, IC)
-            const float* B = m.lora_params.data() + m.lora_B_off(t, l);  // (OC, r)
-#pragma omp parallel for schedule(static)
-            for (int64_t o = 0; o < OC; o++)
-                for (int64_t i = 0; i < IC; i++) {
-                    float acc = 0.0f;  // (B A)[o, i], then scaled: PEFT's merge, W + (B @ A) * scaling
-                    for (int j = 0; j < r; j++) acc += B[o * r + j] * A[j * IC + i];
-                    W[o * IC + i] += acc * s;
-                }
-        }
+        for (int l = 0; l < m.cfg.n_layers; l++)
+            lora_merge(*m.w.ptr(id) + (int64_t)l * OC * IC, m.lora_params.data() + m.lora_A_off(t, l),
+                       m.lora_params.data() + m.lora_B_off(t, l), r, s, OC, IC);
     }
     lora_clear(m);
 }

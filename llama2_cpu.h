@@ -136,6 +136,10 @@ void attention_forward(float* ctx, float* att, const float* q, const float* k, c
 void attention_backward(float* dq, float* dk, float* dv, const float* dctx, const float* att, const float* q,
                         const float* k, const float* v, const int32_t* pos, int B, int T, int H, int KV, int D);
 
+// W (OC, IC) += s * B (OC, r) A (r, IC): a LoRA delta folded into its frozen weight in fp32, as
+// PEFT's merge computes it (B @ A first, then scaled). Used by cpu_lora_merge and ./merge_adapter.
+void lora_merge(float* W, const float* A, const float* B, int r, float s, int64_t OC, int64_t IC);
+
 // h (n) = silu(g) * u; backward overwrites dg, du                          GPU: kernels/swiglu.cu
 void swiglu_forward(float* h, const float* g, const float* u, int64_t n);
 void swiglu_backward(float* dg, float* du, const float* dh, const float* g, const float* u, int64_t n);

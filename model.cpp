@@ -303,42 +303,71 @@ void check_dense_weights(const void* data, int32_t dtype, int64_t n, const std::
     if (i >= 0) fail("%s: %s: element %lld is NaN or Inf", path.c_str(), tensor.c_str(), (long long)i);
 }
 
+void verify_model_file(const std::string& path) {
+    InFile in(path);
+    const ModelHeader h = read_model_header(in);
+    PayloadHash hash;
+    std::vector<uint8_t> buf((size_t)std::min<int64_t>(in.size - (int64_t)sizeof(h), 64 << 20));
+    in.read_at(sizeof(h), nullptr, 0, "weights");
+    for (int64_t done = sizeof(h); done < in.size;) {
+        const size_t n = (size_t)std::min<int64_t>((int64_t)buf.size(), in.size - done);
+        in.read(buf.data(), n, "weights");
+        hash.update(buf.data(), n);
+        done += (int64_t)n;
+    }
+    check_checksum(path, h, hash.digest());
+}
+
+int64_t model_tensor_bytes(const ModelHeader& h, int id) {
+    const WeightInfo wi = weight_info(h.config, id);
+    return model_weight_bytes(h, id) / (wi.per_layer ? h.config.n_layers : 1);
+}
+
+int64_t model_tensor_offset(const ModelHeader& h, int id, int layer) {
+    int64_t off = (int64_t)sizeof(ModelHeader);
+    for (int k = 0; k < id; k++) off += model_weight_bytes(h, k);
+    return off + layer * model_tensor_bytes(h, id);
+}
+
+void read_model_tensor_raw(InFile& in, const ModelHeader& h, int id, int layer, std::vector<uint8_t>& raw,
+                           PayloadHash* hash) {
+    ASSERT(weight_numel(h.config, id) > 0, "a stored tensor (not a tied lm_head)");
+    raw.resize((size_t)model_tensor_bytes(h, id));
+    in.read_at(model_tensor_offset(h, id, layer), raw.data(), raw.size(), weight_hf_name(id, layer).c_str());
+    if (hash) hash->update(raw.data(), raw.size());
+}
+
+void read_model_tensor_f32(InFile& in, const ModelHeader& h, int id, int layer, float* dst, std::vector<uint8_t>& raw,
+                           PayloadHash* hash) {
+    read_model_tensor_raw(in, h, id, layer, raw, hash);
+    const int64_t n = weight_info(h.config, id).numel();
+    if (h.linear_format == LINEAR_NF4 && weight_is_linear(id)) {
+        const std::string name = weight_hf_name(id, layer);
+        check_nf4_record(raw.data(), n, in.path, name);
+        // bf16, as the GPU dequantizes for its matmuls; widening to fp32 is exact
+        std::vector<uint16_t> deq((size_t)n);  // (rows * cols)
+        nf4_dequantize_dq_cpu(deq.data(), DT_BF16, nf4_from_record(raw.data(), n, name.c_str()));
+        convert_to_f32(dst, deq.data(), DT_BF16, (size_t)n);
+        return;
+    }
+    check_dense_weights(raw.data(), h.dtype, n, in.path, weight_hf_name(id, layer));
+    convert_to_f32(dst, raw.data(), h.dtype, (size_t)n);
+}
+
 ModelHeader load_model_f32(const std::string& path, std::vector<float>& weights) {
     InFile in(path);
     ModelHeader h = read_model_header(in);
     const Config& c = h.config;
     check_host_bytes("the model's fp32 weights", 4.0 * (double)total_weight_numel(c));
     weights.resize((size_t)total_weight_numel(c));
-    const size_t es = dtype_size(h.dtype);
-    std::vector<uint8_t> buf;
-    std::vector<uint16_t> deq;  // (rows * cols) one dequantized NF4 weight, bf16
-    PayloadHash hash;
-    float* dst = weights.data();
-    in.read_at(sizeof(h), nullptr, 0, "weights");  // position after the header
+    Weights<float> w = carve_weights(c, weights.data());
+    std::vector<uint8_t> raw;
+    PayloadHash hash;  // the tensors are read in file order: the whole payload streams through it
     for (int id = 0; id < NUM_WEIGHTS; id++) {
-        if (weight_numel(c, id) == 0) continue;
+        if (weight_numel(c, id) == 0) continue;  // tied lm_head
         const WeightInfo wi = weight_info(c, id);
-        const int64_t n = wi.numel();
-        for (int l = 0; l < (wi.per_layer ? c.n_layers : 1); l++, dst += n) {
-            const std::string name = weight_hf_name(id, l);
-            if (h.linear_format == LINEAR_NF4 && weight_is_linear(id)) {
-                const Nf4Layout lay = nf4_layout(n);
-                buf.resize((size_t)lay.bytes);
-                deq.resize((size_t)n);
-                in.read(buf.data(), (size_t)lay.bytes, name.c_str());
-                hash.update(buf.data(), buf.size());
-                check_nf4_record(buf.data(), n, path, name);
-                // bf16, as the GPU dequantizes for its matmuls; widening to fp32 is exact
-                nf4_dequantize_dq_cpu(deq.data(), DT_BF16, nf4_from_record(buf.data(), n, name.c_str()));
-                convert_to_f32(dst, deq.data(), DT_BF16, (size_t)n);
-                continue;
-            }
-            buf.resize((size_t)n * es);
-            in.read(buf.data(), buf.size(), name.c_str());
-            hash.update(buf.data(), buf.size());
-            check_dense_weights(buf.data(), h.dtype, n, path, name);
-            convert_to_f32(dst, buf.data(), h.dtype, (size_t)n);
-        }
+        for (int l = 0; l < (wi.per_layer ? c.n_layers : 1); l++)
+            read_model_tensor_f32(in, h, id, l, *w.ptr(id) + l * wi.numel(), raw, &hash);
     }
     check_checksum(path, h, hash.digest());
     return h;

@@ -304,6 +304,20 @@ void check_model_payload(const ModelHeader& h, uint64_t payload_hash, const std:
 // Writes a dense model file: header h (its checksum filled in) and the weights, already in
 // h.dtype, file order (the demo's base model; tests).
 void write_model(const std::string& path, ModelHeader h, const void* weights, size_t bytes);
+// Where one layer's slice of weight `id` lies in a model file with header h (layer 0 for the
+// global tensors), and its size: a (rows, cols) array of h.dtype, or one NF4 record.
+int64_t model_tensor_offset(const ModelHeader& h, int id, int layer);
+int64_t model_tensor_bytes(const ModelHeader& h, int id);
+// Reads that slice's bytes as stored (model_tensor_bytes of them) into `raw`.
+// With `hash`, the bytes also go through it (tensors read in file order stream the whole payload).
+void read_model_tensor_raw(InFile& in, const ModelHeader& h, int id, int layer, std::vector<uint8_t>& raw,
+                           PayloadHash* hash = nullptr);
+// Reads it as fp32 (rows * cols values), NF4 records checked and dequantized to bf16 first, dense
+// values checked finite, as load_model_f32 does. `raw` is scratch (reused between calls).
+void read_model_tensor_f32(InFile& in, const ModelHeader& h, int id, int layer, float* dst, std::vector<uint8_t>& raw,
+                           PayloadHash* hash = nullptr);
+// Reads the whole file once to check its checksum (for readers that take tensors out of order).
+void verify_model_file(const std::string& path);
 // Load all weights of a model file as fp32 (CPU reference). Returns the header. NF4 linears are
 // dequantized to bf16 (nf4_dequantize_dq_cpu), then widened: the numbers the GPU computes with.
 ModelHeader load_model_f32(const std::string& path, std::vector<float>& weights);

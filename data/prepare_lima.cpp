@@ -1,15 +1,18 @@
-// data/prepare_lima.cpp — turns the LIMA conversations (GAIR/lima train.jsonl) into the trainer's
-// data file: token ids, a loss mask over the assistant's answers, and conversation offsets
-// (format: data/README.md, DataHeader in model.h).
+// data/prepare_lima.cpp — turns conversation datasets (LIMA's train.jsonl by default; Alpaca,
+// ShareGPT and OpenAI messages too, data/formats.h) into the trainer's data file: token ids, a loss
+// mask over the assistant's answers, and conversation offsets (format: data/README.md, DataHeader
+// in model.h).
 //
 // Build and run (from the repo root):
 //   make NO_CUDA=1 prepare_lima
 //   ./prepare_lima -t tokenizer.model -i train.jsonl -o lima.bin --val-out lima_val.bin
+//   ./prepare_lima -t tokenizer.model -i alpaca_data.json -o alpaca.bin      # layout detected
 //   ./prepare_lima --help
 //
 // Per turn, with the default Llama 2 chat template:
 //   prompt = <s> encode("[INST] " + user + " [/INST]")   loss_mask 0
 //   answer = encode(assistant) </s>                       loss_mask 1
+// and a record's system prompt inside the first turn's [INST], in Llama 2's <<SYS>> block (chat.h).
 // Texts are not stripped, so decoding a span gives back the source text exactly. A conversation is
 // cut to --max-len tokens by keeping whole turns while they fit; the first turn that does not fit
 // keeps its prompt and as many answer tokens as fit (at least one, else the turn is dropped), and
@@ -29,9 +32,8 @@
 
 #include "chat.h"
 #include "cli.h"
+#include "data/formats.h"
 #include "model.h"
-
-using json = nlohmann::json;
 
 // ----------------------------------------------------------------------------------------------
 // command line (cli.h: one table drives both the parser and --help)
@@ -39,7 +41,7 @@ using json = nlohmann::json;
 static const char* PROG = "prepare_lima";
 
 struct Args {  // as given; empty = not given
-    std::string tokenizer, input, output, val_out, n_val, max_len, chat_template, seed;
+    std::string tokenizer, input, output, val_out, n_val, max_len, chat_template, seed, format;
 };
 
 struct Options {
@@ -48,16 +50,20 @@ struct Options {
     long long max_len = 2048;
     std::string chat_template = "llama2";
     unsigned long long seed = 1234;
+    DataFormat format = FORMAT_AUTO;
 };
 
 static Cli make_cli(Args& a) {
     Cli cli{PROG,
             "./prepare_lima -t tokenizer.model -i train.jsonl -o lima.bin [--val-out lima_val.bin]\n"
-            "                      [--val N] [--max-len N] [--template llama2|plain] [--seed S]",
-            "Tokenizes LIMA conversations into the trainer's data file (format: data/README.md).",
+            "                      [--val N] [--max-len N] [--template llama2|plain] [--seed S]\n"
+            "                      [--format auto|lima|alpaca|sharegpt|openai]",
+            "Tokenizes conversations (LIMA, Alpaca, ShareGPT or OpenAI messages) into the trainer's data file\n"
+            "(format: data/README.md).",
             {
                 {"-t", "--tokenizer", "PATH", "sentencepiece model (Llama 2's tokenizer.model)", &a.tokenizer, nullptr, /*required=*/true},
-                {"-i", "--input", "PATH", "LIMA jsonl: one {\"conversations\": [user, assistant, ...]} per line", &a.input, nullptr, /*required=*/true},
+                {"-i", "--input", "PATH", "jsonl, one conversation per line (or a JSON array of them): LIMA {\"conversations\": [user, assistant, ...]}, or see --format", &a.input, nullptr, /*required=*/true},
+                {"-f", "--format", "NAME", "auto (default: from the first record), lima, alpaca ({instruction, input, output}), sharegpt ({conversations: [{from, value}]}) or openai ({messages: [{role, content}]})", &a.format},
                 {"-o", "--output", "PATH", "data file to write (training conversations)", &a.output, nullptr, /*required=*/true},
                 {"-V", "--val-out", "PATH", "also write a held-out file of --val conversations", &a.val_out},
                 {"-n", "--val", "N", "conversations held out into --val-out (default 30)", &a.n_val},
@@ -89,53 +95,13 @@ static bool parse_args(int argc, char** argv, Options& o) {
     if (!a.max_len.empty()) o.max_len = cli_int(PROG, "--max-len", a.max_len, 2, INT32_MAX);
     if (!a.chat_template.empty()) o.chat_template = cli_choice(PROG, "--template", a.chat_template, {"llama2", "plain"});
     if (!a.seed.empty()) o.seed = cli_uint64(PROG, "--seed", a.seed);
+    if (!a.format.empty()) {
+        const std::string f = cli_choice(PROG, "--format", a.format, {"auto", "lima", "alpaca", "sharegpt", "openai"});
+        for (DataFormat d : {FORMAT_AUTO, FORMAT_LIMA, FORMAT_ALPACA, FORMAT_SHAREGPT, FORMAT_OPENAI})
+            if (f == data_format_name(d)) o.format = d;
+    }
     if (!o.val_out.empty() && o.val_out == o.output) cli_usage_error(PROG, "--val-out must differ from --output");
     return true;
-}
-
-// ----------------------------------------------------------------------------------------------
-// input: the LIMA jsonl
-
-struct Conversation {
-    std::vector<std::string> texts;  // user, assistant, user, assistant, ...
-    int line;                        // 1-based line in the jsonl, for messages
-};
-
-static std::vector<Conversation> read_lima(const std::string& path) {
-    const std::vector<std::string> lines = split_lines(read_text_file(path));
-    std::vector<Conversation> convs;
-    for (size_t k = 0; k < lines.size(); k++) {
-        const int line_no = (int)k + 1;
-        const std::string& line = lines[k];
-        if (line.find_first_not_of(" \t\r") == std::string::npos) continue;  // empty lines are skipped
-        json j;
-        try {
-            j = json::parse(line);
-        } catch (const json::parse_error& e) {
-            // e.what() is "[json.exception.parse_error.101] parse error at line 1, column 7: ..."; keep the reason
-            std::string why = e.what();
-            size_t c = why.find("column");
-            fail("%s:%d: not valid JSON (%s)", path.c_str(), line_no, c == std::string::npos ? why.c_str() : why.substr(c).c_str());
-        }
-        if (!j.is_object()) fail("%s:%d: expected a JSON object {\"conversations\": [...]}, got %s", path.c_str(), line_no, j.type_name());
-        auto it = j.find("conversations");
-        if (it == j.end()) fail("%s:%d: no \"conversations\" field (not LIMA's jsonl layout)", path.c_str(), line_no);
-        if (!it->is_array()) fail("%s:%d: \"conversations\" is a %s, expected an array of strings", path.c_str(), line_no, it->type_name());
-        if (it->empty()) fail("%s:%d: \"conversations\" is empty", path.c_str(), line_no);
-        Conversation c;
-        c.line = line_no;
-        for (size_t k = 0; k < it->size(); k++) {
-            const json& t = (*it)[k];
-            if (!t.is_string()) fail("%s:%d: conversations[%zu] is a %s, expected a string", path.c_str(), line_no, k, t.type_name());
-            c.texts.push_back(t.get<std::string>());
-        }
-        if (c.texts.size() % 2 != 0)
-            fail("%s:%d: %zu entries in \"conversations\": the last user turn has no assistant answer", path.c_str(),
-                 line_no, c.texts.size());
-        convs.push_back(std::move(c));
-    }
-    if (convs.empty()) fail("%s: no conversations in the file", path.c_str());
-    return convs;
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -157,9 +123,13 @@ static Tokenized tokenize(const sentencepiece::SentencePieceProcessor& sp, const
         if (!st.ok()) fail("%s:%d: tokenizer failed (%s)", path.c_str(), c.line, st.ToString().c_str());
         return std::vector<int32_t>(ids.begin(), ids.end());
     };
+    if (!c.system.empty() && chat_template != TEMPLATE_LLAMA2)
+        fail("%s:%d: a system prompt needs --template llama2 (the plain template has no place for one)", path.c_str(), c.line);
     Tokenized t;
     for (size_t k = 0; k + 1 < c.texts.size(); k += 2) {
-        const std::vector<int32_t> prompt = chat_prompt_tokens(chat_template, c.texts[k], "", encode, sp.bos_id());
+        // the system prompt goes into the first turn's [INST] (chat.h)
+        const std::vector<int32_t> prompt =
+            chat_prompt_tokens(chat_template, c.texts[k], k == 0 ? c.system : std::string(), encode, sp.bos_id());
         const std::vector<int32_t> answer = chat_answer_tokens(c.texts[k + 1], encode, sp.eos_id());
 
         int64_t room = max_len - (int64_t)t.tokens.size() - (int64_t)prompt.size();  // answer tokens that fit
@@ -246,7 +216,8 @@ static int run(const Options& o) {
              sp.GetPieceSize(), sp.bos_id(), sp.eos_id());
 
     // parse the whole input before any output, so bad input fails fast and alone
-    std::vector<Conversation> convs = read_lima(o.input);
+    DataFormat format = FORMAT_AUTO;
+    std::vector<Conversation> convs = read_conversations(o.input, o.format, &format);
     if (!o.val_out.empty() && o.n_val >= (int64_t)convs.size())
         fail("%s: --val %lld must be less than the %zu conversations in the file", o.input.c_str(), o.n_val, convs.size());
     const int32_t chat_template = o.chat_template == "llama2" ? TEMPLATE_LLAMA2 : TEMPLATE_PLAIN;
@@ -298,9 +269,9 @@ static int run(const Options& o) {
     int64_t n_trunc = 0;
     for (const Tokenized* t : kept) n_trunc += t->truncated;
     fprintf(stderr,
-            "prepare_lima: %zu conversations from %s, tokenizer %s (vocab %d, bos %d, eos %d); %lld truncated and %lld "
-            "dropped at --max-len %lld; done in %.2f s\n",
-            convs.size(), o.input.c_str(), o.tokenizer.c_str(), sp.GetPieceSize(), sp.bos_id(), sp.eos_id(),
+            "prepare_lima: %zu conversations from %s (%s), tokenizer %s (vocab %d, bos %d, eos %d); %lld truncated and "
+            "%lld dropped at --max-len %lld; done in %.2f s\n",
+            convs.size(), o.input.c_str(), data_format_name(format), o.tokenizer.c_str(), sp.GetPieceSize(), sp.bos_id(), sp.eos_id(),
             (long long)n_trunc, (long long)n_dropped, o.max_len, secs);
     for (auto& [path, d] : outs) {
         nlohmann::ordered_json j;  // keeps the documented key order

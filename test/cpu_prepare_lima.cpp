@@ -81,11 +81,13 @@ struct Expected {
     std::vector<size_t> turn_starts;
     std::vector<size_t> prompt_lens;  // <s> included
 };
-Expected expected_full(const std::vector<std::string>& texts, bool llama2) {
+// A system prompt goes into the first turn's [INST], in Llama 2's <<SYS>> block.
+Expected expected_full(const std::vector<std::string>& texts, bool llama2, const std::string& system = "") {
     Expected e;
     for (size_t k = 0; k + 1 < texts.size(); k += 2) {
         e.turn_starts.push_back(e.tokens.size());
-        std::vector<int> p = encode(llama2 ? "[INST] " + texts[k] + " [/INST]" : texts[k]);
+        const std::string user = k == 0 && !system.empty() ? "<<SYS>>\n" + system + "\n<</SYS>>\n\n" + texts[k] : texts[k];
+        std::vector<int> p = encode(llama2 ? "[INST] " + user + " [/INST]" : texts[k]);
         std::vector<int> a = encode(texts[k + 1]);
         e.tokens.push_back(tokenizer().bos_id());
         e.tokens.insert(e.tokens.end(), p.begin(), p.end());
@@ -569,13 +571,7 @@ TEST_CASE("prepare_lima: bad input gives one line naming the file, exit 1, and w
 
     for (const Bad& b : bad) {
         CAPTURE(b.what);
-        CmdResult c = run_cmd("./prepare_lima " + b.args);
-        CAPTURE(c.output);
-        CHECK(c.exit_code == b.exit_code);
-        CHECK(count_lines(c.output) == 1);
-        CHECK(c.output.rfind("prepare_lima: ", 0) == 0);
-        CHECK(c.output.find(b.names) != std::string::npos);
-        CHECK(c.output.find(b.says) != std::string::npos);
+        check_one_line_failure(run_cmd("./prepare_lima " + b.args), "prepare_lima", b.exit_code, {b.names, b.says});
         CHECK(read_bytes(out) == out_before);
         CHECK(read_bytes(val) == val_before);
         // no temporary or partial file left behind
@@ -591,4 +587,208 @@ TEST_CASE("prepare_lima: bad input gives one line naming the file, exit 1, and w
     CHECK(h.exit_code == 0);
     for (const char* flag : {"--tokenizer", "--input", "--output", "--val-out", "--val", "--max-len", "--template", "--seed"})
         CHECK_MESSAGE(h.output.find(flag) != std::string::npos, flag);
+}
+
+// ----------------------------------------------------------------------------------------------
+// other data formats: Alpaca, ShareGPT, OpenAI messages (data/formats.h)
+
+TEST_CASE("prepare_lima: real LIMA output is byte-identical to the files made before other formats existed") {
+    // sha256 of the arrays (everything after the 256-byte header) of -o and --val-out with the
+    // defaults, as the tool wrote them before data/formats.* (in the version-1 files, whose whole
+    // sha256 was a1cca938... and b9e3944c...; version 2 changed only the header: its checksum)
+    const LimaRun& r = lima_run(2048);
+    TempDir t;
+    uint8_t sha[32];
+    for (const auto& [path, want] : {std::pair<std::string, std::string>{r.train_path, "40a599c181a58b02aebbbf1d19d7c570382579ce2d8854d5efa186c2d98c6930"},
+                                     {r.val_path, "ff6cd2c2449bb7b39b2c8d4f20d2037eb858852441b41c2a4f5a9a44bf253198"}}) {
+        write_bytes(t / "payload", read_bytes(path).substr(sizeof(DataHeader)));
+        sha256_file(t / "payload", sha);
+        CHECK_MESSAGE(hex_digest(sha) == want, path);
+    }
+}
+
+namespace {
+struct FormatCase {
+    const char* format;
+    const char* file;     // name of the input file
+    std::string text;     // its contents
+    struct Want {
+        std::string system;
+        std::vector<std::string> texts;  // user, assistant, ...
+    };
+    std::vector<Want> want;
+};
+
+std::vector<FormatCase> format_cases() {
+    const json alpaca = json::array({
+        {{"instruction", "Name a color."}, {"input", ""}, {"output", "Blue."}},
+        {{"instruction", "Translate to French."}, {"input", "Good morning"}, {"output", "Bonjour"}},
+        {{"instruction", "Sum 1 and 2."}, {"output", "3"}},
+        {{"instruction", "Echo"}, {"input", nullptr}, {"output", " spaced \n"}},
+    });
+    auto turn = [](const char* who, const char* what) { return json{{"from", who}, {"value", what}}; };
+    auto msg = [](const char* role, const char* content) { return json{{"role", role}, {"content", content}}; };
+    const std::string sharegpt =
+        json{{"conversations", {turn("system", "You are terse."), turn("human", "Hi"), turn("gpt", "Hello."),
+                                turn("human", "Bye"), turn("gpt", "Bye.")}}}.dump() + "\n" +
+        json{{"id", "x1"}, {"conversations", {turn("user", "2+2?"), turn("assistant", "4")}}}.dump() + "\n\n" +
+        json{{"system", "Answer in French."}, {"conversations", {turn("human", "Thanks"), turn("gpt", "De rien.")}}}.dump() + "\n";
+    json weighted = msg("assistant", "A1");
+    weighted["weight"] = 1;
+    const std::string openai =
+        json{{"messages", {msg("system", "Be kind."), msg("user", "Hello"), msg("assistant", "Hi! How can I help?")}}}.dump() + "\n" +
+        json{{"messages", {msg("user", "Q1"), weighted, msg("user", "Q2"), msg("assistant", "A2")}}}.dump() + "\n";
+    return {
+        {"alpaca", "alpaca_data.json", alpaca.dump(1),
+         {{"", {"Name a color.", "Blue."}}, {"", {"Translate to French.\n\nGood morning", "Bonjour"}},
+          {"", {"Sum 1 and 2.", "3"}}, {"", {"Echo", " spaced \n"}}}},
+        {"sharegpt", "sharegpt.jsonl", sharegpt,
+         {{"You are terse.", {"Hi", "Hello.", "Bye", "Bye."}}, {"", {"2+2?", "4"}}, {"Answer in French.", {"Thanks", "De rien."}}}},
+        {"openai", "openai.jsonl", openai, {{"Be kind.", {"Hello", "Hi! How can I help?"}}, {"", {"Q1", "A1", "Q2", "A2"}}}},
+    };
+}
+}  // namespace
+
+TEST_CASE("prepare_lima: Alpaca, ShareGPT and OpenAI records, detected or forced: every token and mask byte, decoded text") {
+    TempDir dir;
+    const auto& sp = tokenizer();
+    const std::vector<FormatCase> cases = format_cases();
+    for (const FormatCase& f : cases) {
+        CAPTURE(f.format);
+        const std::string in = dir / f.file;
+        write_bytes(in, f.text);
+        for (const std::string& flag : {std::string(), " --format " + std::string(f.format)}) {
+            CAPTURE(flag);
+            const std::string out = dir / (std::string(f.format) + ".bin");
+            CmdResult c = prepare("-t " + kTokenizer + " -i " + in + " -o " + out + flag, dir / "err.txt");
+            REQUIRE_MESSAGE(c.exit_code == 0, read_bytes(dir / "err.txt"));
+            CHECK(read_bytes(dir / "err.txt").find("(" + std::string(f.format) + ")") != std::string::npos);
+            const Dataset d = read_dataset(out);
+            check_header_basics(d.header, 2048, TEMPLATE_LLAMA2);
+            check_arrays(d, 2048);
+            REQUIRE(d.header.n_conversations == (int64_t)f.want.size());
+            int64_t turns = 0;
+            for (size_t i = 0; i < f.want.size(); i++) {
+                const FormatCase::Want& w = f.want[i];
+                const Expected e = expected_full(w.texts, true, w.system);
+                CHECK_MESSAGE(conv_tokens(d, (int64_t)i) == e.tokens, "conversation " << i);
+                CHECK_MESSAGE(conv_mask(d, (int64_t)i) == e.mask, "conversation " << i);
+                turns += (int64_t)w.texts.size() / 2;
+                // the spans decode to the record's texts; the system prompt sits in the first [INST] only
+                const std::vector<int> t = conv_tokens(d, (int64_t)i);
+                for (size_t k = 0; k < e.turn_starts.size(); k++) {
+                    const size_t p0 = e.turn_starts[k], p1 = p0 + e.prompt_lens[k];
+                    const size_t a1 = k + 1 < e.turn_starts.size() ? e.turn_starts[k + 1] : t.size();
+                    const std::string sys = k == 0 && !w.system.empty() ? "<<SYS>>\n" + w.system + "\n<</SYS>>\n\n" : "";
+                    CHECK(t[p0] == sp.bos_id());
+                    CHECK(decode(t.begin() + p0 + 1, t.begin() + p1) == "[INST] " + sys + w.texts[2 * k] + " [/INST]");
+                    CHECK(decode(t.begin() + p1, t.begin() + a1 - 1) == w.texts[2 * k + 1]);
+                    CHECK(t[a1 - 1] == sp.eos_id());
+                }
+            }
+            CHECK(d.header.n_turns == turns);
+        }
+    }
+    // the truncation rule counts the system prompt as part of the first prompt
+    const FormatCase::Want& w = cases[2].want[0];
+    const Expected e = expected_full(w.texts, true, w.system);
+    const size_t p = e.prompt_lens[0];
+    write_bytes(dir / "one.jsonl", split_lines(cases[2].text)[0] + "\n");
+    CmdResult c = prepare("-t " + kTokenizer + " -i " + (dir / "one.jsonl") + " -o " + (dir / "one.bin") + " --max-len " +
+                              std::to_string(p + 1), dir / "err.txt");
+    REQUIRE_MESSAGE(c.exit_code == 0, read_bytes(dir / "err.txt"));
+    const Dataset d = read_dataset(dir / "one.bin");
+    CHECK(conv_tokens(d, 0) == std::vector<int>(e.tokens.begin(), e.tokens.begin() + (long)p + 1));
+    CHECK(d.header.n_truncated == 1);
+    check_one_line_failure(run_cmd("./prepare_lima -t " + kTokenizer + " -i " + (dir / "one.jsonl") + " -o " + (dir / "x.bin") +
+                                   " --max-len " + std::to_string(p)),
+                           "prepare_lima", 1, {dir / "one.jsonl", "every conversation was dropped"});
+    // a system prompt has no place in the plain template
+    check_one_line_failure(run_cmd("./prepare_lima -t " + kTokenizer + " -i " + (dir / "one.jsonl") + " -o " + (dir / "x.bin") +
+                                   " --template plain"),
+                           "prepare_lima", 1, {dir / "one.jsonl" + ":1:", "--template llama2"});
+    CHECK(!path_exists(dir / "x.bin"));
+}
+
+TEST_CASE("prepare_lima: bad Alpaca, ShareGPT and OpenAI records name file:line, exit 1, and write nothing") {
+    TempDir dir;
+    auto turn = [](const char* who, const json& what) { return json{{"from", who}, {"value", what}}; };
+    auto msg = [](const char* role, const json& content) { return json{{"role", role}, {"content", content}}; };
+    const std::string alp = json{{"instruction", "a"}, {"output", "b"}}.dump();
+    const std::string sg = json{{"conversations", {turn("human", "a"), turn("gpt", "b")}}}.dump();
+    const std::string oa = json{{"messages", {msg("user", "a"), msg("assistant", "b")}}}.dump();
+    json weight0 = msg("assistant", "b");
+    weight0["weight"] = 0;
+    struct Bad {
+        const char* what;
+        std::string first, bad;  // line 1 (fixes the format) and line 3 (line 2 is blank)
+        const char* says;
+    };
+    const Bad bad[] = {
+        {"alpaca: instruction a number", alp, json{{"instruction", 5}, {"output", "x"}}.dump(), "\"instruction\" is a number"},
+        {"alpaca: no output", alp, json{{"instruction", "a"}}.dump(), "no \"output\" field"},
+        {"alpaca: input an array", alp, json{{"instruction", "a"}, {"input", {"x"}}, {"output", "b"}}.dump(), "\"input\" is a array"},
+        {"alpaca: no instruction", alp, json{{"output", "b"}}.dump(), "no \"instruction\" field"},
+        {"sharegpt: two user turns", sg, json{{"conversations", {turn("human", "a"), turn("human", "b")}}}.dump(),
+         "conversations[1] is from \"human\", but an assistant turn was expected"},
+        {"sharegpt: starts with the assistant", sg, json{{"conversations", {turn("gpt", "a"), turn("human", "b")}}}.dump(),
+         "conversations[0] is from \"gpt\", but a user turn"},
+        {"sharegpt: empty", sg, json{{"conversations", json::array()}}.dump(), "\"conversations\" is empty"},
+        {"sharegpt: unknown role", sg, json{{"conversations", {turn("bing", "a"), turn("gpt", "b")}}}.dump(), "unknown role \"bing\""},
+        {"sharegpt: value a number", sg, json{{"conversations", {turn("human", "a"), turn("gpt", 7)}}}.dump(),
+         "conversations[1]: \"value\" is a number"},
+        {"sharegpt: a string turn", sg, json{{"conversations", {"a", turn("gpt", "b")}}}.dump(), "conversations[0] is a string, expected an object"},
+        {"sharegpt: no answer", sg, json{{"conversations", {turn("human", "a"), turn("gpt", "b"), turn("human", "c")}}}.dump(),
+         "the last user turn (conversations[2]) has no assistant answer"},
+        {"sharegpt: system in the middle", sg,
+         json{{"conversations", {turn("human", "a"), turn("gpt", "b"), turn("system", "c"), turn("gpt", "d")}}}.dump(),
+         "conversations[2] is a system message"},
+        {"sharegpt: only a system prompt", sg, json{{"conversations", {turn("system", "s")}}}.dump(), "holds only a system prompt"},
+        {"sharegpt: two system prompts", sg,
+         json{{"system", "s"}, {"conversations", {turn("system", "t"), turn("human", "a"), turn("gpt", "b")}}}.dump(),
+         "two system prompts"},
+        {"openai: tool role", oa, json{{"messages", {msg("user", "a"), msg("tool", "b")}}}.dump(), "messages[1]: unknown role \"tool\""},
+        {"openai: null content", oa, json{{"messages", {msg("user", "a"), msg("assistant", nullptr)}}}.dump(), "\"content\" is a null"},
+        {"openai: content parts", oa, json{{"messages", {msg("user", {{{"type", "text"}}}), msg("assistant", "b")}}}.dump(),
+         "\"content\" is a array"},
+        {"openai: no role", oa, json{{"messages", {{{"content", "a"}}, msg("assistant", "b")}}}.dump(), "messages[0]: no \"role\" field"},
+        {"openai: empty", oa, json{{"messages", json::array()}}.dump(), "\"messages\" is empty"},
+        {"openai: messages a string", oa, json{{"messages", "hi"}}.dump(), "\"messages\" is a string"},
+        {"openai: weight 0", oa, json{{"messages", {msg("user", "a"), weight0}}}.dump(), "\"weight\" 0 is not supported"},
+        {"openai: not JSON", oa, "{\"messages\": [", "not valid JSON"},
+        {"openai: an array record", oa, "[1, 2]", "expected a JSON object"},
+    };
+    for (const Bad& b : bad) {
+        CAPTURE(b.what);
+        const std::string in = dir / "bad.jsonl", out = dir / "out.bin";
+        write_bytes(in, b.first + "\n\n" + b.bad + "\n" + b.first + "\n");
+        check_one_line_failure(run_cmd("./prepare_lima -t " + kTokenizer + " -i " + in + " -o " + out), "prepare_lima", 1,
+                               {in + ":3:", b.says});
+        CHECK(!path_exists(out));
+    }
+    // the format is told from the first record, or forced; JSON array files give each record's line
+    struct Whole {
+        const char* what;
+        std::string text, flags, names, says;
+    };
+    const Whole whole[] = {
+        {"unknown first record", json{{"prompt", "a"}, {"completion", "b"}}.dump() + "\n", "", ":1:", "cannot tell the data format from the first record (keys: completion, prompt)"},
+        {"forced openai on LIMA", json{{"conversations", {"a", "b"}}}.dump() + "\n", " --format openai", ":1:", "no \"messages\" field"},
+        {"forced alpaca on ShareGPT", sg + "\n", " --format alpaca", ":1:", "no \"instruction\" field"},
+        {"array: bad record", "[\n" + alp + ",\n\n" + json{{"instruction", "a"}, {"output", 1}}.dump() + "\n]", "", ":4:", "\"output\" is a number"},
+        {"array: never closed", "[\n" + alp + ",\n" + alp + "\n", "", ":3:", "never closed"},
+        {"array: text after it", "[" + alp + "]\n{}\n", "", ":2:", "text after the top-level array"},
+        {"array: empty", "[ ]\n", "", "", "no conversations"},
+    };
+    for (const Whole& w : whole) {
+        CAPTURE(w.what);
+        const std::string in = dir / "data.json", out = dir / "out.bin";
+        write_bytes(in, w.text);
+        check_one_line_failure(run_cmd("./prepare_lima -t " + kTokenizer + " -i " + in + " -o " + out + w.flags), "prepare_lima", 1,
+                               {in + w.names, w.says});
+        CHECK(!path_exists(out));
+    }
+    check_one_line_failure(run_cmd("./prepare_lima -t " + kTokenizer + " -i " + (dir / "data.json") + " -o " + (dir / "out.bin") +
+                                   " --format chatml"),
+                           "prepare_lima", 2, {"--format", "auto, lima, alpaca, sharegpt or openai"});
 }

@@ -145,6 +145,16 @@ inline int count_lines(const std::string& s) {
     return n;
 }
 
+// A tool run that must fail cleanly: exit `code`, one line starting with "<tool>: " that contains
+// every string of `says`.
+inline void check_one_line_failure(const CmdResult& r, const std::string& tool, int code,
+                                   const std::vector<std::string>& says) {
+    CHECK_MESSAGE(r.exit_code == code, r.output);
+    CHECK_MESSAGE(count_lines(r.output) == 1, r.output);
+    CHECK_MESSAGE(r.output.rfind(tool + ": ", 0) == 0, r.output);
+    for (const std::string& s : says) CHECK_MESSAGE(r.output.find(s) != std::string::npos, "'" << s << "' not in: " << r.output);
+}
+
 // max |a - b| / max |b|: the error relative to the reference's scale
 inline double max_rel_err(const float* a, const float* b, size_t n) {
     double num = 0, den = 0;
