@@ -91,6 +91,8 @@ void lora_forward(Blas& bl, bf16* y, bf16* u, bf16* xd, float* scratch, int64_t 
                   const LoraGpuArgs& la, int64_t N, int64_t IC, int64_t OC, cudaStream_t stream);
 // dx (N, IC) fp32 +=, dA (r, IC) fp32 +=, dB (OC, r) fp32 += from dy (N, OC) bf16.
 // scratch: du (N, r) bf16, xd (N, IC) bf16 and tmp (tmp_floats >= N * IC fp32) (used when p > 0)
+// Tuning, for benchmarks: false sends every product through cuBLASLt (default true).
+void lora_set_fused(bool on);
 void lora_backward(Blas& bl, float* dx, float* dA, float* dB, bf16* du, bf16* xd, float* tmp, int64_t tmp_floats,
                    const bf16* dy, const bf16* x, const bf16* u, const LoraGpuArgs& la, int64_t N, int64_t IC, int64_t OC,
                    cudaStream_t stream);

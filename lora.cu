@@ -50,25 +50,28 @@ constexpr int PARTS_MAX = 8;   // blocks one long sum is split over
 }  // namespace lk
 
 // drop(x) tile: rows [n0, n0+64) x cols [i0, i0+64) of x (N, IC) into Xs (64, LD), masked and
-// rounded to bf16 exactly as dropout_forward_kernel does; rows >= N are zero
+// rounded to bf16 exactly as dropout_forward_kernel does; rows >= N are zero. The four 16-byte
+// loads of a thread are issued together before any hashing, so their latencies overlap.
 __device__ __forceinline__ void load_dropped_tile(bf16* Xs, const bf16* x, int64_t n0, int64_t i0, int64_t N, int64_t IC,
-                                                  float p, float inv_keep, uint64_t seed, uint64_t mask_id) {
-    for (int q = threadIdx.x; q < lk::T * (lk::T / 8); q += lk::THREADS) {
-        const int r = q / (lk::T / 8), c8 = q % (lk::T / 8);
+                                                  float p, float inv_keep, uint64_t key) {
+    constexpr int PER_THREAD = lk::T * (lk::T / 8) / lk::THREADS;  // 4
+    Bf16x8 v[PER_THREAD];
+#pragma unroll
+    for (int it = 0; it < PER_THREAD; it++) {
+        const int q = threadIdx.x + it * lk::THREADS, r = q / (lk::T / 8), c8 = q % (lk::T / 8);
+        const int64_t n = n0 + r;
+        if (n < N) v[it] = load_bf16x8(x + n * IC + i0 + c8 * 8);
+    }
+#pragma unroll
+    for (int it = 0; it < PER_THREAD; it++) {
+        const int q = threadIdx.x + it * lk::THREADS, r = q / (lk::T / 8), c8 = q % (lk::T / 8);
         const int64_t n = n0 + r, i = i0 + c8 * 8;
-        Bf16x8 v;
-        if (n < N) {
-            v = load_bf16x8(x + n * IC + i);
 #pragma unroll
-            for (int e = 0; e < 8; e++) {
-                const float keep = dropout_keep(seed, mask_id, (uint64_t)(n * IC + i + e), p) ? inv_keep : 0.0f;
-                v.v[e] = __float2bfloat16(__bfloat162float(v.v[e]) * keep);
-            }
-        } else {
-#pragma unroll
-            for (int e = 0; e < 8; e++) v.v[e] = __float2bfloat16(0.0f);
+        for (int e = 0; e < 8; e++) {
+            const float keep = n < N && dropout_keep_keyed(key, (uint64_t)(n * IC + i + e), p) ? inv_keep : 0.0f;
+            v[it].v[e] = __float2bfloat16(n < N ? __bfloat162float(v[it].v[e]) * keep : 0.0f);
         }
-        store_bf16x8(Xs + r * lk::LD + c8 * 8, v);
+        store_bf16x8(Xs + r * lk::LD + c8 * 8, v[it]);
     }
 }
 
@@ -96,11 +99,12 @@ __global__ void __launch_bounds__(lk::THREADS) lora_u_dropout_kernel(float* part
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
     const int64_t n0 = (int64_t)blockIdx.x * T, k_begin = blockIdx.y * split, k_end = min(IC, k_begin + split);
     const float inv_keep = 1.0f / (1.0f - p);
+    const uint64_t key = dropout_key(seed, mask_id);
     float acc[R / 8][4] = {};
     for (int64_t k0 = k_begin; k0 < k_end; k0 += T) {
         load_rows_async<R, T, LD>(As, A, 0, k0, R, IC);
         cp_async_commit();
-        load_dropped_tile(Xs, x, n0, k0, N, IC, p, inv_keep, seed, mask_id);
+        load_dropped_tile(Xs, x, n0, k0, N, IC, p, inv_keep, key);
         cp_async_wait<0>();
         __syncthreads();
 #pragma unroll
@@ -161,11 +165,12 @@ __global__ void __launch_bounds__(lk::THREADS) lora_da_dropout_kernel(float* par
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
     const int64_t i0 = (int64_t)blockIdx.x * T, t_begin = blockIdx.y * split, t_end = min(N, t_begin + split);
     const float inv_keep = 1.0f / (1.0f - p);
+    const uint64_t key = dropout_key(seed, mask_id);
     float acc[MT][T / 8][4] = {};
     for (int64_t t0 = t_begin; t0 < t_end; t0 += T) {
         load_rows_async<T, R, LDU>(Ds, du, t0, 0, t_end, R);  // tokens past this split's end read as zero
         cp_async_commit();
-        load_dropped_tile(Xs, x, t0, i0, t_end, IC, p, inv_keep, seed, mask_id);
+        load_dropped_tile(Xs, x, t0, i0, t_end, IC, p, inv_keep, key);
         cp_async_wait<0>();
         __syncthreads();
 #pragma unroll
@@ -233,6 +238,7 @@ __global__ void __launch_bounds__(lk::THREADS) lora_dx_dropout_kernel(float* dx,
         }
     }
     const float inv_keep = 1.0f / (1.0f - p);
+    const uint64_t key = dropout_key(seed, mask_id);
 #pragma unroll
     for (int ri = 0; ri < 2; ri++) {
         const int64_t n = n0 + warp * 16 + g + 8 * ri;
@@ -242,15 +248,18 @@ __global__ void __launch_bounds__(lk::THREADS) lora_dx_dropout_kernel(float* dx,
 #pragma unroll
             for (int e = 0; e < 2; e++) {
                 const int64_t idx = n * IC + i0 + nt * 8 + 2 * c + e;
-                if (dropout_keep(seed, mask_id, (uint64_t)idx, p)) dx[idx] += acc[nt][2 * ri + e] * inv_keep;
+                if (dropout_keep_keyed(key, (uint64_t)idx, p)) dx[idx] += acc[nt][2 * ri + e] * inv_keep;
             }
     }
 }
 
 // Whether the fused kernels take this product: dropout on, a rank they are built for, rows of x
 // that tile by 64, and room for the partial sums in the caller's fp32 scratch (scratch_floats).
+static bool g_fused_on = true;
+void lora_set_fused(bool on) { g_fused_on = on; }
+
 static bool fused(const LoraGpuArgs& la, int64_t N, int64_t IC, int64_t scratch_floats) {
-    return la.p > 0.0f && (la.r == 16 || la.r == 32 || la.r == 64 || la.r == 128) && IC % lk::T == 0 &&
+    return g_fused_on && la.p > 0.0f && (la.r == 16 || la.r == 32 || la.r == 64 || la.r == 128) && IC % lk::T == 0 &&
            scratch_floats >= (int64_t)la.r * std::max(N, IC) && (uint64_t)N * (uint64_t)IC < (1ull << 62);
 }
 

@@ -140,11 +140,18 @@ constexpr uint32_t LORA_ALL_TARGETS = (1u << NUM_LORA_TARGETS) - 1;
 uint32_t parse_lora_targets(const std::string& list);
 std::string lora_targets_string(uint32_t mask);  // "q,k,v,o,gate,up,down"
 
-// LoRA dropout as a pure function of (seed, stream, element index): the forward and the backward
-// (and the CPU and the GPU) agree on the mask without storing it. stream names the (layer, target).
-HOST_DEVICE inline bool dropout_keep(uint64_t seed, uint64_t stream, uint64_t idx, float p) {
-    uint64_t h = splitmix64(splitmix64(seed ^ (stream * 0x9e3779b97f4a7c15ull)) + idx);
-    return (float)(h >> 40) * (1.0f / 16777216.0f) >= p;
+// LoRA dropout as a pure function of (seed, mask id, element index): the forward and the backward
+// (and the CPU and the GPU) agree on the mask without storing it. The mask id names the
+// (layer, target). dropout_key is the per-(seed, mask id) part, for kernels that hoist it out of
+// their loops; dropout_keep(seed, id, idx, p) == dropout_keep_keyed(dropout_key(seed, id), idx, p).
+HOST_DEVICE inline uint64_t dropout_key(uint64_t seed, uint64_t mask_id) {
+    return splitmix64(seed ^ (mask_id * 0x9e3779b97f4a7c15ull));
+}
+HOST_DEVICE inline bool dropout_keep_keyed(uint64_t key, uint64_t idx, float p) {
+    return (float)(splitmix64(key + idx) >> 40) * (1.0f / 16777216.0f) >= p;
+}
+HOST_DEVICE inline bool dropout_keep(uint64_t seed, uint64_t mask_id, uint64_t idx, float p) {
+    return dropout_keep_keyed(dropout_key(seed, mask_id), idx, p);
 }
 
 struct LoraConfig {

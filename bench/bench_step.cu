@@ -19,7 +19,7 @@ static const char* PROG = "bench_step";
 int main(int argc, char** argv) {
     struct {
         std::string model = "7b", quant = "nf4", seq = "2048", rows = "1", rank = "64", recompute = "none", steps = "3",
-                    micro = "1", profile, att_warps = "8";
+                    micro = "1", profile, att_warps = "8", lora_fused = "1";
     } a;
     const Cli cli{PROG, "./bench_step [--model 7b] [--quant nf4|bf16] [--seq 2048] [options]",
                   "Times LoRA/QLoRA training steps of a Llama-2-shaped model with random weights on the GPU.",
@@ -34,6 +34,7 @@ int main(int argc, char** argv) {
                       {nullptr, "--micro", "N", "micro-batches per step (default 1)", &a.micro},
                       {nullptr, "--profile", nullptr, "also time one step phase by phase and print the table", &a.profile},
                       {nullptr, "--att-warps", "N", "warps per query block of the attention kernels, 4 or 8 (default 8)", &a.att_warps},
+                      {nullptr, "--lora-fused", "0|1", "LoRA's dropout products in the fused kernels (1, default) or cuBLASLt (0)", &a.lora_fused},
                       {"-h", "--help", nullptr, "show this help and exit", nullptr},
                   }};
     if (!cli_parse(cli, argc, argv)) return 0;
@@ -45,6 +46,7 @@ int main(int argc, char** argv) {
     cudaDeviceProp prop;
     const Config c = bench_setup(PROG, model, &prop);
     attention_set_query_warps((int)cli_int(PROG, "--att-warps", a.att_warps, 4, 8) >= 8 ? 8 : 4);
+    lora_set_fused(cli_int(PROG, "--lora-fused", a.lora_fused, 0, 1) == 1);
     const int q = quant == "nf4" ? QUANT_NF4 : QUANT_BF16;
     const int rc = recompute == "full" ? RECOMPUTE_FULL : recompute == "light" ? RECOMPUTE_LIGHT : RECOMPUTE_NONE;
     LoraConfig lc{rank, 16.0f, 0.1f, LORA_ALL_TARGETS};

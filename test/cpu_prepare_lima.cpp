@@ -250,7 +250,7 @@ const LimaRun& lima_run(int max_len) {
         std::string args = "-t " + kTokenizer + " -i " + kLima + " -o " + r->train_path + " --val-out " + r->val_path;
         if (max_len != 2048) args += " --max-len " + std::to_string(max_len);  // 2048 is the default
         r->result = prepare(args, r->dir / "stderr.txt");
-        REQUIRE_MESSAGE(r->result.exit_code == 0, r->result.output << read_bytes(r->dir / "stderr.txt"));
+        REQUIRE_MESSAGE(r->result.exit_code == 0, r->result.output << text_for_message(r->dir / "stderr.txt"));
         r->train = read_dataset(r->train_path);
         r->val = read_dataset(r->val_path);
     }
@@ -400,7 +400,7 @@ TEST_CASE("prepare_lima: same seed gives byte-identical files, another seed anot
     std::string base = "-t " + kTokenizer + " -i " + kLima + " --val-out ";
     auto run = [&](const std::string& name, const std::string& extra) {
         CmdResult c = prepare(base + (dir / name) + "_val.bin -o " + (dir / name) + ".bin " + extra, dir / "err.txt");
-        REQUIRE_MESSAGE(c.exit_code == 0, read_bytes(dir / "err.txt"));
+        REQUIRE_MESSAGE(c.exit_code == 0, text_for_message(dir / "err.txt"));
     };
     run("a", "--seed 7");
     run("b", "-s 7");
@@ -424,7 +424,7 @@ TEST_CASE("prepare_lima: plain template on real LIMA, no split") {
     TempDir dir;
     CmdResult c = prepare("-t " + kTokenizer + " -i " + kLima + " -o " + (dir / "plain.bin") + " --template plain --max-len 100000",
                           dir / "err.txt");
-    REQUIRE_MESSAGE(c.exit_code == 0, read_bytes(dir / "err.txt"));
+    REQUIRE_MESSAGE(c.exit_code == 0, text_for_message(dir / "err.txt"));
     Dataset d = read_dataset(dir / "plain.bin");
     check_header_basics(d.header, 100000, TEMPLATE_PLAIN);
     check_arrays(d, 100000);
@@ -479,7 +479,7 @@ TEST_CASE("prepare_lima: truncation rule on a tiny synthetic set") {
         CmdResult c = prepare("-t " + kTokenizer + " -i " + (dir / "tiny.jsonl") + " -o " + out + " -m " +
                                   std::to_string(k.max_len),
                               dir / "err.txt");
-        REQUIRE_MESSAGE(c.exit_code == 0, read_bytes(dir / "err.txt"));
+        REQUIRE_MESSAGE(c.exit_code == 0, text_for_message(dir / "err.txt"));
         Dataset d = read_dataset(out);
         check_arrays(d, (int)k.max_len);
         REQUIRE(d.header.n_conversations == 1);  // conversation 2 is dropped
@@ -511,7 +511,7 @@ TEST_CASE("prepare_lima: bad input gives one line naming the file, exit 1, and w
     std::string out = dir / "out.bin", val = dir / "val.bin";
     CmdResult ok = prepare("-t " + kTokenizer + " -i " + (dir / "good.jsonl") + " -o " + out + " -V " + val + " -n 1",
                            dir / "err.txt");
-    REQUIRE_MESSAGE(ok.exit_code == 0, read_bytes(dir / "err.txt"));
+    REQUIRE_MESSAGE(ok.exit_code == 0, text_for_message(dir / "err.txt"));
     const std::string out_before = read_bytes(out), val_before = read_bytes(val);
     REQUIRE(out_before.size() > sizeof(DataHeader));
     write_bytes(dir / "random.bin", std::string(3000, '\x5a'));
@@ -661,7 +661,7 @@ TEST_CASE("prepare_lima: Alpaca, ShareGPT and OpenAI records, detected or forced
             CAPTURE(flag);
             const std::string out = dir / (std::string(f.format) + ".bin");
             CmdResult c = prepare("-t " + kTokenizer + " -i " + in + " -o " + out + flag, dir / "err.txt");
-            REQUIRE_MESSAGE(c.exit_code == 0, read_bytes(dir / "err.txt"));
+            REQUIRE_MESSAGE(c.exit_code == 0, text_for_message(dir / "err.txt"));
             CHECK(read_bytes(dir / "err.txt").find("(" + std::string(f.format) + ")") != std::string::npos);
             const Dataset d = read_dataset(out);
             check_header_basics(d.header, 2048, TEMPLATE_LLAMA2);
@@ -696,7 +696,7 @@ TEST_CASE("prepare_lima: Alpaca, ShareGPT and OpenAI records, detected or forced
     write_bytes(dir / "one.jsonl", split_lines(cases[2].text)[0] + "\n");
     CmdResult c = prepare("-t " + kTokenizer + " -i " + (dir / "one.jsonl") + " -o " + (dir / "one.bin") + " --max-len " +
                               std::to_string(p + 1), dir / "err.txt");
-    REQUIRE_MESSAGE(c.exit_code == 0, read_bytes(dir / "err.txt"));
+    REQUIRE_MESSAGE(c.exit_code == 0, text_for_message(dir / "err.txt"));
     const Dataset d = read_dataset(dir / "one.bin");
     CHECK(conv_tokens(d, 0) == std::vector<int>(e.tokens.begin(), e.tokens.begin() + (long)p + 1));
     CHECK(d.header.n_truncated == 1);

@@ -46,7 +46,9 @@ TEST_CASE("step: NF4 model file loads without quantizing and equals on-GPU quant
         std::vector<uint8_t> changed = file;
         const size_t flip_at = (size_t)(weight_at[W_UP] + nf4_layout(weight_info(cfg, W_UP).numel()).packed_at);
         changed[flip_at] = (uint8_t)~changed[flip_at];
-        {
+        {  // (with its checksum made to agree, as a file written that way would have it)
+            const std::string fixed = rehashed(std::string(changed.begin(), changed.end()), offsetof(ModelHeader, checksum));
+            changed.assign(fixed.begin(), fixed.end());
             AtomicFile out(patched);
             out.write(changed.data(), changed.size());
             out.commit();

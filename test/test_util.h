@@ -71,9 +71,19 @@ inline std::string absolute(const std::string& p) {
 }
 
 // The whole file; a file that cannot be opened fails the test (it never reads as "").
+inline std::string text_for_message(const std::string& path);
 inline std::string read_bytes(const std::string& path) {
     FILE* f = fopen(path.c_str(), "rb");
     REQUIRE_MESSAGE(f, "cannot open " << path);
+    fclose(f);
+    return text_for_message(path);
+}
+
+// The file's text for a failure message: never asserts (doctest builds messages inside its
+// reporter, and an assertion there re-enters the reporter's lock and hangs the run).
+inline std::string text_for_message(const std::string& path) {
+    FILE* f = fopen(path.c_str(), "rb");
+    if (!f) return "(cannot open " + path + ")";
     std::string s;
     char buf[1 << 16];
     size_t n;
