@@ -22,26 +22,51 @@ int64_t gpu_base_max_linear_numel(const Config& c) {
     return n;
 }
 
+// The two allocations' layouts (dense tensors in file order, the linears only when they stay bf16;
+// L NF4 records back to back per linear target), shared by the allocation and the memory plan.
+static void carve_dense(DeviceCarver& cv, GpuBase& b, const Config& cfg, int quant) {
+    for (int id = 0; id < NUM_WEIGHTS; id++)
+        cv.add(*b.w.ptr(id), (quant == QUANT_NF4 && weight_is_linear(id)) ? 0 : weight_numel(cfg, id));
+}
+static void carve_nf4(DeviceCarver& cv, GpuBase& b, const Config& cfg) {
+    for (int t = 0; t < NUM_LORA_TARGETS; t++) {
+        b.nf4_record_bytes[t] = nf4_layout(lora_in_dim(cfg, t) * lora_out_dim(cfg, t)).bytes;
+        cv.add(b.nf4[t], b.nf4_record_bytes[t] * cfg.n_layers);
+    }
+}
+
+size_t gpu_base_bytes(const Config& cfg, int quant) {
+    GpuBase b;
+    DeviceCarver dense, nf4;
+    carve_dense(dense, b, cfg, quant);
+    if (quant == QUANT_NF4) carve_nf4(nf4, b, cfg);
+    return dense.bytes() + (quant == QUANT_NF4 ? nf4.bytes() : 0);
+}
+
+size_t gpu_base_load_bytes(const Config& cfg, int quant) {
+    // LoadScratch (below) and the loader's staging slice
+    int64_t max_slice = 0;
+    for (int id = 0; id < NUM_WEIGHTS; id++) max_slice = std::max(max_slice, weight_info(cfg, id).numel() * 4);
+    const int64_t n = gpu_base_max_linear_numel(cfg);
+    return (size_t)max_slice + (quant == QUANT_NF4 ? (size_t)(nf4_quantize_workspace_bytes(n) + 2 * n) : 0);
+}
+
 void gpu_base_init(GpuBase& b, const Config& cfg, int quant) {
     validate_config(cfg, "model");
     b.cfg = cfg;
     b.quant = quant;
     b.bytes = 0;
-    {  // the dense tensors, file order; the linears only when they stay bf16
+    {
         DeviceCarver cv;
-        for (int id = 0; id < NUM_WEIGHTS; id++)
-            cv.add(*b.w.ptr(id), (quant == QUANT_NF4 && weight_is_linear(id)) ? 0 : weight_numel(cfg, id));
+        carve_dense(cv, b, cfg, quant);
         size_t total;
         b.dense_mem = cv.alloc("the base model's bf16 weights", &total);
         if (cfg.tie_embeddings) b.w.lm_head = b.w.embed;
         b.bytes += total;
     }
-    if (quant == QUANT_NF4) {  // L records back to back per linear target
+    if (quant == QUANT_NF4) {
         DeviceCarver cv;
-        for (int t = 0; t < NUM_LORA_TARGETS; t++) {
-            b.nf4_record_bytes[t] = nf4_layout(lora_in_dim(cfg, t) * lora_out_dim(cfg, t)).bytes;
-            cv.add(b.nf4[t], b.nf4_record_bytes[t] * cfg.n_layers);
-        }
+        carve_nf4(cv, b, cfg);
         size_t total;
         b.nf4_mem = cv.alloc("the base model's NF4 linears", &total);
         b.bytes += total;

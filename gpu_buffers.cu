@@ -8,8 +8,7 @@
 #include "llama2_gpu.h"
 
 void* DeviceCarver::alloc(const char* what, size_t* total_bytes) {
-    size_t total = 0;
-    for (const Part& p : parts) total += (p.bytes + 255) & ~(size_t)255;
+    const size_t total = bytes();
     size_t free_b = 0, total_b = 0;
     cudaCheck(cudaMemGetInfo(&free_b, &total_b));
     if (total > free_b)
@@ -26,31 +25,31 @@ void* DeviceCarver::alloc(const char* what, size_t* total_bytes) {
     return base;
 }
 
+static void carve_lora(DeviceCarver& cv, GpuLora& g, int64_t n) {
+    cv.add(g.params, n);       // (n) fp32 master weights, LoraLayout order
+    cv.add(g.grads, n);        // (n)
+    cv.add(g.adam_m, n);       // (n)
+    cv.add(g.adam_v, n);       // (n)
+    cv.add(g.params_bf16, n);  // (n)
+}
+
 static void gpu_lora_init(GpuLora& g, const Config& cfg, const LoraConfig& lora) {
     g.cfg = lora;
     g.lay = LoraLayout{};
     g.lay.total = 0;
     if (lora.rank <= 0) return;
     g.lay = lora_layout(cfg, lora);
-    const int64_t n = g.lay.total;
     DeviceCarver cv;
-    cv.add(g.params, n);       // (n) fp32 master weights, LoraLayout order
-    cv.add(g.grads, n);        // (n)
-    cv.add(g.adam_m, n);       // (n)
-    cv.add(g.adam_v, n);       // (n)
-    cv.add(g.params_bf16, n);  // (n)
+    carve_lora(cv, g, g.lay.total);
     g.mem = cv.alloc("the LoRA parameters and AdamW state", &g.bytes);
     cudaCheck(cudaMemset(g.mem, 0, g.bytes));
 }
 
-static void gpu_acts_init(GpuModel& m, int64_t r) {
-    const Config& c = m.cfg;
-    const int64_t N = m.max_tokens, L = c.n_layers, C = c.dim, F = c.hidden_dim, H = c.n_heads;
+static void carve_acts(DeviceCarver& cv, GpuActs& a, const Config& c, int recompute, int64_t N, int64_t r) {
+    const int64_t L = c.n_layers, C = c.dim, F = c.hidden_dim, H = c.n_heads;
     const int64_t QD = H * c.head_dim, KVD = (int64_t)c.n_kv_heads * c.head_dim;
     // slots kept per layer or shared by all layers, by recompute level (GpuActs)
-    const int64_t S = m.recompute == RECOMPUTE_FULL ? 1 : L, S_cheap = m.recompute == RECOMPUTE_NONE ? L : 1;
-    GpuActs& a = m.acts;
-    DeviceCarver cv;
+    const int64_t S = recompute == RECOMPUTE_FULL ? 1 : L, S_cheap = recompute == RECOMPUTE_NONE ? L : 1;
     cv.add(a.x, (L + 1) * N * C);                   // (L+1, N, C)
     cv.add(a.rstd_attn, L * N);                     // (L, N)
     cv.add(a.rstd_mlp, L * N);                      // (L, N)
@@ -70,21 +69,25 @@ static void gpu_acts_init(GpuModel& m, int64_t r) {
     cv.add(a.rstd_final, N);                        // (N)
     cv.add(a.dxn_final, N * C);                     // (N, C)
     cv.add(a.losses, N);                            // (N)
+}
+
+static void gpu_acts_init(GpuModel& m, int64_t r) {
+    DeviceCarver cv;
+    carve_acts(cv, m.acts, m.cfg, m.recompute, m.max_tokens, r);
     size_t total;
     m.acts_mem = cv.alloc("the activations", &total);
     m.bytes_allocated += total;
 }
 
-static void gpu_scratch_init(GpuModel& m, int64_t r) {
-    const Config& c = m.cfg;
-    const int64_t N = m.max_tokens, C = c.dim, F = c.hidden_dim, V = c.vocab_size, H = c.n_heads;
+// (head_chunk: the tokens per LM-head chunk it sizes the logits for)
+static void carve_scratch(DeviceCarver& cv, GpuScratch& s, int* head_chunk, const Config& c, int quant, int64_t N,
+                          int64_t r) {
+    const int64_t C = c.dim, F = c.hidden_dim, V = c.vocab_size, H = c.n_heads;
     const int64_t QD = H * c.head_dim, KVD = (int64_t)c.n_kv_heads * c.head_dim;
     // the LM head runs in chunks so that a batch's full fp32 logits never exist at once
-    m.head_chunk = (int)std::max<int64_t>(1, std::min<int64_t>(N, (256ll << 20) / (V * 6)));
-    const int64_t CH = m.head_chunk, max_in = std::max(std::max(C, F), QD);
-    const int64_t dequant = m.base.quant == QUANT_NF4 ? gpu_base_max_linear_numel(c) : 0;
-    GpuScratch& s = m.scr;
-    DeviceCarver cv;
+    *head_chunk = (int)std::max<int64_t>(1, std::min<int64_t>(N, (256ll << 20) / (V * 6)));
+    const int64_t CH = *head_chunk, max_in = std::max(std::max(C, F), QD);
+    const int64_t dequant = quant == QUANT_NF4 ? gpu_base_max_linear_numel(c) : 0;
     cv.add(s.logits, CH * V);                       // (CH, V)
     cv.add(s.dlogits, CH * V);                      // (CH, V)
     cv.add(s.dres, N * C);                          // (N, C)
@@ -107,10 +110,28 @@ static void gpu_scratch_init(GpuModel& m, int64_t r) {
     cv.add(s.loss_sum, 1);                          // (1)
     cv.add(s.step_loss, 1);                         // (1)
     cv.add(s.norm_sq, 1);                           // (1)
+}
+
+static void gpu_scratch_init(GpuModel& m, int64_t r) {
+    DeviceCarver cv;
+    carve_scratch(cv, m.scr, &m.head_chunk, m.cfg, m.base.quant, m.max_tokens, r);
     size_t total;
     m.scratch_mem = cv.alloc("the backward's scratch", &total);
     cudaCheck(cudaMemset(m.scratch_mem, 0, total));
     m.bytes_allocated += total;
+}
+
+size_t gpu_model_bytes(const Config& cfg, const LoraConfig& lora, int quant, int recompute, int64_t max_tokens) {
+    DeviceCarver lora_cv, acts_cv, scratch_cv;
+    GpuLora g;
+    GpuActs a;
+    GpuScratch s;
+    int head_chunk = 0;
+    if (lora.rank > 0) carve_lora(lora_cv, g, lora_layout(cfg, lora).total);
+    carve_acts(acts_cv, a, cfg, recompute, max_tokens, lora.rank);
+    carve_scratch(scratch_cv, s, &head_chunk, cfg, quant, max_tokens, lora.rank);
+    const size_t blas_workspace = 32u << 20, batch = (size_t)max_tokens * 3 * sizeof(int32_t);
+    return gpu_base_bytes(cfg, quant) + lora_cv.bytes() + acts_cv.bytes() + scratch_cv.bytes() + blas_workspace + batch;
 }
 
 void gpu_model_init(GpuModel& m, const Config& cfg, const LoraConfig& lora, int quant, int recompute,

@@ -31,6 +31,11 @@ struct DeviceCarver {
     void add(T*& p, int64_t count) {
         parts.push_back({(void**)&p, (size_t)count * sizeof(T)});
     }
+    size_t bytes() const {  // what alloc() would take
+        size_t total = 0;
+        for (const Part& p : parts) total += (p.bytes + 255) & ~(size_t)255;
+        return total;
+    }
     // cudaMalloc of the sum, after checking it fits the card's free memory (else InputError naming
     // `what`, the size and what is free); sets every pointer. gpu_buffers.cu
     void* alloc(const char* what, size_t* total_bytes);
@@ -52,6 +57,9 @@ struct GpuBase {
     size_t bytes = 0;                             // device memory held
 };
 void gpu_base_init(GpuBase& b, const Config& cfg, int quant);
+// Device bytes gpu_base_init takes, and what loading adds on top of them while it runs.
+size_t gpu_base_bytes(const Config& cfg, int quant);
+size_t gpu_base_load_bytes(const Config& cfg, int quant);
 void gpu_base_free(GpuBase& b);
 // From fp32 host values in file order (quantized to NF4 on the GPU when quant is NF4).
 void gpu_base_set_weights(GpuBase& b, const std::vector<float>& weights_f32, cudaStream_t stream);
@@ -233,6 +241,8 @@ struct GpuModel {
     size_t bytes_allocated = 0;  // everything this model holds on the device
 };
 
+// Device bytes gpu_model_init allocates, for the memory plan (the same layouts, not allocated).
+size_t gpu_model_bytes(const Config& cfg, const LoraConfig& lora, int quant, int recompute, int64_t max_tokens);
 // Allocates everything for batches of up to max_tokens tokens (B*T). lora.rank 0: no LoRA. The
 // base weights are then filled by one of gpu_base_set_weights / _load_file / _random on m.base.
 void gpu_model_init(GpuModel& m, const Config& cfg, const LoraConfig& lora, int quant, int recompute,

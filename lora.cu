@@ -209,14 +209,19 @@ __global__ void __launch_bounds__(lk::THREADS) lora_da_dropout_kernel(float* par
 }
 
 // dx (N, IC) += mask * (du A) / (1 - p): the LoRA path's input gradient through the same mask.
-// grid (ceil(N/64), IC/64); a warp per 16 rows.
+// grid (ceil(N/64), IC/64); a warp per 16 rows. The 64x64 result goes through shared memory so
+// that the read-modify-write of dx is in whole 16-byte pieces per thread (straight from the mma
+// fragments it touched half of every 32-byte sector, which made this the slowest LoRA kernel).
 template <int R>
 __global__ void __launch_bounds__(lk::THREADS) lora_dx_dropout_kernel(float* dx, const bf16* du, const bf16* A, int64_t N,
                                                                      int64_t IC, float p, uint64_t seed, uint64_t mask_id) {
     using namespace lk;
-    constexpr int LDU = R + 8;
-    __shared__ __align__(16) bf16 Ds[T * LDU];
-    __shared__ __align__(16) bf16 As[R * LD];
+    constexpr int LDU = R + 8, LDC = T + 4;  // fp32 rows 16 bytes apart beyond 64 floats: no bank conflicts
+    constexpr size_t IN_BYTES = (size_t)(T * LDU + R * LD) * sizeof(bf16), OUT_BYTES = (size_t)T * LDC * sizeof(float);
+    __shared__ __align__(16) unsigned char smem[IN_BYTES > OUT_BYTES ? IN_BYTES : OUT_BYTES];
+    bf16* Ds = (bf16*)smem;   // (64, LDU) du rows
+    bf16* As = Ds + T * LDU;  // (R, LD) A columns of this tile
+    float* Cs = (float*)smem; // (64, LDC) the result, after the products (aliases both)
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
     const int64_t n0 = (int64_t)blockIdx.x * T, i0 = (int64_t)blockIdx.y * T;
     load_rows_async<T, R, LDU>(Ds, du, n0, 0, N, R);
@@ -237,19 +242,31 @@ __global__ void __launch_bounds__(lk::THREADS) lora_dx_dropout_kernel(float* dx,
             mma_16816(acc[2 * np + 1], a, b[2], b[3]);
         }
     }
-    const float inv_keep = 1.0f / (1.0f - p);
-    const uint64_t key = dropout_key(seed, mask_id);
+    __syncthreads();  // Ds and As are read; Cs takes their place
 #pragma unroll
     for (int ri = 0; ri < 2; ri++) {
-        const int64_t n = n0 + warp * 16 + g + 8 * ri;
+        const int row = warp * 16 + g + 8 * ri;
+#pragma unroll
+        for (int nt = 0; nt < T / 8; nt++) {
+            Cs[row * LDC + nt * 8 + 2 * c] = acc[nt][2 * ri];
+            Cs[row * LDC + nt * 8 + 2 * c + 1] = acc[nt][2 * ri + 1];
+        }
+    }
+    __syncthreads();
+    const float inv_keep = 1.0f / (1.0f - p);
+    const uint64_t key = dropout_key(seed, mask_id);
+    for (int q = threadIdx.x; q < T * (T / 4); q += THREADS) {
+        const int row = q / (T / 4), c4 = q % (T / 4);
+        const int64_t n = n0 + row;
         if (n >= N) continue;
-#pragma unroll
-        for (int nt = 0; nt < T / 8; nt++)
-#pragma unroll
-            for (int e = 0; e < 2; e++) {
-                const int64_t idx = n * IC + i0 + nt * 8 + 2 * c + e;
-                if (dropout_keep_keyed(key, (uint64_t)idx, p)) dx[idx] += acc[nt][2 * ri + e] * inv_keep;
-            }
+        const int64_t idx = n * IC + i0 + c4 * 4;
+        float4 d = *reinterpret_cast<float4*>(dx + idx);
+        const float* v = Cs + row * LDC + c4 * 4;
+        if (dropout_keep_keyed(key, (uint64_t)idx, p)) d.x += v[0] * inv_keep;
+        if (dropout_keep_keyed(key, (uint64_t)idx + 1, p)) d.y += v[1] * inv_keep;
+        if (dropout_keep_keyed(key, (uint64_t)idx + 2, p)) d.z += v[2] * inv_keep;
+        if (dropout_keep_keyed(key, (uint64_t)idx + 3, p)) d.w += v[3] * inv_keep;
+        *reinterpret_cast<float4*>(dx + idx) = d;
     }
 }
 
@@ -259,6 +276,7 @@ static bool g_fused_on = true;
 void lora_set_fused(bool on) { g_fused_on = on; }
 
 static bool fused(const LoraGpuArgs& la, int64_t N, int64_t IC, int64_t scratch_floats) {
+    // (dx is written four floats at a time: its rows start 16-byte aligned when IC % 64 == 0)
     return g_fused_on && la.p > 0.0f && (la.r == 16 || la.r == 32 || la.r == 64 || la.r == 128) && IC % lk::T == 0 &&
            scratch_floats >= (int64_t)la.r * std::max(N, IC) && (uint64_t)N * (uint64_t)IC < (1ull << 62);
 }

@@ -97,17 +97,17 @@ static int64_t longest_conversation(const RunInputs& in) {
     return longest;
 }
 
-// The CPU reference or the GPU, as --device asks (auto: the GPU when one is usable).
-static std::unique_ptr<Backend> make_backend(RunInputs& in, const TrainSettings& s, const RunOptions& o) {
+// --device: the GPU when asked, or (auto) when one is usable
+static bool use_gpu(const RunOptions& o) {
     std::string why = "this build has no CUDA (make NO_CUDA=1)";
     const bool have_gpu = gpu_backend_usable && make_gpu_backend && gpu_backend_usable(&why);
-    bool gpu = o.device == DEVICE_CUDA;
-    if (o.device == DEVICE_AUTO) {
-        gpu = have_gpu;
-        if (!have_gpu) fprintf(stderr, "train: no usable GPU (%s): running on the CPU reference (slow; --device cpu)\n", why.c_str());
-    } else if (gpu && !have_gpu) {
-        fail("--device cuda: no usable GPU (%s); use --device cpu", why.c_str());
-    }
+    if (o.device == DEVICE_CUDA && !have_gpu) fail("--device cuda: no usable GPU (%s); use --device cpu", why.c_str());
+    if (o.device == DEVICE_AUTO && !have_gpu)
+        fprintf(stderr, "train: no usable GPU (%s): running on the CPU reference (slow; --device cpu)\n", why.c_str());
+    return o.device == DEVICE_CUDA || (o.device == DEVICE_AUTO && have_gpu);
+}
+
+static std::unique_ptr<Backend> make_backend(RunInputs& in, const TrainSettings& s, const RunOptions& o, bool gpu) {
     if (!gpu) return make_cpu_backend(in.cfg, std::move(in.base), s);
     // activations are sized once: a micro-batch, or a longer conversation alone in its row
     const int64_t capacity = std::max<int64_t>(s.micro_tokens, longest_conversation(in));
@@ -188,7 +188,7 @@ static void check_run_paths(const RunOptions& o, const RunFiles& f) {
 
 static int run(int argc, char** argv) {
     TrainSettings s;
-    RunOptions o;
+    RunOptions o;  // (the memory plan may still set micro_tokens and recompute)
     if (!parse_train_args(argc, argv, s, o)) return 0;
     RunInputs in = load_inputs(s, o);
     const Config cfg = in.cfg;
@@ -205,7 +205,20 @@ static int run(int argc, char** argv) {
     if (o.demo && !o.resume) write_model_bf16(files.demo_model, cfg, in.base.host);
     const Dataset& train = in.train;
     const Dataset& val = in.val;
-    std::unique_ptr<Backend> be = make_backend(in, s, o);
+    const bool gpu = use_gpu(o);
+    // a resumed run keeps the micro-batches it was planned with (they decide the packing)
+    if (o.resume && !o.micro_tokens_given && file_exists(files.state)) {
+        s.micro_tokens = read_state(files.state).header.settings.micro_tokens;
+        o.micro_tokens_given = true;
+    }
+    if (gpu && o.memory_auto && plan_gpu_memory) {
+        const MemoryPlan p = plan_gpu_memory(cfg, s, longest, o.max_mem_gib, o.micro_tokens_given ? s.micro_tokens : 0,
+                                             o.recompute_given ? o.recompute : -1);
+        s.micro_tokens = (int32_t)p.micro_tokens;
+        o.recompute = p.recompute;
+        printf("train: %s\n", p.summary.c_str());
+    }
+    std::unique_ptr<Backend> be = make_backend(in, s, o, gpu);
 
     int64_t start = 0, saved_step = -1;  // saved_step: the last checkpoint this run wrote
     std::vector<LogRow> log;
@@ -244,7 +257,12 @@ static int run(int argc, char** argv) {
     int64_t tokens_done = 0;
     for (int64_t step = start; step < plan.total_steps; step++) {
         const auto t0 = std::chrono::steady_clock::now();
+        if (step == start) be->begin_profile();  // where the first step's time goes, once, in the log
         const StepResult r = train_step(*be, train, s, plan, step);
+        if (step == start) {
+            const std::string prof = be->end_profile();
+            if (!prof.empty()) printf("train: %s\n", prof.c_str());
+        }
         if (!std::isfinite(r.loss) || !std::isfinite(r.grad_norm)) {
             const bool bad_loss = !std::isfinite(r.loss);
             const double bad = bad_loss ? r.loss : (double)r.grad_norm;

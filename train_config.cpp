@@ -11,7 +11,6 @@ static const char* PROG = "train";
 const char* schedule_name(int32_t s) {
     return s == SCHEDULE_CONSTANT ? "constant" : s == SCHEDULE_COSINE ? "cosine" : s == SCHEDULE_LINEAR ? "linear" : "?";
 }
-static const char* recompute_name(int32_t r) { return r == 0 ? "none" : r == 1 ? "light" : "full"; }
 
 TrainSettings demo_settings() {
     TrainSettings s;
@@ -40,7 +39,7 @@ RunOptions demo_options() {
 
 struct TrainArgs {
     std::string data, val, model, out, quant, rank, alpha, dropout, targets, lr, schedule, warmup, wd, clip, batch,
-        micro_tokens, epochs, steps, eval_every, save_every, seed, resume, stop_at, recompute, device;
+        micro_tokens, epochs, steps, eval_every, save_every, seed, resume, stop_at, recompute, device, memory, max_mem;
 };
 
 static std::string fmt(double v) {
@@ -85,7 +84,9 @@ static Cli make_cli(TrainArgs& a) {
             {nullptr, "--seed", "N", "data order, LoRA init and dropout " + dflt(std::to_string(S.seed), std::to_string(DS.seed)), &a.seed},
             {nullptr, "--resume", nullptr, "continue the run in -o from its state.bin", &a.resume},
             {nullptr, "--stop-at", "N", "save and stop after step N (a run in parts; continue with --resume)", &a.stop_at},
-            {nullptr, "--recompute", "MODE", "none|light|full: activation memory vs compute (GPU) " + dflt(recompute_name(O.recompute), recompute_name(DO.recompute)), &a.recompute},
+            {nullptr, "--recompute", "MODE", "none|light|full: activation memory vs compute (GPU; default: the memory plan's)", &a.recompute},
+            {nullptr, "--memory", "MODE", "auto: choose micro-batch tokens and recompute for the fastest step that fits the card (GPU); off: use the flags as given (default auto)", &a.memory},
+            {nullptr, "--max-mem", "GIB", "plan for this much device memory, e.g. 22 for a 24 GB card (default: the card's)", &a.max_mem},
             {nullptr, "--device", "NAME", "cuda|cpu (default: cuda when a GPU is usable, else cpu)", &a.device},
         }};
 }
@@ -122,6 +123,7 @@ bool parse_train_args(int argc, char** argv, TrainSettings& s, RunOptions& o) {
     if (!a.clip.empty()) s.clip = (float)cli_float(PROG, "--clip", a.clip, 0.0, 1e9);
     if (!a.batch.empty()) s.batch = (int32_t)cli_int(PROG, "--batch", a.batch, 1, 1 << 20);
     if (!a.micro_tokens.empty()) s.micro_tokens = (int32_t)cli_int(PROG, "--micro-tokens", a.micro_tokens, 16, 1 << 22);
+    o.micro_tokens_given = !a.micro_tokens.empty();
     if (!a.epochs.empty()) s.epochs = (int32_t)cli_int(PROG, "--epochs", a.epochs, 1, 100000);
     if (!a.steps.empty()) s.steps = (int32_t)cli_int(PROG, "--steps", a.steps, 0, 1 << 30);
     if (!a.quant.empty()) s.quant = cli_choice(PROG, "--quant", a.quant, {"nf4", "bf16"}) == "nf4" ? 1 : 0;
@@ -133,7 +135,10 @@ bool parse_train_args(int argc, char** argv, TrainSettings& s, RunOptions& o) {
     if (!a.recompute.empty()) {
         const std::string r = cli_choice(PROG, "--recompute", a.recompute, {"none", "light", "full"});
         o.recompute = r == "none" ? 0 : r == "light" ? 1 : 2;
+        o.recompute_given = true;
     }
+    if (!a.memory.empty()) o.memory_auto = cli_choice(PROG, "--memory", a.memory, {"auto", "off"}) == "auto";
+    if (!a.max_mem.empty()) o.max_mem_gib = cli_float(PROG, "--max-mem", a.max_mem, 0.5, 1e6);
     if (!a.device.empty()) {
         const std::string d = cli_choice(PROG, "--device", a.device, {"auto", "cuda", "cpu"});
         o.device = d == "cuda" ? DEVICE_CUDA : d == "cpu" ? DEVICE_CPU : DEVICE_AUTO;

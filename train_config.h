@@ -49,6 +49,10 @@ struct RunOptions {
     int64_t stop_at = 0;          // save and stop after this step (0: run to the end)
     bool resume = false;          // continue from out/state.bin
     int32_t recompute = 0;        // Recompute (llama2_gpu.h): 0 none, 1 light, 2 full
+    bool recompute_given = false; // --recompute on the command line (the memory plan keeps it)
+    bool micro_tokens_given = false;  // --micro-tokens on the command line (likewise)
+    bool memory_auto = true;      // --memory auto: plan micro-batches and recompute to fit the card
+    double max_mem_gib = 0;       // --max-mem: plan for this much device memory (0: the card's)
     int32_t device = DEVICE_AUTO;
     bool demo = false;            // neither -i nor -m: the built-in demo
     bool random_model() const { return model.rfind("random:", 0) == 0; }
