@@ -96,13 +96,17 @@ const bf16* gpu_base_linear(const GpuBase& b, int t, int l, bf16* scratch, cudaS
 struct LoadScratch {
     void* quant_ws = nullptr;
     bf16* weight = nullptr;
-    LoadScratch(const GpuBase& b) {
+    GpuBase* owner;
+    explicit LoadScratch(GpuBase& b) : owner(&b) {
         if (b.quant != QUANT_NF4) return;
         const int64_t n = gpu_base_max_linear_numel(b.cfg);
         cudaCheck(cudaMalloc(&quant_ws, (size_t)nf4_quantize_workspace_bytes(n)));
         cudaCheck(cudaMalloc(&weight, (size_t)n * sizeof(bf16)));
     }
     ~LoadScratch() {
+        // the peak of a run: everything allocated and this scratch with it (the memory plan's
+        // prediction is checked against this)
+        owner->load_peak_gib = std::max(owner->load_peak_gib, gpu_memory_in_use_gib());
         if (quant_ws) cudaCheck(cudaFree(quant_ws));
         if (weight) cudaCheck(cudaFree(weight));
     }

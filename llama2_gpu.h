@@ -55,6 +55,8 @@ struct GpuBase {
     uint8_t* nf4[NUM_LORA_TARGETS] = {};          // (L records) per linear target
     int64_t nf4_record_bytes[NUM_LORA_TARGETS] = {};
     size_t bytes = 0;                             // device memory held
+    double load_peak_gib = 0;                     // device memory in use at the end of the last load
+                                                  // (its scratch still held): the run's peak
 };
 void gpu_base_init(GpuBase& b, const Config& cfg, int quant);
 // Device bytes gpu_base_init takes, and what loading adds on top of them while it runs.
@@ -99,7 +101,8 @@ void lora_forward(Blas& bl, bf16* y, bf16* u, bf16* xd, float* scratch, int64_t 
                   const LoraGpuArgs& la, int64_t N, int64_t IC, int64_t OC, cudaStream_t stream);
 // dx (N, IC) fp32 +=, dA (r, IC) fp32 +=, dB (OC, r) fp32 += from dy (N, OC) bf16.
 // scratch: du (N, r) bf16, xd (N, IC) bf16 and tmp (tmp_floats >= N * IC fp32) (used when p > 0)
-// Tuning, for benchmarks: false sends every product through cuBLASLt (default true).
+// Tuning, for benchmarks: true routes the dropout products through the fused kernels above
+// (default false: cuBLASLt, faster as measured so far; docs/perf.md).
 void lora_set_fused(bool on);
 void lora_backward(Blas& bl, float* dx, float* dA, float* dB, bf16* du, bf16* xd, float* tmp, int64_t tmp_floats,
                    const bf16* dy, const bf16* x, const bf16* u, const LoraGpuArgs& la, int64_t N, int64_t IC, int64_t OC,

@@ -62,6 +62,7 @@ std::unique_ptr<Backend> make_gpu_backend(const Config& cfg, const BaseSource& b
     if (base.kind == BaseSource::HOST) gpu_base_set_weights(m.base, base.host, m.stream);
     else if (base.kind == BaseSource::RANDOM) gpu_base_random(m.base, base.seed, m.stream);
     else gpu_base_load_file(m.base, base.path, m.stream);
+    printf("train: device memory in use after loading the model: %.2f GiB at the peak\n", m.base.load_peak_gib);
     CpuModel init;  // PEFT's initialisation, drawn on the host so CPU and GPU runs start equal
     init.cfg = cfg;
     cpu_lora_init(init, lora, s.seed);

@@ -350,13 +350,17 @@ TEST_CASE("kernel: LoRA linear forward and backward with dropout") {
     Rng rng(7);
     Blas bl;
     blas_create(bl);
+    for (bool fused : {true, false})  // the fused dropout kernels, and cuBLASLt for everything
     for (float p : {0.0f, 0.1f}) {
+        CAPTURE(fused);
+        lora_set_fused(fused);
         check_lora(bl, rng, 53, 96, 80, 8, p);     // cuBLASLt path: a rank the fused kernels are not built for
         check_lora(bl, rng, 130, 192, 80, 16, p);  // fused with dropout: rows not a multiple of 64
         check_lora(bl, rng, 77, 256, 64, 64, p);
         check_lora(bl, rng, 300, 128, 96, 128, p);  // rank 128: two 16-row tiles of dA per warp
         check_lora(bl, rng, 64, 704, 48, 32, p);   // a longer input split over several blocks
     }
+    lora_set_fused(false);
     blas_destroy(bl);
 }
 

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# tools/gpu_proofs.sh — the speed and memory-plan proof runs of the performance issue, on a GPU
+# machine, after tools/pack_device.sh (binaries in .device/now, LIMA data files in .device/lima):
+#   bash tools/gpu_proofs.sh [OUT_DIR]
+# 1. the GPU test suite; 2. bench_step on 7B (NF4 with the profile, both LoRA paths; bf16; NF4 with
+# full recompute); 3. ./train on real LIMA, random 7B, defaults (memory plan on), 40 steps;
+# 4. the memory plan under --max-mem 22, 14 and 10 (7B QLoRA, 10 steps each) and 70B under
+# --max-mem 76: each prints its plan and predicted peak; the table at the end gives the measured
+# peak (largest memory in use of any step, log.csv) against the cap and the prediction.
+set -u
+cd "$(dirname "$0")/.."
+OUT="${1:-build/proofs}"
+mkdir -p "$OUT"
+export LD_LIBRARY_PATH="$PWD/.device/now/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" NCCL_NVLS_ENABLE=0
+for b in .device/now/*; do [ -f "$b" ] && [ -x "$b" ] && cp "$b" .; done
+FIXTURES_DIR=.device/fixtures ./test_gpu > "$OUT/test_gpu.log" 2>&1
+echo "test_gpu exit $?: $(grep -E '^\[doctest\] test cases' "$OUT/test_gpu.log")"
+for args in "--quant nf4 --profile --lora-fused 0" "--quant nf4 --profile --lora-fused 1" "--quant bf16" "--quant nf4 --recompute full"; do
+    name=$(echo "$args" | tr -d ' -')
+    ./bench_step --model 7b --seq 2048 --rank 64 $args > "$OUT/step_$name.log" 2>&1
+    echo "bench_step $args: $(grep -E '^RESULT model' "$OUT/step_$name.log" | sed 's/^RESULT //')"
+done
+lima=".device/lima/lima.bin"
+run_train() {  # name, then ./train flags
+    local name=$1; shift
+    rm -rf "$OUT/$name"
+    timeout 400 ./train -i "$lima" -m "$@" -o "$OUT/$name" --save-every 0 --eval-every 0 > "$OUT/$name.log" 2>&1
+    local rc=$?
+    local plan=$(grep -oE 'predicted peak [0-9.]+ GiB' "$OUT/$name.log" | grep -oE '[0-9.]+' | head -1)
+    local load=$(grep -oE 'loading the model: [0-9.]+' "$OUT/$name.log" | grep -oE '[0-9.]+$')
+    local stats=$(awk -F, 'NR>1 { n++; s+=$7; if ($9>m) m=$9 } END { if (n) printf "%d steps, %.0f tok/s average, in use at step ends up to %.2f GiB", n, s/n, m }' "$OUT/$name/log.csv" 2>/dev/null)
+    echo "train $name (exit $rc): predicted peak ${plan:-?} GiB, measured peak (load) ${load:-?} GiB; $stats; $(grep -E 'memory plan' "$OUT/$name.log" | sed 's/train: //')"
+}
+run_train lima7b random:7b --steps 40
+run_train cap22 random:7b --steps 10 --max-mem 22
+run_train cap14 random:7b --steps 10 --max-mem 14
+run_train cap10 random:7b --steps 10 --max-mem 10
+run_train cap76_70b random:70b --steps 10 --max-mem 76
+grep -h "profile of this step" "$OUT"/lima7b.log | head -1
