@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tools/gpu_proofs.sh — the speed and memory-plan proof runs of the performance issue, on a GPU
 # machine, after tools/pack_device.sh (binaries in .device/now, LIMA data files in .device/lima):
-#   bash tools/gpu_proofs.sh [OUT_DIR]
+#   bash tools/gpu_proofs.sh OUT_DIR [tests] [bench] [train] [caps]   (no part named: all four)
 # 1. the GPU test suite; 2. bench_step on 7B (NF4 with the profile, both LoRA paths; bf16; NF4 with
 # full recompute); 3. ./train on real LIMA, random 7B, defaults (memory plan on), 40 steps;
 # 4. the memory plan under --max-mem 22, 14 and 10 (7B QLoRA, 10 steps each) and 70B under
@@ -10,12 +10,17 @@
 set -u
 cd "$(dirname "$0")/.."
 OUT="${1:-build/proofs}"
+shift || true
+parts=" ${*:-tests bench train caps} "
+want() { [[ "$parts" == *" $1 "* ]]; }
 mkdir -p "$OUT"
 export LD_LIBRARY_PATH="$PWD/.device/now/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" NCCL_NVLS_ENABLE=0
 for b in .device/now/*; do [ -f "$b" ] && [ -x "$b" ] && cp "$b" .; done
+if want tests; then
 FIXTURES_DIR=.device/fixtures ./test_gpu > "$OUT/test_gpu.log" 2>&1
 echo "test_gpu exit $?: $(grep -E '^\[doctest\] test cases' "$OUT/test_gpu.log")"
-for args in "--quant nf4 --profile --lora-fused 0" "--quant nf4 --profile --lora-fused 1" "--quant bf16" "--quant nf4 --recompute full"; do
+fi
+want bench && for args in "--quant nf4 --profile --lora-fused 0" "--quant nf4 --profile --lora-fused 1" "--quant bf16" "--quant nf4 --recompute full"; do
     name=$(echo "$args" | tr -d ' -')
     ./bench_step --model 7b --seq 2048 --rank 64 $args > "$OUT/step_$name.log" 2>&1
     echo "bench_step $args: $(grep -E '^RESULT model' "$OUT/step_$name.log" | sed 's/^RESULT //')"
@@ -31,9 +36,11 @@ run_train() {  # name, then ./train flags
     local stats=$(awk -F, 'NR>1 { n++; s+=$7; if ($9>m) m=$9 } END { if (n) printf "%d steps, %.0f tok/s average, in use at step ends up to %.2f GiB", n, s/n, m }' "$OUT/$name/log.csv" 2>/dev/null)
     echo "train $name (exit $rc): predicted peak ${plan:-?} GiB, measured peak (load) ${load:-?} GiB; $stats; $(grep -E 'memory plan' "$OUT/$name.log" | sed 's/train: //')"
 }
-run_train lima7b random:7b --steps 40
+want train && run_train lima7b random:7b --steps 40
+want caps && {
 run_train cap22 random:7b --steps 10 --max-mem 22
 run_train cap14 random:7b --steps 10 --max-mem 14
 run_train cap10 random:7b --steps 10 --max-mem 10
 run_train cap76_70b random:70b --steps 10 --max-mem 76
-grep -h "profile of this step" "$OUT"/lima7b.log | head -1
+}
+grep -h "profile of this step" "$OUT"/lima7b.log 2>/dev/null | head -1
