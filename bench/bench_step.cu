@@ -19,7 +19,7 @@ static const char* PROG = "bench_step";
 int main(int argc, char** argv) {
     struct {
         std::string model = "7b", quant = "nf4", seq = "2048", rows = "1", rank = "64", recompute = "none", steps = "3",
-                    micro = "1", profile, att_warps = "8", lora_fused = "0";
+                    micro = "1", profile, att_warps = "8", lora_fused = "1";
     } a;
     const Cli cli{PROG, "./bench_step [--model 7b] [--quant nf4|bf16] [--seq 2048] [options]",
                   "Times LoRA/QLoRA training steps of a Llama-2-shaped model with random weights on the GPU.",
@@ -34,7 +34,7 @@ int main(int argc, char** argv) {
                       {nullptr, "--micro", "N", "micro-batches per step (default 1)", &a.micro},
                       {nullptr, "--profile", nullptr, "also time one step phase by phase and print the table", &a.profile},
                       {nullptr, "--att-warps", "N", "warps per query block of the attention kernels, 4 or 8 (default 8)", &a.att_warps},
-                      {nullptr, "--lora-fused", "0|1", "LoRA's dropout products in the fused kernels (1) or cuBLASLt (0, default)", &a.lora_fused},
+                      {nullptr, "--lora-fused", "0|1", "LoRA's dropout products in the fused kernels (1, default) or cuBLASLt (0)", &a.lora_fused},
                       {"-h", "--help", nullptr, "show this help and exit", nullptr},
                   }};
     if (!cli_parse(cli, argc, argv)) return 0;
