@@ -218,6 +218,276 @@ __global__ void cache_store_kernel(bf16* cache, const bf16* src, const int* d_le
     if (i < n_elems) cache[(int64_t)*d_len * row_elems + i] = src[i];
 }
 
+// ----------------------------------------------------------------------------------------------
+// Batch-1 decoding on tensor cores. One launch covers every linear that reads the same input (q, k
+// and v; gate and up; o; down), with the LoRA B product and the output's use (store, residual add,
+// SwiGLU) in its epilogue, so a layer is ~10 launches instead of ~30.
+//
+// A block takes 16 output rows; its warps split the columns (split-K) and meet in shared memory.
+// Per 64-column absmax block a warp issues 4 mma.m16n8k16: the weights are the A operand, x the
+// B operand's first column (the other 7 columns are zero: the tensor cores have room to spare, the
+// point is that they do the multiply-adds and leave the ALUs to the 4-bit decode). The mma's k
+// order is permuted so that lane t's k values are 16 contiguous columns (16t .. 16t+15 of the
+// block), one 8-byte load of packed weights per row; x uses the same permutation, so the dot
+// product is unchanged. The NF4 code values go through a 256-entry table (one packed byte -> two
+// bf16), and the block's absmax multiplies the fp32 partial sum of those 64 columns once, not each
+// weight: NF4[c] * x summed then scaled, which differs from the bf16-rounded weights of the prefill
+// path only by that rounding (the decode tests' 2e-2 logits tolerance covers it, as before).
+constexpr int MMA_WARPS = 8;  // 8 warps split the columns of a block's 16 rows
+constexpr int MMA_UNROLL = 4; // absmax blocks in flight per warp: 64 B of weights a lane
+enum MvMode { MV_STORE = 0, MV_ADD = 1, MV_SWIGLU = 2 };
+
+struct MvTarget {               // one linear of a fused mat-vec launch
+    Nf4View nf4{};              // NF4 weights (rows, cols), or
+    const bf16* dense = nullptr;// bf16 weights (rows, cols)
+    const bf16* lora_b = nullptr;  // (rows, r) LoRA B, or null: no adapter on this linear
+    const float* lora_u = nullptr; // (r) A x of this linear
+    bf16* y = nullptr;          // (rows) output
+    int rows = 0;
+};
+struct MvArgs {
+    MvTarget t[3];
+    int n_targets = 0, cols = 0, r = 0, mode = MV_STORE;
+    float lora_scale = 0.0f;
+};
+
+template <bool NF4>
+__global__ void __launch_bounds__(MMA_WARPS * 32) matvec_mma_kernel(const bf16* __restrict__ x, MvArgs a, Nf4Consts consts) {
+    __shared__ uint32_t lut[256];          // packed byte -> (NF4[hi], NF4[lo]) as bf16x2, hi in the low half
+    __shared__ float s_code8[256];
+    __shared__ float red[MMA_WARPS][16];
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) {
+        lut[i] = pack_floats(consts.nf4[i >> 4], consts.nf4[i & 15]);
+        s_code8[i] = consts.code8[i];
+    }
+    __syncthreads();
+    // which target and which 16 rows: in SwiGLU mode rows 0-7 are gate rows, 8-15 the same up rows.
+    // The target's fields are picked with block-uniform selects: indexing a.t[] with a run-time
+    // index would copy the whole argument struct to every thread's local memory (it did: 4x slower)
+    const bool swiglu = a.mode == MV_SWIGLU;
+    const int per = swiglu ? 8 : 16;
+    int blk = blockIdx.x, ti = 0;
+    if (!swiglu && a.n_targets > 1 && blk >= a.t[0].rows / per) {
+        blk -= a.t[0].rows / per, ti = 1;
+        if (a.n_targets > 2 && blk >= a.t[1].rows / per) blk -= a.t[1].rows / per, ti = 2;
+    }
+#define MV_PICK(f) (ti == 0 ? a.t[0].f : ti == 1 ? a.t[1].f : a.t[2].f)
+#define MV_PICK_BOT(f) (swiglu ? a.t[1].f : MV_PICK(f))
+    const uint8_t *pk_t = MV_PICK(nf4.packed), *pk_b = MV_PICK_BOT(nf4.packed);
+    const uint8_t *aq_t = MV_PICK(nf4.absmax_q), *aq_b = MV_PICK_BOT(nf4.absmax_q);
+    const float *s2_t = MV_PICK(nf4.scale2), *s2_b = MV_PICK_BOT(nf4.scale2);
+    const bf16 *dn_t = MV_PICK(dense), *dn_b = MV_PICK_BOT(dense);
+    float off_t = 0.0f, off_b = 0.0f;
+    if (NF4) off_t = *MV_PICK(nf4.offset), off_b = *MV_PICK_BOT(nf4.offset);
+    const int row_top = blk * per, row_bot = swiglu ? blk * per : blk * per + 8;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
+    const int cols = a.cols, nb = cols / 64;
+    const int64_t rt = row_top + g, rb = row_bot + g;
+    float acc_t = 0.0f, acc_b = 0.0f;
+    for (int b0 = warp; b0 < nb; b0 += MMA_WARPS * MMA_UNROLL) {
+        uint32_t wt[MMA_UNROLL][8], wb[MMA_UNROLL][8], xr[MMA_UNROLL][8];
+        float at[MMA_UNROLL], ab[MMA_UNROLL];
+#pragma unroll
+        for (int u = 0; u < MMA_UNROLL; u++) {  // every load first: 64 B a lane in flight
+            const int b = b0 + u * MMA_WARPS;
+            const bool ok = b < nb;
+            at[u] = ab[u] = 0.0f;
+            if (NF4) {
+                uint2 pt = make_uint2(0, 0), pb = make_uint2(0, 0);
+                if (ok) {
+                    pt = *reinterpret_cast<const uint2*>(pk_t + (rt * cols + b * 64) / 2 + 8 * t);
+                    pb = *reinterpret_cast<const uint2*>(pk_b + (rb * cols + b * 64) / 2 + 8 * t);
+                    const int64_t qt = rt * nb + b, qb = rb * nb + b;
+                    at[u] = nf4_block_absmax(s_code8[aq_t[qt]], s2_t[qt / NF4_DQ_BLOCK], off_t);
+                    ab[u] = nf4_block_absmax(s_code8[aq_b[qb]], s2_b[qb / NF4_DQ_BLOCK], off_b);
+                }
+                wt[u][0] = pt.x, wt[u][1] = pt.y, wb[u][0] = pb.x, wb[u][1] = pb.y;
+            } else {
+                uint4 p0 = make_uint4(0, 0, 0, 0), p1 = p0, q0 = p0, q1 = p0;
+                if (ok) {
+                    const uint4* pt = reinterpret_cast<const uint4*>(dn_t + rt * cols + b * 64 + 16 * t);
+                    const uint4* pb = reinterpret_cast<const uint4*>(dn_b + rb * cols + b * 64 + 16 * t);
+                    p0 = pt[0], p1 = pt[1], q0 = pb[0], q1 = pb[1];
+                }
+                wt[u][0] = p0.x, wt[u][1] = p0.y, wt[u][2] = p0.z, wt[u][3] = p0.w;
+                wt[u][4] = p1.x, wt[u][5] = p1.y, wt[u][6] = p1.z, wt[u][7] = p1.w;
+                wb[u][0] = q0.x, wb[u][1] = q0.y, wb[u][2] = q0.z, wb[u][3] = q0.w;
+                wb[u][4] = q1.x, wb[u][5] = q1.y, wb[u][6] = q1.z, wb[u][7] = q1.w;
+            }
+            uint4 x0 = make_uint4(0, 0, 0, 0), x1 = x0;
+            if (ok && g == 0) {  // the B operand's column 0; lanes of the other columns hold zeros
+                const uint4* xp = reinterpret_cast<const uint4*>(x + b * 64 + 16 * t);
+                x0 = xp[0], x1 = xp[1];
+            }
+            xr[u][0] = x0.x, xr[u][1] = x0.y, xr[u][2] = x0.z, xr[u][3] = x0.w;
+            xr[u][4] = x1.x, xr[u][5] = x1.y, xr[u][6] = x1.z, xr[u][7] = x1.w;
+        }
+#pragma unroll
+        for (int u = 0; u < MMA_UNROLL; u++) {
+            float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+            for (int m = 0; m < 4; m++) {  // tile m: columns 16t + 4m .. 16t + 4m + 3 of lane t
+                uint32_t af[4];
+                if (NF4) {
+                    const uint32_t bt = (m < 2 ? wt[u][0] : wt[u][1]) >> (16 * (m & 1));
+                    const uint32_t bb = (m < 2 ? wb[u][0] : wb[u][1]) >> (16 * (m & 1));
+                    af[0] = lut[bt & 0xff], af[2] = lut[(bt >> 8) & 0xff];  // bytes 2m and 2m+1
+                    af[1] = lut[bb & 0xff], af[3] = lut[(bb >> 8) & 0xff];
+                } else {
+                    af[0] = wt[u][2 * m], af[2] = wt[u][2 * m + 1];
+                    af[1] = wb[u][2 * m], af[3] = wb[u][2 * m + 1];
+                }
+                mma_16816(d, af, xr[u][2 * m], xr[u][2 * m + 1]);
+            }
+            if (NF4) acc_t += at[u] * d[0], acc_b += ab[u] * d[2];
+            else acc_t += d[0], acc_b += d[2];
+        }
+    }
+    if (t == 0) red[warp][g] = acc_t, red[warp][g + 8] = acc_b;
+    __syncthreads();
+    // epilogue: warp w finishes rows w and w + 8 (the gate and up rows of one h in SwiGLU mode)
+    if (warp >= 8) return;
+    const bf16* lb[2] = {MV_PICK(lora_b), MV_PICK_BOT(lora_b)};
+    const float* lu[2] = {MV_PICK(lora_u), MV_PICK_BOT(lora_u)};
+    bf16* yo[2] = {MV_PICK(y), MV_PICK(y)};  // in SwiGLU mode only the gate target's y (h) is written
+#undef MV_PICK
+#undef MV_PICK_BOT
+    float v[2];
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const int64_t row = (h == 0 ? row_top : row_bot) + warp;
+        float s = 0.0f;
+        if (lb[h])
+            for (int j = lane; j < a.r; j += 32) s += __bfloat162float(lb[h][row * a.r + j]) * lu[h][j];
+        s = warp_sum(s);
+        float base = 0.0f;
+        for (int w = 0; w < MMA_WARPS; w++) base += red[w][warp + 8 * h];  // fixed order: deterministic
+        v[h] = base + a.lora_scale * s;
+    }
+    if (lane != 0) return;
+    if (swiglu) {  // rounded as the separate linears and swiglu_forward round them
+        const float gv = __bfloat162float(__float2bfloat16(v[0])), uv = __bfloat162float(__float2bfloat16(v[1]));
+        yo[0][row_top + warp] = __float2bfloat16(gv / (1.0f + expf(-gv)) * uv);
+        return;
+    }
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        bf16* y = yo[h] + (h == 0 ? row_top : row_bot) + warp;
+        *y = __float2bfloat16((a.mode == MV_ADD ? __bfloat162float(*y) : 0.0f) + v[h]);
+    }
+}
+
+void matvec_mma(const bf16* x, const MvArgs& a, bool nf4, const Nf4Consts& c, cudaStream_t stream) {
+    int blocks = 0;
+    for (int i = 0; i < a.n_targets; i++) blocks += a.t[i].rows / (a.mode == MV_SWIGLU ? 8 : 16);
+    if (a.mode == MV_SWIGLU) blocks = a.t[0].rows / 8;
+    if (nf4) matvec_mma_kernel<true><<<blocks, MMA_WARPS * 32, 0, stream>>>(x, a, c);
+    else matvec_mma_kernel<false><<<blocks, MMA_WARPS * 32, 0, stream>>>(x, a, c);
+    cudaCheckLaunch();
+}
+
+// u (n, r) fp32 = A_i x for the n <= 3 LoRA A matrices (r, cols) that read the same x: one block per
+// (row, matrix), its threads splitting the columns
+__global__ void __launch_bounds__(128) lora_a_kernel(float* u, const bf16* __restrict__ x, const bf16* A0,
+                                                     const bf16* A1, const bf16* A2, int r, int cols) {
+    __shared__ float red[32];
+    const int j = blockIdx.x, m = blockIdx.y;
+    const bf16* A = (m == 0 ? A0 : m == 1 ? A1 : A2) + (int64_t)j * cols;
+    float s = 0.0f;
+    for (int c8 = threadIdx.x; c8 < cols / 8; c8 += 128) {
+        const Bf16x8 w = load_bf16x8(A + c8 * 8), xv = load_bf16x8(x + c8 * 8);
+#pragma unroll
+        for (int k = 0; k < 8; k++) s += __bfloat162float(w.v[k]) * __bfloat162float(xv.v[k]);
+    }
+    s = block_sum(s, red);
+    if (threadIdx.x == 0) u[m * r + j] = s;
+}
+
+// RoPE of the new token's q (in place) and k, then k and v into the caches at row *d_len: one
+// thread per rotated pair (i, i + D/2) of a q or k head; the angle as rope_kernel computes it
+__global__ void rope_store_kernel(bf16* q, const bf16* k, const bf16* v, bf16* kc, bf16* vc, const int* d_len,
+                                  const int32_t* pos, int H, int KV, int D, float theta) {
+    const int half = D / 2, idx = blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (H + KV) * half) return;
+    const int head = idx / half, i = idx % half;
+    const float inv_freq = 1.0f / powf(theta, (float)(2 * i) / (float)D);
+    float s, c;
+    sincosf((float)pos[0] * inv_freq, &s, &c);
+    const int64_t row = (int64_t)*d_len * KV * D;
+    const bf16* src = head < H ? q + (int64_t)head * D : k + (int64_t)(head - H) * D;
+    const float x0 = __bfloat162float(src[i]), x1 = __bfloat162float(src[i + half]);
+    const bf16 r0 = __float2bfloat16(x0 * c - x1 * s), r1 = __float2bfloat16(x1 * c + x0 * s);
+    if (head < H) {
+        q[(int64_t)head * D + i] = r0, q[(int64_t)head * D + i + half] = r1;
+    } else {
+        const int64_t o = row + (int64_t)(head - H) * D;
+        kc[o + i] = r0, kc[o + i + half] = r1;
+        vc[o + i] = v[(int64_t)(head - H) * D + i], vc[o + i + half] = v[(int64_t)(head - H) * D + i + half];
+    }
+}
+
+// Split-K (flash-decoding) attention of one new query over the cache: block (split s, head h) takes
+// keys [s*chunk, (s+1)*chunk) up to the query's own position and leaves its max, sum of exp and
+// unnormalized output; attention_combine_kernel merges the splits. The grid covers the whole
+// context (it is captured in a graph once); splits past the position return at once.
+constexpr int ATT_CHUNK = 256, ATT_THREADS = 128;
+__global__ void __launch_bounds__(ATT_THREADS) attention_split_kernel(float* part_o, float* part_ml, const bf16* q,
+                                                                      const bf16* kc, const bf16* vc, const int* d_len,
+                                                                      int H, int KV, int D, int splits, float scale) {
+    __shared__ float sc[ATT_CHUNK];
+    __shared__ float red[32];
+    const int s = blockIdx.x, h = blockIdx.y, kvh = h / (H / KV), p = *d_len;
+    const int j0 = s * ATT_CHUNK, j1 = min(j0 + ATT_CHUNK, p + 1);
+    float* ml = part_ml + ((int64_t)h * splits + s) * 2;
+    if (j0 >= j1) {
+        if (threadIdx.x == 0) ml[0] = -FLT_MAX, ml[1] = 0.0f;
+        return;
+    }
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const bf16* qv = q + (int64_t)h * D;
+    for (int j = j0 + warp; j < j1; j += ATT_THREADS / 32) {  // a warp per key, lanes over d
+        const bf16* kv = kc + ((int64_t)j * KV + kvh) * D;
+        float dot = 0.0f;
+        for (int d = lane; d < D; d += 32) dot += __bfloat162float(qv[d]) * __bfloat162float(kv[d]);
+        dot = warp_sum(dot);
+        if (lane == 0) sc[j - j0] = dot * scale;
+    }
+    __syncthreads();
+    float mx = -FLT_MAX;
+    for (int j = threadIdx.x; j < j1 - j0; j += ATT_THREADS) mx = fmaxf(mx, sc[j]);
+    mx = block_max(mx, red);
+    float sum = 0.0f;
+    for (int j = threadIdx.x; j < j1 - j0; j += ATT_THREADS) {
+        const float e = expf(sc[j] - mx);
+        sc[j] = e;
+        sum += e;
+    }
+    sum = block_sum(sum, red);  // block_sum's barrier also publishes sc[]
+    for (int d = threadIdx.x; d < D; d += ATT_THREADS) {
+        float acc = 0.0f;
+        for (int j = j0; j < j1; j++) acc += sc[j - j0] * __bfloat162float(vc[((int64_t)j * KV + kvh) * D + d]);
+        part_o[((int64_t)h * splits + s) * D + d] = acc;
+    }
+    if (threadIdx.x == 0) ml[0] = mx, ml[1] = sum;
+}
+
+__global__ void attention_combine_kernel(bf16* out, const float* part_o, const float* part_ml, int D, int splits) {
+    const int h = blockIdx.x;
+    const float* ml = part_ml + (int64_t)h * splits * 2;
+    float M = -FLT_MAX;
+    for (int s = 0; s < splits; s++)
+        if (ml[2 * s + 1] > 0.0f) M = fmaxf(M, ml[2 * s]);
+    float L = 0.0f;
+    for (int s = 0; s < splits; s++)
+        if (ml[2 * s + 1] > 0.0f) L += ml[2 * s + 1] * expf(ml[2 * s] - M);
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        float acc = 0.0f;
+        for (int s = 0; s < splits; s++)
+            if (ml[2 * s + 1] > 0.0f) acc += part_o[((int64_t)h * splits + s) * D + d] * expf(ml[2 * s] - M);
+        out[(int64_t)h * D + d] = __float2bfloat16(acc / L);
+    }
+}
+
 Nf4Consts nf4_consts() {
     Nf4Consts c;
     memcpy(c.nf4, NF4_CODE, sizeof(c.nf4));
@@ -272,6 +542,14 @@ class GpuDecoder : public Decoder {
     cudaGraphExec_t step_graph_ = nullptr;
     int steps_uncaptured_ = 0;
     void forward(int n);  // the pass over n tokens whose ids/positions/cache length are on the device
+    // batch-1 step on the fused tensor-core mat-vecs (matvec_mma_kernel), where the shapes allow it
+    bool fused_ok_ = false;
+    int splits_ = 0;                 // split-K attention: ceil(max_ctx / ATT_CHUNK)
+    float *part_o_ = nullptr, *part_ml_ = nullptr;  // (H, splits, D), (H, splits, 2)
+    float* lu_f_ = nullptr;          // (3, r) fp32 LoRA u of the linears of one fused launch
+    float* lse_ = nullptr;           // (H, N) the prefill's flash-attention log-sum-exp
+    void forward_step();
+    void fused_linears(const bf16* x, const int* targets, bf16* const* ys, int n, int l, int mode);
     void drop_graph() {
         if (step_graph_) cudaCheck(cudaGraphExecDestroy(step_graph_));
         step_graph_ = nullptr;
@@ -333,6 +611,14 @@ void GpuDecoder::allocate_buffers() {
     if (att_smem > (48 << 10))
         cudaCheck(cudaFuncSetAttribute(attention_cached_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)att_smem));
     rstd_ = (float*)alloc(N * 4);
+    const int64_t H = c.n_heads, D = c.head_dim;
+    splits_ = (int)ceil_div((int64_t)max_ctx_, (int64_t)ATT_CHUNK);
+    part_o_ = (float*)alloc((size_t)H * splits_ * D * 4);
+    part_ml_ = (float*)alloc((size_t)H * splits_ * 2 * 4);
+    lu_f_ = (float*)alloc(3 * 1024 * 4);
+    lse_ = (float*)alloc((size_t)H * N * 4);
+    // the fused step needs whole 64-column absmax blocks per row and whole 16-row tiles
+    fused_ok_ = C % 64 == 0 && F % 64 == 0 && QD % 64 == 0 && C % 16 == 0 && QD % 16 == 0 && KVD % 16 == 0 && F % 8 == 0;
     d_logits_ = (float*)alloc((size_t)c.vocab_size * 4);
     cudaCheck(cudaMallocHost(&h_logits_, (size_t)c.vocab_size * 4));
 }
@@ -425,6 +711,7 @@ void GpuDecoder::linear(bf16* y, const bf16* x, int t, int l, int n, bool accumu
 }
 
 void GpuDecoder::forward(int n) {
+    if (n == 1 && fused_ok_) return forward_step();
     const Config& c = base_.cfg;
     const int64_t C = c.dim, F = c.hidden_dim, KVD = (int64_t)c.n_kv_heads * c.head_dim;
     embedding_forward(x_, d_tok_, base_.w.embed, n, (int)C, stream_);
@@ -443,10 +730,14 @@ void GpuDecoder::forward(int n) {
         cudaCheckLaunch();
         cache_store_kernel<<<ceil_div(ne, 256), 256, 0, stream_>>>(vc, v_, d_len_, KVD, ne);
         cudaCheckLaunch();
+        if (n > 1 && len_ == 0) {  // a prompt from the start: the training's flash attention
+            attention_forward(ctx_, lse_, q_, k_, v_, d_pos_, 1, n, c.n_heads, c.n_kv_heads, c.head_dim, stream_);
+        } else {
         // +16 floats: the compiler's unrolled read of scores[] may touch a few past the last key
         attention_cached_kernel<<<dim3(n, c.n_heads), 128, (size_t)(max_ctx_ + 16) * 4, stream_>>>(
             ctx_, q_, kc, vc, d_len_, c.n_heads, c.n_kv_heads, c.head_dim, scale);
         cudaCheckLaunch();
+        }
         linear(x_, ctx_, LT_O, l, n, true);  // the residual add rides on the accumulation
         rmsnorm_forward(xn_, rstd_, x_, base_.w.mlp_norm + l * C, n, (int)C, c.norm_eps, stream_);
         linear(g_, xn_, LT_GATE, l, n, false);
@@ -456,6 +747,77 @@ void GpuDecoder::forward(int n) {
     }
     // only the last position's logits are needed
     rmsnorm_forward(xn_, rstd_, x_ + (int64_t)(n - 1) * C, base_.w.final_norm, 1, (int)C, c.norm_eps, stream_);
+    matvec_bf16<float>(d_logits_, xn_, base_.w.lm_head, c.vocab_size, (int)C, 1.0f, false, stream_);
+    cudaCheck(cudaMemcpyAsync(h_logits_, d_logits_, (size_t)c.vocab_size * 4, cudaMemcpyDeviceToHost, stream_));
+}
+
+// The linears targets[0..n) of layer l, all reading x, in one fused launch (plus one for their
+// LoRA A products): ys[i] receives target i (in MV_SWIGLU mode ys[0] receives h, ys[1] is unused).
+void GpuDecoder::fused_linears(const bf16* x, const int* targets, bf16* const* ys, int n, int l, int mode) {
+    const Config& c = base_.cfg;
+    MvArgs a;
+    a.n_targets = n;
+    a.mode = mode;
+    a.cols = (int)lora_in_dim(c, targets[0]);
+    a.r = lcfg_.rank;
+    a.lora_scale = lcfg_.rank > 0 ? lcfg_.scaling() : 0.0f;
+    const bf16* A[3] = {nullptr, nullptr, nullptr};
+    int na = 0;
+    for (int i = 0; i < n; i++) {
+        const int t = targets[i];
+        const int64_t IC = lora_in_dim(c, t), OC = lora_out_dim(c, t), r = lcfg_.rank;
+        MvTarget& m = a.t[i];
+        m.rows = (int)OC;
+        m.y = ys[i];
+        if (nf4_ && !merged_) m.nf4 = gpu_base_nf4(base_, t, l);
+        else m.dense = dense_weight(t, l);
+        if (!merged_ && r > 0 && lcfg_.has(t)) {
+            A[na] = lora_w_ + lay_.a_offset[t] + l * r * IC;
+            m.lora_b = lora_w_ + lay_.b_offset[t] + l * OC * r;
+            m.lora_u = lu_f_ + na * r;
+            na++;
+        }
+    }
+    if (na > 0) {
+        lora_a_kernel<<<dim3((unsigned)a.r, (unsigned)na), 128, 0, stream_>>>(lu_f_, x, A[0], A[1], A[2], a.r, a.cols);
+        cudaCheckLaunch();
+    }
+    matvec_mma(x, a, nf4_ && !merged_, consts_, stream_);
+}
+
+// One token (ids, position and cache length on the device), ~10 launches a layer: the layer loop
+// of forward() with the linears fused by input, RoPE and the cache stores in one kernel, and
+// split-K attention.
+void GpuDecoder::forward_step() {
+    const Config& c = base_.cfg;
+    const int64_t C = c.dim, KVD = (int64_t)c.n_kv_heads * c.head_dim;
+    const int H = c.n_heads, KV = c.n_kv_heads, D = c.head_dim;
+    embedding_forward(x_, d_tok_, base_.w.embed, 1, (int)C, stream_);
+    const float scale = 1.0f / sqrtf((float)D);
+    static const int qkv[3] = {LT_Q, LT_K, LT_V}, o[1] = {LT_O}, gate_up[2] = {LT_GATE, LT_UP}, down[1] = {LT_DOWN};
+    for (int l = 0; l < c.n_layers; l++) {
+        bf16* kc = kc_ + (int64_t)l * max_ctx_ * KVD;
+        bf16* vc = vc_ + (int64_t)l * max_ctx_ * KVD;
+        rmsnorm_forward(xn_, rstd_, x_, base_.w.attn_norm + l * C, 1, (int)C, c.norm_eps, stream_);
+        bf16* const y_qkv[3] = {q_, k_, v_};
+        fused_linears(xn_, qkv, y_qkv, 3, l, MV_STORE);
+        rope_store_kernel<<<(unsigned)ceil_div((int64_t)(H + KV) * (D / 2), (int64_t)128), 128, 0, stream_>>>(
+            q_, k_, v_, kc, vc, d_len_, d_pos_, H, KV, D, c.rope_theta);
+        cudaCheckLaunch();
+        attention_split_kernel<<<dim3((unsigned)splits_, (unsigned)H), ATT_THREADS, 0, stream_>>>(
+            part_o_, part_ml_, q_, kc, vc, d_len_, H, KV, D, splits_, scale);
+        cudaCheckLaunch();
+        attention_combine_kernel<<<(unsigned)H, 128, 0, stream_>>>(ctx_, part_o_, part_ml_, D, splits_);
+        cudaCheckLaunch();
+        bf16* const y_o[1] = {x_};
+        fused_linears(ctx_, o, y_o, 1, l, MV_ADD);  // the residual add rides on the output
+        rmsnorm_forward(xn_, rstd_, x_, base_.w.mlp_norm + l * C, 1, (int)C, c.norm_eps, stream_);
+        bf16* const y_gu[2] = {h_, nullptr};
+        fused_linears(xn_, gate_up, y_gu, 2, l, MV_SWIGLU);
+        bf16* const y_d[1] = {x_};
+        fused_linears(h_, down, y_d, 1, l, MV_ADD);
+    }
+    rmsnorm_forward(xn_, rstd_, x_, base_.w.final_norm, 1, (int)C, c.norm_eps, stream_);
     matvec_bf16<float>(d_logits_, xn_, base_.w.lm_head, c.vocab_size, (int)C, 1.0f, false, stream_);
     cudaCheck(cudaMemcpyAsync(h_logits_, d_logits_, (size_t)c.vocab_size * 4, cudaMemcpyDeviceToHost, stream_));
 }

@@ -3,8 +3,9 @@
 // unmerged LoRA adapter (r=64 on all seven linears) by default. A benchmark, not a test.
 // Run: ./bench_decode [--model 7b] [--quant nf4|bf16] [--rank 64] [--prompt 128] [--new 256] [--merge]
 //
-// The floor for decode is the bytes read per token: NF4 weights (3.9 GB for 7B) plus the bf16
-// embedding row, LM head (262 MB), LoRA (r=64: 80 MB) and the KV cache, over the card's bandwidth.
+// The floor for decode is the bytes read per token: the linears (NF4 records: 3.9 GB for 7B; bf16:
+// 13 GB), LoRA A and B (r=64 on all seven: 0.32 GB), the LM head (262 MB) and the KV cache, over
+// the bandwidth of a large device-to-device copy measured on the same card (printed as "% of BW").
 #include <chrono>
 #include <cstring>
 #include <string>
@@ -13,6 +14,8 @@
 #include "../chat.h"
 #include "../sampling.h"
 #include "bench_util.h"
+#include "profile.h"
+#include "../quant.h"
 
 static const char* PROG = "bench_decode";
 
@@ -58,12 +61,30 @@ int main(int argc, char** argv) {
     for (int i = 0; i < n_new; i++) logits = dec->step(argmax(logits, c.vocab_size));
     auto t2 = std::chrono::steady_clock::now();
     const double pre_s = std::chrono::duration<double>(t1 - t0).count(), dec_s = std::chrono::duration<double>(t2 - t1).count();
+    // bytes a decode step must read at the least, at the mean context of the timed steps
+    double linear_bytes = 0, lora_bytes = 0;
+    for (int t = 0; t < NUM_LORA_TARGETS; t++) {
+        const int64_t in = lora_in_dim(c, t), out = lora_out_dim(c, t);
+        linear_bytes += (double)c.n_layers * (quant == "nf4" && !merge ? (double)nf4_layout(in * out).bytes : 2.0 * in * out);
+        if (rank > 0 && !merge) lora_bytes += 2.0 * c.n_layers * rank * (in + out);
+    }
+    const double kv_bytes = 2.0 * c.n_layers * (prompt + n_new / 2.0) * c.n_kv_heads * c.head_dim * 2;
+    const double head_bytes = 2.0 * c.vocab_size * c.dim, total_bytes = linear_bytes + lora_bytes + kv_bytes + head_bytes;
+    Blas bl;
+    blas_create(bl);
+    const Ceilings ceil = measure_ceilings(bl, nullptr);
+    blas_destroy(bl);
+    const double bw = total_bytes * n_new / dec_s;
     printf("bench_decode %s %s base, LoRA r=%d %s, on %s (%s)\n", model.c_str(), quant.c_str(), rank,
            merge ? "merged" : "unmerged", prop.name, dec->describe().c_str());
     printf("  prefill %d tokens: %.1f ms, %.0f tokens/s\n", prompt, pre_s * 1e3, prompt / pre_s);
     printf("  decode %d tokens: %.2f ms/token, %.1f tokens/s (batch 1, logits to the host each step)\n", n_new,
            dec_s * 1e3 / n_new, n_new / dec_s);
-    printf("RESULT decode model=%s quant=%s rank=%d merge=%d prefill_tok_s=%.0f decode_tok_s=%.1f\n", model.c_str(),
-           quant.c_str(), rank, (int)merge, prompt / pre_s, n_new / dec_s);
+    printf("  bytes per token %.3f GB (linears %.3f, LoRA %.3f, KV cache %.3f, LM head %.3f): %.0f GB/s, %.0f%% of the "
+           "%.0f GB/s copy rate; the limit there is %.0f tokens/s\n", total_bytes / 1e9, linear_bytes / 1e9, lora_bytes / 1e9,
+           kv_bytes / 1e9, head_bytes / 1e9, bw / 1e9, 100.0 * bw / ceil.bytes, ceil.bytes / 1e9, ceil.bytes / total_bytes);
+    printf("RESULT decode model=%s quant=%s rank=%d merge=%d prompt=%d prefill_tok_s=%.0f decode_tok_s=%.1f bytes_per_token=%.0f "
+           "bw_pct=%.1f\n", model.c_str(), quant.c_str(), rank, (int)merge, prompt, prompt / pre_s, n_new / dec_s, total_bytes,
+           100.0 * bw / ceil.bytes);
     return 0;
 }

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# tools/gpu_decode.sh — the decoder issue's runs on a GPU machine, after
+# `bash tools/pack_device.sh test_gpu bench_decode export_hf train`:
+#   bash tools/gpu_decode.sh OUT_DIR [sanitize]
+# 1. the decode tests (GPU decoder against the CPU decoder; greedy on the trained demo model);
+# 2. bench_decode, 7B: NF4 + LoRA r=64 unmerged at a 128-token prompt, a 2,048-token prompt
+#    (prefill) and a 4,000-token prompt (long context); bf16 merged; 3. with `sanitize`,
+#    compute-sanitizer memcheck and racecheck over the decode tests. A table ends the output.
+set -u
+cd "$(dirname "$0")/.."
+OUT="${1:-build/decode}"
+mkdir -p "$OUT"
+export LD_LIBRARY_PATH="$PWD/.device/now/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+for b in .device/now/*; do [ -f "$b" ] && [ -x "$b" ] && cp "$b" .; done
+FIXTURES_DIR=.device/fixtures ./test_gpu -tc="decode*" -s > "$OUT/test_decode.log" 2>&1
+echo "decode tests exit $?: $(grep -E '^\[doctest\] test cases' "$OUT/test_decode.log")"
+grep -E "logits rel err|greedy" "$OUT/test_decode.log" | grep -v CHECK | sed 's/^.*MESSAGE: //' | head -20
+if [ "${2:-}" = sanitize ] && command -v compute-sanitizer >/dev/null; then
+    for tool in memcheck racecheck; do
+        FIXTURES_DIR=.device/fixtures timeout 200 compute-sanitizer --tool $tool --error-exitcode 9 ./test_gpu -tc="decode: the GPU decoder equals*" > "$OUT/$tool.log" 2>&1
+        echo "compute-sanitizer $tool exit $?: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/$tool.log" | tail -1)"
+    done
+fi
+for args in "--quant nf4 --prompt 128" "--quant nf4 --prompt 2048 --new 128" "--quant nf4 --prompt 4000 --new 128" "--quant bf16 --merge" "--quant nf4 --rank 0"; do
+    name=$(echo "$args" | tr -d ' -')
+    timeout 200 ./bench_decode --model 7b $args > "$OUT/decode_$name.log" 2>&1
+    echo "bench_decode $args (exit $?):"
+    grep -E "prefill|decode [0-9]|bytes per token" "$OUT/decode_$name.log" | sed 's/^/   /'
+done
+echo "| case | prefill tok/s | decode tok/s | bytes/token | % of copy BW |"
+grep -h '^RESULT decode' "$OUT"/decode_*.log | sed -E 's/.*quant=([a-z0-9]+) rank=([0-9]+) merge=([01]) prompt=([0-9]+) prefill_tok_s=([0-9]+) decode_tok_s=([0-9.]+) bytes_per_token=([0-9]+) bw_pct=([0-9.]+)/| \1 r=\2 merge=\3 prompt=\4 | \5 | \6 | \7 | \8 |/'
