@@ -233,7 +233,7 @@ __global__ void cache_store_kernel(bf16* cache, const bf16* src, const int* d_le
 // bf16), and the block's absmax multiplies the fp32 partial sum of those 64 columns once, not each
 // weight: NF4[c] * x summed then scaled, which differs from the bf16-rounded weights of the prefill
 // path only by that rounding (the decode tests' 2e-2 logits tolerance covers it, as before).
-constexpr int MMA_WARPS = 8;  // 8 warps split the columns of a block's 16 rows
+constexpr int MMA_WARPS = 4;  // 4 warps split the columns of a block's 16 rows, each a contiguous range
 constexpr int MMA_UNROLL = 4; // absmax blocks in flight per warp: 64 B of weights a lane
 enum MvMode { MV_STORE = 0, MV_ADD = 1, MV_SWIGLU = 2 };
 
@@ -252,13 +252,14 @@ struct MvArgs {
 };
 
 template <bool NF4>
-__global__ void __launch_bounds__(MMA_WARPS * 32) matvec_mma_kernel(const bf16* __restrict__ x, MvArgs a, Nf4Consts consts) {
+__global__ void __launch_bounds__(MMA_WARPS * 32) matvec_mma_kernel(const bf16* __restrict__ x, MvArgs a, const Nf4Consts* __restrict__ consts) {
     __shared__ uint32_t lut[256];          // packed byte -> (NF4[hi], NF4[lo]) as bf16x2, hi in the low half
     __shared__ float s_code8[256];
     __shared__ float red[MMA_WARPS][16];
     for (int i = threadIdx.x; i < 256; i += blockDim.x) {
-        lut[i] = pack_floats(consts.nf4[i >> 4], consts.nf4[i & 15]);
-        s_code8[i] = consts.code8[i];
+        // from global memory: a kernel argument indexed per thread is read one address at a time
+        lut[i] = pack_floats(consts->nf4[i >> 4], consts->nf4[i & 15]);
+        s_code8[i] = consts->code8[i];
     }
     __syncthreads();
     // which target and which 16 rows: in SwiGLU mode rows 0-7 are gate rows, 8-15 the same up rows.
@@ -284,13 +285,16 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) matvec_mma_kernel(const bf16* 
     const int cols = a.cols, nb = cols / 64;
     const int64_t rt = row_top + g, rb = row_bot + g;
     float acc_t = 0.0f, acc_b = 0.0f;
-    for (int b0 = warp; b0 < nb; b0 += MMA_WARPS * MMA_UNROLL) {
+    // a warp's absmax blocks are contiguous, so each row is read in runs of 128 bytes and more:
+    // interleaving the warps (run length 32 bytes) ran at a sixth of the bandwidth
+    const int per_warp = (nb + MMA_WARPS - 1) / MMA_WARPS, b_begin = warp * per_warp, b_end = min(nb, b_begin + per_warp);
+    for (int b0 = b_begin; b0 < b_end; b0 += MMA_UNROLL) {
         uint32_t wt[MMA_UNROLL][8], wb[MMA_UNROLL][8], xr[MMA_UNROLL][8];
         float at[MMA_UNROLL], ab[MMA_UNROLL];
 #pragma unroll
         for (int u = 0; u < MMA_UNROLL; u++) {  // every load first: 64 B a lane in flight
-            const int b = b0 + u * MMA_WARPS;
-            const bool ok = b < nb;
+            const int b = b0 + u;
+            const bool ok = b < b_end;
             at[u] = ab[u] = 0.0f;
             if (NF4) {
                 uint2 pt = make_uint2(0, 0), pb = make_uint2(0, 0);
@@ -345,39 +349,40 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) matvec_mma_kernel(const bf16* 
     }
     if (t == 0) red[warp][g] = acc_t, red[warp][g + 8] = acc_b;
     __syncthreads();
-    // epilogue: warp w finishes rows w and w + 8 (the gate and up rows of one h in SwiGLU mode)
-    if (warp >= 8) return;
+    // epilogue: rows i and i + 8 (the gate and up rows of one h in SwiGLU mode) by warp i % MMA_WARPS
     const bf16* lb[2] = {MV_PICK(lora_b), MV_PICK_BOT(lora_b)};
     const float* lu[2] = {MV_PICK(lora_u), MV_PICK_BOT(lora_u)};
     bf16* yo[2] = {MV_PICK(y), MV_PICK(y)};  // in SwiGLU mode only the gate target's y (h) is written
 #undef MV_PICK
 #undef MV_PICK_BOT
-    float v[2];
+    for (int pr = warp; pr < 8; pr += MMA_WARPS) {
+        float v[2];
 #pragma unroll
-    for (int h = 0; h < 2; h++) {
-        const int64_t row = (h == 0 ? row_top : row_bot) + warp;
-        float s = 0.0f;
-        if (lb[h])
-            for (int j = lane; j < a.r; j += 32) s += __bfloat162float(lb[h][row * a.r + j]) * lu[h][j];
-        s = warp_sum(s);
-        float base = 0.0f;
-        for (int w = 0; w < MMA_WARPS; w++) base += red[w][warp + 8 * h];  // fixed order: deterministic
-        v[h] = base + a.lora_scale * s;
-    }
-    if (lane != 0) return;
-    if (swiglu) {  // rounded as the separate linears and swiglu_forward round them
-        const float gv = __bfloat162float(__float2bfloat16(v[0])), uv = __bfloat162float(__float2bfloat16(v[1]));
-        yo[0][row_top + warp] = __float2bfloat16(gv / (1.0f + expf(-gv)) * uv);
-        return;
-    }
+        for (int h = 0; h < 2; h++) {
+            const int64_t row = (h == 0 ? row_top : row_bot) + pr;
+            float s = 0.0f;
+            if (lb[h])
+                for (int j = lane; j < a.r; j += 32) s += __bfloat162float(lb[h][row * a.r + j]) * lu[h][j];
+            s = warp_sum(s);
+            float base = 0.0f;
+            for (int w = 0; w < MMA_WARPS; w++) base += red[w][pr + 8 * h];  // fixed order: deterministic
+            v[h] = base + a.lora_scale * s;
+        }
+        if (lane != 0) continue;
+        if (swiglu) {  // rounded as the separate linears and swiglu_forward round them
+            const float gv = __bfloat162float(__float2bfloat16(v[0])), uv = __bfloat162float(__float2bfloat16(v[1]));
+            yo[0][row_top + pr] = __float2bfloat16(gv / (1.0f + expf(-gv)) * uv);
+            continue;
+        }
 #pragma unroll
-    for (int h = 0; h < 2; h++) {
-        bf16* y = yo[h] + (h == 0 ? row_top : row_bot) + warp;
-        *y = __float2bfloat16((a.mode == MV_ADD ? __bfloat162float(*y) : 0.0f) + v[h]);
+        for (int h = 0; h < 2; h++) {
+            bf16* y = yo[h] + (h == 0 ? row_top : row_bot) + pr;
+            *y = __float2bfloat16((a.mode == MV_ADD ? __bfloat162float(*y) : 0.0f) + v[h]);
+        }
     }
 }
 
-void matvec_mma(const bf16* x, const MvArgs& a, bool nf4, const Nf4Consts& c, cudaStream_t stream) {
+void matvec_mma(const bf16* x, const MvArgs& a, bool nf4, const Nf4Consts* c, cudaStream_t stream) {
     int blocks = 0;
     for (int i = 0; i < a.n_targets; i++) blocks += a.t[i].rows / (a.mode == MV_SWIGLU ? 8 : 16);
     if (a.mode == MV_SWIGLU) blocks = a.t[0].rows / 8;
@@ -429,44 +434,59 @@ __global__ void rope_store_kernel(bf16* q, const bf16* k, const bf16* v, bf16* k
 // Split-K (flash-decoding) attention of one new query over the cache: block (split s, head h) takes
 // keys [s*chunk, (s+1)*chunk) up to the query's own position and leaves its max, sum of exp and
 // unnormalized output; attention_combine_kernel merges the splits. The grid covers the whole
-// context (it is captured in a graph once); splits past the position return at once.
-constexpr int ATT_CHUNK = 256, ATT_THREADS = 128;
+// context (it is captured in a graph once); splits past the position return at once. A thread
+// scores one key (16-byte loads of its row); then each warp sums the values of a quarter of the
+// keys, a lane 4 of the D dimensions, and the warps meet in shared memory. Needs D % 8 == 0, D <= 128.
+constexpr int ATT_CHUNK = 128, ATT_THREADS = 128;
 __global__ void __launch_bounds__(ATT_THREADS) attention_split_kernel(float* part_o, float* part_ml, const bf16* q,
                                                                       const bf16* kc, const bf16* vc, const int* d_len,
                                                                       int H, int KV, int D, int splits, float scale) {
     __shared__ float sc[ATT_CHUNK];
+    __shared__ float qs[128];
     __shared__ float red[32];
+    __shared__ float po[ATT_THREADS / 32][128];
     const int s = blockIdx.x, h = blockIdx.y, kvh = h / (H / KV), p = *d_len;
-    const int j0 = s * ATT_CHUNK, j1 = min(j0 + ATT_CHUNK, p + 1);
+    const int j0 = s * ATT_CHUNK, j1 = min(j0 + ATT_CHUNK, p + 1), n = j1 - j0;
     float* ml = part_ml + ((int64_t)h * splits + s) * 2;
-    if (j0 >= j1) {
+    if (n <= 0) {
         if (threadIdx.x == 0) ml[0] = -FLT_MAX, ml[1] = 0.0f;
         return;
     }
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const bf16* qv = q + (int64_t)h * D;
-    for (int j = j0 + warp; j < j1; j += ATT_THREADS / 32) {  // a warp per key, lanes over d
-        const bf16* kv = kc + ((int64_t)j * KV + kvh) * D;
+    for (int d = threadIdx.x; d < D; d += ATT_THREADS) qs[d] = __bfloat162float(q[(int64_t)h * D + d]);
+    __syncthreads();
+    float score = -FLT_MAX;
+    if ((int)threadIdx.x < n) {
+        const bf16* kr = kc + ((int64_t)(j0 + threadIdx.x) * KV + kvh) * D;
         float dot = 0.0f;
-        for (int d = lane; d < D; d += 32) dot += __bfloat162float(qv[d]) * __bfloat162float(kv[d]);
-        dot = warp_sum(dot);
-        if (lane == 0) sc[j - j0] = dot * scale;
+        for (int d = 0; d < D; d += 8) {
+            const Bf16x8 kv8 = load_bf16x8(kr + d);
+#pragma unroll
+            for (int k = 0; k < 8; k++) dot += qs[d + k] * __bfloat162float(kv8.v[k]);
+        }
+        score = dot * scale;
+    }
+    const float mx = block_max(score, red);
+    const float e = (int)threadIdx.x < n ? expf(score - mx) : 0.0f;
+    sc[threadIdx.x] = e;
+    const float sum = block_sum(e, red);  // its barriers also publish sc[]
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, d0 = 4 * lane;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (d0 < D) {
+#pragma unroll 4
+        for (int j = warp; j < n; j += ATT_THREADS / 32) {
+            const uint2 raw = *reinterpret_cast<const uint2*>(vc + ((int64_t)(j0 + j) * KV + kvh) * D + d0);
+            const bf16* v4 = reinterpret_cast<const bf16*>(&raw);
+#pragma unroll
+            for (int k = 0; k < 4; k++) acc[k] += sc[j] * __bfloat162float(v4[k]);
+        }
+#pragma unroll
+        for (int k = 0; k < 4; k++) po[warp][d0 + k] = acc[k];
     }
     __syncthreads();
-    float mx = -FLT_MAX;
-    for (int j = threadIdx.x; j < j1 - j0; j += ATT_THREADS) mx = fmaxf(mx, sc[j]);
-    mx = block_max(mx, red);
-    float sum = 0.0f;
-    for (int j = threadIdx.x; j < j1 - j0; j += ATT_THREADS) {
-        const float e = expf(sc[j] - mx);
-        sc[j] = e;
-        sum += e;
-    }
-    sum = block_sum(sum, red);  // block_sum's barrier also publishes sc[]
     for (int d = threadIdx.x; d < D; d += ATT_THREADS) {
-        float acc = 0.0f;
-        for (int j = j0; j < j1; j++) acc += sc[j - j0] * __bfloat162float(vc[((int64_t)j * KV + kvh) * D + d]);
-        part_o[((int64_t)h * splits + s) * D + d] = acc;
+        float o = 0.0f;
+        for (int w = 0; w < ATT_THREADS / 32; w++) o += po[w][d];
+        part_o[((int64_t)h * splits + s) * D + d] = o;
     }
     if (threadIdx.x == 0) ml[0] = mx, ml[1] = sum;
 }
@@ -546,6 +566,7 @@ class GpuDecoder : public Decoder {
     bool fused_ok_ = false;
     int splits_ = 0;                 // split-K attention: ceil(max_ctx / ATT_CHUNK)
     float *part_o_ = nullptr, *part_ml_ = nullptr;  // (H, splits, D), (H, splits, 2)
+    Nf4Consts* d_consts_ = nullptr;  // the NF4 and 8-bit code tables, on the device
     float* lu_f_ = nullptr;          // (3, r) fp32 LoRA u of the linears of one fused launch
     float* lse_ = nullptr;           // (H, N) the prefill's flash-attention log-sum-exp
     void forward_step();
@@ -616,9 +637,11 @@ void GpuDecoder::allocate_buffers() {
     part_o_ = (float*)alloc((size_t)H * splits_ * D * 4);
     part_ml_ = (float*)alloc((size_t)H * splits_ * 2 * 4);
     lu_f_ = (float*)alloc(3 * 1024 * 4);
+    d_consts_ = (Nf4Consts*)alloc(sizeof(Nf4Consts));
+    cudaCheck(cudaMemcpy(d_consts_, &consts_, sizeof(Nf4Consts), cudaMemcpyHostToDevice));
     lse_ = (float*)alloc((size_t)H * N * 4);
     // the fused step needs whole 64-column absmax blocks per row and whole 16-row tiles
-    fused_ok_ = C % 64 == 0 && F % 64 == 0 && QD % 64 == 0 && C % 16 == 0 && QD % 16 == 0 && KVD % 16 == 0 && F % 8 == 0;
+    fused_ok_ = c.head_dim % 8 == 0 && c.head_dim <= 128 && C % 64 == 0 && F % 64 == 0 && QD % 64 == 0 && C % 16 == 0 && QD % 16 == 0 && KVD % 16 == 0 && F % 8 == 0;
     d_logits_ = (float*)alloc((size_t)c.vocab_size * 4);
     cudaCheck(cudaMallocHost(&h_logits_, (size_t)c.vocab_size * 4));
 }
@@ -782,7 +805,7 @@ void GpuDecoder::fused_linears(const bf16* x, const int* targets, bf16* const* y
         lora_a_kernel<<<dim3((unsigned)a.r, (unsigned)na), 128, 0, stream_>>>(lu_f_, x, A[0], A[1], A[2], a.r, a.cols);
         cudaCheckLaunch();
     }
-    matvec_mma(x, a, nf4_ && !merged_, consts_, stream_);
+    matvec_mma(x, a, nf4_ && !merged_, d_consts_, stream_);
 }
 
 // One token (ids, position and cache length on the device), ~10 launches a layer: the layer loop
