@@ -234,7 +234,9 @@ __global__ void cache_store_kernel(bf16* cache, const bf16* src, const int* d_le
 // weight: NF4[c] * x summed then scaled, which differs from the bf16-rounded weights of the prefill
 // path only by that rounding (the decode tests' 2e-2 logits tolerance covers it, as before).
 constexpr int MMA_WARPS = 4;  // 4 warps split the columns of a block's 16 rows, each a contiguous range
-constexpr int MMA_UNROLL = 4; // absmax blocks in flight per warp: 64 B of weights a lane
+// absmax blocks in flight per warp: 16 NF4 blocks or 4 bf16 blocks, 256 B of weights a lane either way
+// (4 NF4 blocks, 64 B a lane, left the NF4 kernel at a sixth of the bandwidth)
+template <bool NF4> __host__ __device__ constexpr int mma_unroll() { return NF4 ? 16 : 4; }
 enum MvMode { MV_STORE = 0, MV_ADD = 1, MV_SWIGLU = 2 };
 
 struct MvTarget {               // one linear of a fused mat-vec launch
@@ -256,6 +258,9 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) matvec_mma_kernel(const bf16* 
     __shared__ uint32_t lut[256];          // packed byte -> (NF4[hi], NF4[lo]) as bf16x2, hi in the low half
     __shared__ float s_code8[256];
     __shared__ float red[MMA_WARPS][16];
+    extern __shared__ __align__(16) bf16 xs[];  // (cols) x, read by the 4 lanes of the B column
+    constexpr int MMA_UNROLL = mma_unroll<NF4>();
+    for (int i = threadIdx.x; i < a.cols / 8; i += blockDim.x) reinterpret_cast<uint4*>(xs)[i] = reinterpret_cast<const uint4*>(x)[i];
     for (int i = threadIdx.x; i < 256; i += blockDim.x) {
         // from global memory: a kernel argument indexed per thread is read one address at a time
         lut[i] = pack_floats(consts->nf4[i >> 4], consts->nf4[i & 15]);
@@ -289,7 +294,7 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) matvec_mma_kernel(const bf16* 
     // interleaving the warps (run length 32 bytes) ran at a sixth of the bandwidth
     const int per_warp = (nb + MMA_WARPS - 1) / MMA_WARPS, b_begin = warp * per_warp, b_end = min(nb, b_begin + per_warp);
     for (int b0 = b_begin; b0 < b_end; b0 += MMA_UNROLL) {
-        uint32_t wt[MMA_UNROLL][8], wb[MMA_UNROLL][8], xr[MMA_UNROLL][8];
+        uint32_t wt[MMA_UNROLL][NF4 ? 2 : 8], wb[MMA_UNROLL][NF4 ? 2 : 8];
         float at[MMA_UNROLL], ab[MMA_UNROLL];
 #pragma unroll
         for (int u = 0; u < MMA_UNROLL; u++) {  // every load first: 64 B a lane in flight
@@ -313,21 +318,20 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) matvec_mma_kernel(const bf16* 
                     const uint4* pb = reinterpret_cast<const uint4*>(dn_b + rb * cols + b * 64 + 16 * t);
                     p0 = pt[0], p1 = pt[1], q0 = pb[0], q1 = pb[1];
                 }
-                wt[u][0] = p0.x, wt[u][1] = p0.y, wt[u][2] = p0.z, wt[u][3] = p0.w;
-                wt[u][4] = p1.x, wt[u][5] = p1.y, wt[u][6] = p1.z, wt[u][7] = p1.w;
-                wb[u][0] = q0.x, wb[u][1] = q0.y, wb[u][2] = q0.z, wb[u][3] = q0.w;
-                wb[u][4] = q1.x, wb[u][5] = q1.y, wb[u][6] = q1.z, wb[u][7] = q1.w;
+                const uint32_t w8[2][8] = {{p0.x, p0.y, p0.z, p0.w, p1.x, p1.y, p1.z, p1.w},
+                                           {q0.x, q0.y, q0.z, q0.w, q1.x, q1.y, q1.z, q1.w}};
+#pragma unroll
+                for (int k = 0; k < (NF4 ? 2 : 8); k++) wt[u][k] = w8[0][k], wb[u][k] = w8[1][k];
             }
-            uint4 x0 = make_uint4(0, 0, 0, 0), x1 = x0;
-            if (ok && g == 0) {  // the B operand's column 0; lanes of the other columns hold zeros
-                const uint4* xp = reinterpret_cast<const uint4*>(x + b * 64 + 16 * t);
-                x0 = xp[0], x1 = xp[1];
-            }
-            xr[u][0] = x0.x, xr[u][1] = x0.y, xr[u][2] = x0.z, xr[u][3] = x0.w;
-            xr[u][4] = x1.x, xr[u][5] = x1.y, xr[u][6] = x1.z, xr[u][7] = x1.w;
         }
 #pragma unroll
         for (int u = 0; u < MMA_UNROLL; u++) {
+            uint4 x0 = make_uint4(0, 0, 0, 0), x1 = x0;
+            if (b0 + u < b_end && g == 0) {  // the B operand's column 0; the other columns' lanes hold zeros
+                const uint4* xp = reinterpret_cast<const uint4*>(xs + (b0 + u) * 64 + 16 * t);
+                x0 = xp[0], x1 = xp[1];
+            }
+            const uint32_t xr[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
             float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
             for (int m = 0; m < 4; m++) {  // tile m: columns 16t + 4m .. 16t + 4m + 3 of lane t
@@ -338,10 +342,10 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) matvec_mma_kernel(const bf16* 
                     af[0] = lut[bt & 0xff], af[2] = lut[(bt >> 8) & 0xff];  // bytes 2m and 2m+1
                     af[1] = lut[bb & 0xff], af[3] = lut[(bb >> 8) & 0xff];
                 } else {
-                    af[0] = wt[u][2 * m], af[2] = wt[u][2 * m + 1];
-                    af[1] = wb[u][2 * m], af[3] = wb[u][2 * m + 1];
+                    af[0] = wt[u][(2 * m) % (NF4 ? 2 : 8)], af[2] = wt[u][(2 * m + 1) % (NF4 ? 2 : 8)];
+                    af[1] = wb[u][(2 * m) % (NF4 ? 2 : 8)], af[3] = wb[u][(2 * m + 1) % (NF4 ? 2 : 8)];
                 }
-                mma_16816(d, af, xr[u][2 * m], xr[u][2 * m + 1]);
+                mma_16816(d, af, xr[2 * m], xr[2 * m + 1]);
             }
             if (NF4) acc_t += at[u] * d[0], acc_b += ab[u] * d[2];
             else acc_t += d[0], acc_b += d[2];
@@ -386,8 +390,16 @@ void matvec_mma(const bf16* x, const MvArgs& a, bool nf4, const Nf4Consts* c, cu
     int blocks = 0;
     for (int i = 0; i < a.n_targets; i++) blocks += a.t[i].rows / (a.mode == MV_SWIGLU ? 8 : 16);
     if (a.mode == MV_SWIGLU) blocks = a.t[0].rows / 8;
-    if (nf4) matvec_mma_kernel<true><<<blocks, MMA_WARPS * 32, 0, stream>>>(x, a, c);
-    else matvec_mma_kernel<false><<<blocks, MMA_WARPS * 32, 0, stream>>>(x, a, c);
+    const size_t smem = (size_t)a.cols * 2;
+    static bool opted = false;  // x of the down projection (11008 of 7B, 28672 of 70B) passes 48 KB
+    if (!opted) {
+        cudaCheck(cudaFuncSetAttribute(matvec_mma_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, 96 << 10));
+        cudaCheck(cudaFuncSetAttribute(matvec_mma_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, 96 << 10));
+        opted = true;
+    }
+    ASSERT(smem <= (96 << 10), "the fused mat-vec stages x of at most 49152 columns");
+    if (nf4) matvec_mma_kernel<true><<<blocks, MMA_WARPS * 32, smem, stream>>>(x, a, c);
+    else matvec_mma_kernel<false><<<blocks, MMA_WARPS * 32, smem, stream>>>(x, a, c);
     cudaCheckLaunch();
 }
 
