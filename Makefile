@@ -23,9 +23,10 @@ BUILD := build
 LIB_SRCS := common.cpp model.cpp hf.cpp chat.cpp llama2_cpu.cpp quant_cpu.cpp sampling.cpp \
             train_config.cpp schedule.cpp checkpoint.cpp plot.cpp
 LIB_OBJS := $(LIB_SRCS:%.cpp=$(BUILD)/%.o)
-# GGUF (its vocabulary comes from sentencepiece) and the data formats, for the tools that need them
+# GGUF (its vocabulary comes from sentencepiece) and the data formats (with the bounded tokenizer),
+# for the tools that need them
 GGUF_OBJS := $(BUILD)/gguf.o
-FORMATS_OBJS := $(BUILD)/data/formats.o
+FORMATS_OBJS := $(BUILD)/data/formats.o $(BUILD)/data/prefix_encode.o
 TRAIN_OBJS := $(BUILD)/train.o $(BUILD)/train_backend.o $(BUILD)/train_demo.o
 TEST_CPU_SRCS := $(wildcard test/cpu_*.cpp) test/test_cpu.cpp
 TEST_CPU_OBJS := $(TEST_CPU_SRCS:%.cpp=$(BUILD)/%.o)

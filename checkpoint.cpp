@@ -294,8 +294,8 @@ void save_checkpoint(const RunFiles& f, const TrainState& st, const uint8_t toke
     }
     fsync_dir(f.checkpoints);
     const std::string previous = latest_target(f);
-    replace_link(rel, f.latest);  // the switch: from here on every name below resolves to the new set
-    fsync_dir(f.dir);
+    // The names go through `latest`, and are made before it: on a first save they dangle until the
+    // switch, so a kill between the two leaves no set (not `latest` without state.bin).
     for (const auto& [link, target] : {std::pair<std::string, std::string>{f.adapter, "latest/adapter.bin"},
                                        {f.peft_dir, "latest/adapter"},
                                        {f.state, "latest/state.bin"}}) {
@@ -303,5 +303,8 @@ void save_checkpoint(const RunFiles& f, const TrainState& st, const uint8_t toke
         const ssize_t n = readlink(link.c_str(), buf, sizeof(buf) - 1);
         if (n <= 0 || std::string(buf, (size_t)n) != target) replace_link(target, link);
     }
+    fsync_dir(f.dir);
+    replace_link(rel, f.latest);  // the switch: from here on every name above resolves to the new set
+    fsync_dir(f.dir);
     if (!previous.empty() && previous != rel) remove_tree(f.dir + "/" + previous);
 }

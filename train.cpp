@@ -200,9 +200,6 @@ static int run(int argc, char** argv) {
     const DataPlan plan = plan_data(s, in.train.header.n_conversations);
     const RunFiles files(o.out);
     check_run_paths(o, files);
-    make_dirs(o.out);
-    clean_run_dir(files);
-    if (o.demo && !o.resume) write_model_bf16(files.demo_model, cfg, in.base.host);
     const Dataset& train = in.train;
     const Dataset& val = in.val;
     const bool gpu = use_gpu(o);
@@ -218,7 +215,17 @@ static int run(int argc, char** argv) {
         o.recompute = p.recompute;
         printf("train: %s\n", p.summary.c_str());
     }
+    // -o is made only once the model file has been read (and checksummed: the backend does it), so
+    // a bad one leaves no empty run directory behind. The demo's model is built in and cannot be
+    // bad: its file is written first, from the host weights the backend then takes over.
+    auto make_out_dir = [&] {
+        make_dirs(o.out);
+        clean_run_dir(files);
+        if (o.demo && !o.resume) write_model_bf16(files.demo_model, cfg, in.base.host);
+    };
+    if (o.demo) make_out_dir();
     std::unique_ptr<Backend> be = make_backend(in, s, o, gpu);
+    if (!o.demo) make_out_dir();
 
     int64_t start = 0, saved_step = -1;  // saved_step: the last checkpoint this run wrote
     std::vector<LogRow> log;

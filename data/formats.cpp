@@ -3,7 +3,14 @@
 // one InputError "file:line: problem".
 #include "data/formats.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
 #include <cstdarg>
 #include <nlohmann/json.hpp>
 
@@ -40,7 +47,8 @@ void Where::fail(const char* fmt, ...) const {
 }
 
 // ----------------------------------------------------------------------------------------------
-// records: one per non-blank line, or the elements of one top-level JSON array
+// records: one per non-blank line, or the elements of one top-level JSON array (read_conversations
+// below tells them apart and reads the file)
 
 struct Record {
     std::string text;
@@ -93,16 +101,6 @@ std::vector<Record> array_records(const std::string& path, const std::string& te
         line += (int)std::count(text.begin() + (long)counted, text.begin() + (long)i, '\n');
         ::fail("%s:%d: not valid JSON (text after the top-level array)", path.c_str(), line);
     }
-    return out;
-}
-
-std::vector<Record> split_records(const std::string& path, const std::string& text) {
-    const size_t first = text.find_first_not_of(" \t\r\n");
-    if (first != std::string::npos && text[first] == '[') return array_records(path, text, first);
-    std::vector<Record> out;
-    const std::vector<std::string> lines = split_lines(text);
-    for (size_t k = 0; k < lines.size(); k++)
-        if (lines[k].find_first_not_of(" \t\r") != std::string::npos) out.push_back({lines[k], (int)k + 1});  // blank lines are skipped
     return out;
 }
 
@@ -273,9 +271,35 @@ Conversation parse_conversation(const json& j, DataFormat f, const Where& w) {
 }  // namespace
 
 std::vector<Conversation> read_conversations(const std::string& path, DataFormat format, DataFormat* used) {
-    const std::vector<Record> records = split_records(path, read_text_file(path));
+    // Read as a stream, never by size or seek, so that a pipe (-i /dev/stdin) works: jsonl one line
+    // at a time (each line parsed and let go before the next is read); a JSON array file is read
+    // whole, as its records are only told apart by their brackets.
+    struct stat st;
+    if (stat(path.c_str(), &st) != 0) ::fail("%s: cannot open (%s)", path.c_str(), strerror(errno));
+    if (S_ISDIR(st.st_mode)) ::fail("%s: is a directory, expected a file", path.c_str());
+    FILE* f = fopen(path.c_str(), "rb");
+    if (!f) ::fail("%s: cannot open (%s)", path.c_str(), strerror(errno));
+    std::unique_ptr<FILE, int (*)(FILE*)> closer(f, fclose);
+    struct LineBuffer {  // getline's buffer, grown by getline, freed here
+        char* p = nullptr;
+        size_t cap = 0;
+        ~LineBuffer() { free(p); }
+    } lb;
+    auto next_line = [&](std::string* line, bool* had_newline) {  // false at the end of the stream
+        errno = 0;
+        const ssize_t n = getline(&lb.p, &lb.cap, f);
+        const char* buf = lb.p;
+        if (n < 0) {
+            if (ferror(f)) ::fail("%s: read error (%s)", path.c_str(), strerror(errno));
+            return false;
+        }
+        *had_newline = n > 0 && buf[n - 1] == '\n';
+        line->assign(buf, (size_t)n - (*had_newline ? 1 : 0));
+        return true;
+    };
+
     std::vector<Conversation> convs;
-    for (const Record& r : records) {
+    auto add = [&](const Record& r) {
         const Where w{path, r.line};
         const json j = parse_record(r, w);
         if (format == FORMAT_AUTO) {
@@ -283,8 +307,31 @@ std::vector<Conversation> read_conversations(const std::string& path, DataFormat
             format = detect(j, w);
         }
         convs.push_back(parse_conversation(j, format, w));
+    };
+    std::string line;
+    bool had_newline = false;
+    int lineno = 0;
+    bool first = true;  // no record seen yet: the first non-blank character decides jsonl or array
+    while (next_line(&line, &had_newline)) {
+        lineno++;
+        const size_t k = line.find_first_not_of(" \t\r");
+        if (k == std::string::npos) continue;  // blank lines are skipped
+        if (first && line[k] == '[') {  // one JSON array: the rest of the stream, whole
+            std::string text(lineno - 1, '\n');
+            const size_t open = text.size() + k;
+            text += line;
+            if (had_newline) text += '\n';
+            char chunk[1 << 16];
+            size_t n;
+            while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0) text.append(chunk, n);
+            if (ferror(f)) ::fail("%s: read error (%s)", path.c_str(), strerror(errno));
+            for (const Record& r : array_records(path, text, open)) add(r);
+            break;
+        }
+        first = false;
+        add({line, lineno});
     }
-    if (convs.empty()) fail("%s: no conversations in the file", path.c_str());
+    if (convs.empty()) ::fail("%s: no conversations in the file", path.c_str());
     *used = format;
     return convs;
 }

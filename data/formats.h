@@ -28,7 +28,8 @@ struct Conversation {
     int line;                        // 1-based line of the record in its file, for messages
 };
 
-// Reads every conversation of `path`. `format` is FORMAT_AUTO or the layout to require; the layout
+// Reads every conversation of `path`, as a stream (a pipe works: jsonl line by line, a JSON
+// array whole). `format` is FORMAT_AUTO or the layout to require; the layout
 // used is returned in *used. Throws InputError (file:line) on the first bad record, and when the
 // file holds no record at all.
 std::vector<Conversation> read_conversations(const std::string& path, DataFormat format, DataFormat* used);

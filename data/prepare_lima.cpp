@@ -16,7 +16,10 @@
 // Texts are not stripped, so decoding a span gives back the source text exactly. A conversation is
 // cut to --max-len tokens by keeping whole turns while they fit; the first turn that does not fit
 // keeps its prompt and as many answer tokens as fit (at least one, else the turn is dropped), and
-// later turns are dropped. With --val-out, --val conversations chosen by a seeded shuffle
+// later turns are dropped. Each text is tokenized only as far as that rule needs
+// (data/prefix_encode.h; the tokens are those of the whole text), so a conversation costs
+// O(--max-len) whatever its length. The input is read as a stream (-i /dev/stdin reads a pipe).
+// With --val-out, --val conversations chosen by a seeded shuffle
 // (splitmix64 + Fisher-Yates, the same on every platform) go to a held-out file.
 //
 // Output: progress on stderr, then one line of JSON per file written on stdout. Bad input: one line
@@ -33,6 +36,7 @@
 #include "chat.h"
 #include "cli.h"
 #include "data/formats.h"
+#include "data/prefix_encode.h"
 #include "model.h"
 
 // ----------------------------------------------------------------------------------------------
@@ -115,28 +119,37 @@ struct Tokenized {
     bool dropped = false;          // not even the first prompt plus one answer token fits
 };
 
-static Tokenized tokenize(const sentencepiece::SentencePieceProcessor& sp, const Conversation& c, int32_t chat_template,
-                          int64_t max_len, const std::string& path) {
+// Each text is tokenized only as far as the budget left needs (PrefixEncoder: the tokens are those
+// of the whole text), so a conversation costs O(--max-len) whatever the length of its texts.
+static Tokenized tokenize(const PrefixEncoder& pe, const sentencepiece::SentencePieceProcessor& sp, const Conversation& c,
+                          int32_t chat_template, int64_t max_len, const std::string& path) {
+    int64_t limit = 0;  // set before each encode: more tokens than this are never looked at
     const EncodeFn encode = [&](const std::string& text) {
-        std::vector<int> ids;
-        auto st = sp.Encode(text, &ids);
-        if (!st.ok()) fail("%s:%d: tokenizer failed (%s)", path.c_str(), c.line, st.ToString().c_str());
-        return std::vector<int32_t>(ids.begin(), ids.end());
+        bool complete;
+        try {
+            return pe.encode(text, limit, &complete);
+        } catch (const std::runtime_error& e) {
+            fail("%s:%d: tokenizer failed (%s)", path.c_str(), c.line, e.what());
+        }
     };
     if (!c.system.empty() && chat_template != TEMPLATE_LLAMA2)
         fail("%s:%d: a system prompt needs --template llama2 (the plain template has no place for one)", path.c_str(), c.line);
     Tokenized t;
     for (size_t k = 0; k + 1 < c.texts.size(); k += 2) {
+        // a prompt longer than the room left is dropped whatever its length: max_len - used tokens
+        // (+ <s>) tell enough; an answer is cut to the room after its prompt
+        limit = max_len - (int64_t)t.tokens.size();
         // the system prompt goes into the first turn's [INST] (chat.h)
         const std::vector<int32_t> prompt =
             chat_prompt_tokens(chat_template, c.texts[k], k == 0 ? c.system : std::string(), encode, sp.bos_id());
-        const std::vector<int32_t> answer = chat_answer_tokens(c.texts[k + 1], encode, sp.eos_id());
-
         int64_t room = max_len - (int64_t)t.tokens.size() - (int64_t)prompt.size();  // answer tokens that fit
         if (room < 1) {  // the prompt alone fills the budget: drop this turn and the rest
             t.truncated = true;
             break;
         }
+        limit = room;
+        // an incomplete encoding has more than `room` tokens: cut below, never reaching the </s>
+        const std::vector<int32_t> answer = chat_answer_tokens(c.texts[k + 1], encode, sp.eos_id());
         int64_t n_answer = std::min<int64_t>(room, (int64_t)answer.size());
         t.tokens.insert(t.tokens.end(), prompt.begin(), prompt.end());
         t.mask.insert(t.mask.end(), prompt.size(), 0);
@@ -221,9 +234,10 @@ static int run(const Options& o) {
     if (!o.val_out.empty() && o.n_val >= (int64_t)convs.size())
         fail("%s: --val %lld must be less than the %zu conversations in the file", o.input.c_str(), o.n_val, convs.size());
     const int32_t chat_template = o.chat_template == "llama2" ? TEMPLATE_LLAMA2 : TEMPLATE_PLAIN;
+    const PrefixEncoder pe(sp);
     std::vector<Tokenized> tok(convs.size());
     for (size_t i = 0; i < convs.size(); i++) {
-        tok[i] = tokenize(sp, convs[i], chat_template, o.max_len, o.input);
+        tok[i] = tokenize(pe, sp, convs[i], chat_template, o.max_len, o.input);
         // progress only; short inputs stay silent so an error after tokenizing is still a single line
         if ((i + 1) % 100 == 0)
             fprintf(stderr, "prepare_lima: tokenized %zu/%zu conversations\n", i + 1, convs.size());

@@ -1,6 +1,8 @@
 // test/cpu_prepare_lima.cpp — tests of ./prepare_lima (data/prepare_lima.cpp): real LIMA tokenized
 // with the Llama 2 chat template and the plain one, the held-out split, --max-len truncation, seeds,
-// and bad input. The data file's own reader and writer are tested in test/cpu_model.cpp.
+// bad input, texts tokenized only as far as --max-len needs (the same tokens as the whole text),
+// a multi-megabyte message, and input from a pipe. The data file's own reader and writer are
+// tested in test/cpu_model.cpp.
 // Run from the repo root after `make NO_CUDA=1 prepare_lima test_cpu`:
 //   ./test_cpu -tc="prepare_lima*"
 // Real inputs: ../shared/data/lima/train.jsonl and ../shared/data/llama2/tokenizer.model. The expected
@@ -20,7 +22,9 @@
 #include <set>
 #include <sstream>
 
+#include "data/prefix_encode.h"
 #include "model.h"
+#include "test/proc_util.h"
 #include "test/test_util.h"
 
 using json = nlohmann::json;
@@ -592,7 +596,7 @@ TEST_CASE("prepare_lima: bad input gives one line naming the file, exit 1, and w
 // ----------------------------------------------------------------------------------------------
 // other data formats: Alpaca, ShareGPT, OpenAI messages (data/formats.h)
 
-TEST_CASE("prepare_lima: real LIMA output is byte-identical to the files made before other formats existed") {
+TEST_CASE("prepare_lima: real LIMA output is byte-identical to the files made before other formats and bounded tokenizing existed") {
     // sha256 of the arrays (everything after the 256-byte header) of -o and --val-out with the
     // defaults, as the tool wrote them before data/formats.* (in the version-1 files, whose whole
     // sha256 was a1cca938... and b9e3944c...; version 2 changed only the header: its checksum)
@@ -601,6 +605,15 @@ TEST_CASE("prepare_lima: real LIMA output is byte-identical to the files made be
     uint8_t sha[32];
     for (const auto& [path, want] : {std::pair<std::string, std::string>{r.train_path, "40a599c181a58b02aebbbf1d19d7c570382579ce2d8854d5efa186c2d98c6930"},
                                      {r.val_path, "ff6cd2c2449bb7b39b2c8d4f20d2037eb858852441b41c2a4f5a9a44bf253198"}}) {
+        write_bytes(t / "payload", read_bytes(path).substr(sizeof(DataHeader)));
+        sha256_file(t / "payload", sha);
+        CHECK_MESSAGE(hex_digest(sha) == want, path);
+    }
+    // --max-len 64 cuts most conversations (690 truncated, 284 dropped): the payloads the tool wrote
+    // before it tokenized texts only as far as --max-len needs (data/prefix_encode.h)
+    const LimaRun& r64 = lima_run(64);
+    for (const auto& [path, want] : {std::pair<std::string, std::string>{r64.train_path, "e30253df985871ad7896b6f24f181ec83ae144631089695efe41727c872dcbc5"},
+                                     {r64.val_path, "d816fcd9003aa81f117664bfc7065d4db34af72616a488651fb869d28e3130d4"}}) {
         write_bytes(t / "payload", read_bytes(path).substr(sizeof(DataHeader)));
         sha256_file(t / "payload", sha);
         CHECK_MESSAGE(hex_digest(sha) == want, path);
@@ -791,4 +804,126 @@ TEST_CASE("prepare_lima: bad Alpaca, ShareGPT and OpenAI records name file:line,
     check_one_line_failure(run_cmd("./prepare_lima -t " + kTokenizer + " -i " + (dir / "data.json") + " -o " + (dir / "out.bin") +
                                    " --format chatml"),
                            "prepare_lima", 2, {"--format", "auto, lima, alpaca, sharegpt or openai"});
+}
+
+// ----------------------------------------------------------------------------------------------
+// bounded work (data/prefix_encode.h) and streamed input
+
+TEST_CASE("prepare_lima: a text tokenized only as far as the budget needs gives the whole text's first tokens") {
+    const PrefixEncoder pe(tokenizer());
+    REQUIRE(pe.cuts_prefixes());  // Llama 2's tokenizer passes the normalization check (else nothing below cuts)
+    // every LIMA text the tool encodes (answers, and prompts as the template spells them), under
+    // budgets from none to the default --max-len: a prefix longer than the budget, or the whole
+    int64_t cut = 0, whole = 0;
+    auto check = [&](const std::string& text, const std::vector<int>& full, int64_t limit) {
+        bool complete = false;
+        const std::vector<int32_t> got = pe.encode(text, limit, &complete);
+        if (complete) {
+            whole++;
+            REQUIRE(std::vector<int>(got.begin(), got.end()) == full);
+        } else {
+            cut++;
+            REQUIRE((int64_t)got.size() > limit);
+            REQUIRE(got.size() <= full.size());
+            REQUIRE_MESSAGE(std::equal(got.begin(), got.end(), full.begin()), "limit " << limit << ": " << text.substr(0, 200));
+        }
+    };
+    for (const auto& conv : lima())
+        for (size_t k = 0; k < conv.size(); k++) {
+            const std::string text = k % 2 ? conv[k] : "[INST] " + conv[k] + " [/INST]";
+            const std::vector<int> full = encode(text);
+            for (int64_t limit : {0, 1, 17, 64, 500, 2048}) check(text, full, limit);
+        }
+    CHECK(cut > 5000);  // most LIMA texts are longer than the small budgets: the prefix path ran
+    CHECK(whole > 1000);
+    // synthetic texts where cuts are awkward: doubled spaces, tabs, newlines, digits, punctuation,
+    // multi-byte characters, emoji (byte fallback), a literal U+2581, words glued together
+    const std::vector<std::string> atoms = {"the", "quick", "brown", "ation", "ing", " ", "  ", "   ", "\t", "\n", "\n\n",
+                                            "1", "2024", ".", ",", "!?", "(", ")", "\xc3\xa9", "\xe6\x97\xa5\xe6\x9c\xac",
+                                            "\xf0\x9f\x98\x80", "\xe2\x96\x81", "-", "--", "__", "http://x.y/z", "''", "\""};
+    Rng rng(42);
+    for (int i = 0; i < 300; i++) {
+        std::string text;
+        const int n = 50 + (int)(rng.next() % 4000);
+        for (int k = 0; k < n; k++) text += atoms[rng.next() % atoms.size()];
+        check(text, encode(text), (int64_t)(rng.next() % 600));
+    }
+    // no barrier anywhere (a run of one letter): the whole text, still the same tokens
+    bool complete = false;
+    const std::string run(20000, 'a');
+    CHECK(!pe.is_barrier(run, 10000));
+    const std::vector<int32_t> got = pe.encode(run, 10, &complete);
+    CHECK(complete);
+    CHECK(std::vector<int>(got.begin(), got.end()) == encode(run));
+}
+
+namespace {
+// Words in a seeded random order, about `bytes` long: text with the statistics of prose.
+std::string random_prose(size_t bytes, uint64_t seed) {
+    static const char* words[] = {"alpha", "beta", "the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "1234",
+                                  "\xc3\xbc" "ber", "na\xc3\xafve", "\xe6\x97\xa5\xe6\x9c\xac\xe8\xaa\x9e", "end.", "\n"};
+    Rng rng(seed);
+    std::string s;
+    while (s.size() < bytes) s += std::string(words[rng.next() % 16]) + (rng.next() % 7 ? " " : "  ");
+    return s;
+}
+}  // namespace
+
+TEST_CASE("prepare_lima: a multi-megabyte message is cut at --max-len fast, with the tokens of the whole text") {
+    TempDir dir;
+    const std::string moderate = random_prose(300000, 5), big = moderate + random_prose(8000000, 6);
+    // moderate: every kept token against the tokenization of the whole text, cut by the rule
+    const std::vector<std::string> conv = {"Summarize this.", moderate};
+    write_bytes(dir / "moderate.jsonl", json{{"conversations", conv}}.dump() + "\n");
+    ProcResult r = run_argv({"./prepare_lima", "-t", kTokenizer, "-i", dir / "moderate.jsonl", "-o", dir / "moderate.bin"}, 60);
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    const Expected e = expected_full(conv, true);
+    REQUIRE(e.tokens.size() > 50000);
+    const Dataset dm = read_dataset(dir / "moderate.bin");
+    CHECK(dm.header.n_tokens == 2048);
+    CHECK(dm.header.n_truncated == 1);
+    CHECK(conv_tokens(dm, 0) == std::vector<int>(e.tokens.begin(), e.tokens.begin() + 2048));
+    CHECK(conv_mask(dm, 0) == std::vector<uint8_t>(e.mask.begin(), e.mask.begin() + 2048));
+    // big: an 8.3 MB answer (the same first 300 KB) and a 4 MB question that can never fit. Before
+    // the bounded tokenizer this took 21 s and 790 MB here (the whole text was tokenized first).
+    write_bytes(dir / "big.jsonl", json{{"conversations", {"Summarize this.", big}}}.dump() + "\n" +
+                                       json{{"conversations", {big.substr(0, big.find(' ', 4000000)), "ok"}}}.dump() + "\n");
+    r = run_argv({"./prepare_lima", "-t", kTokenizer, "-i", dir / "big.jsonl", "-o", dir / "big.bin"}, 120);
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    CHECK_MESSAGE(r.seconds < 5.0, "took " << r.seconds << " s");
+    const Dataset db = read_dataset(dir / "big.bin");
+    CHECK(db.header.n_conversations == 1);
+    CHECK(db.header.n_dropped == 1);
+    CHECK(db.header.n_tokens == 2048);
+    CHECK(conv_tokens(db, 0) == conv_tokens(dm, 0));
+}
+
+TEST_CASE("prepare_lima: input from a pipe (-i /dev/stdin) gives the same files as from the file") {
+    TempDir dir;
+    const LimaRun& ref = lima_run(2048);
+    ProcResult r = run_argv({"./prepare_lima", "-t", kTokenizer, "-i", "/dev/stdin", "-o", dir / "lima.bin", "--val-out",
+                             dir / "lima_val.bin"},
+                            120, read_bytes(kLima));
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    CHECK(read_bytes(dir / "lima.bin") == read_bytes(ref.train_path));
+    CHECK(read_bytes(dir / "lima_val.bin") == read_bytes(ref.val_path));
+    // a JSON array file, read whole from the pipe; its records keep their line numbers in messages
+    const std::string arr = "\n[\n" + json{{"instruction", "a"}, {"output", "b"}}.dump() + ",\n" +
+                            json{{"instruction", "c"}, {"output", "d"}}.dump() + "\n]\n";
+    write_bytes(dir / "arr.json", arr);
+    r = run_argv({"./prepare_lima", "-t", kTokenizer, "-i", dir / "arr.json", "-o", dir / "arr_file.bin"}, 60);
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    r = run_argv({"./prepare_lima", "-t", kTokenizer, "-i", "/dev/stdin", "-o", dir / "arr_pipe.bin"}, 60, arr);
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    CHECK(read_bytes(dir / "arr_pipe.bin") == read_bytes(dir / "arr_file.bin"));
+    CHECK(read_dataset(dir / "arr_pipe.bin").header.n_conversations == 2);
+    r = run_argv({"./prepare_lima", "-t", kTokenizer, "-i", "/dev/stdin", "-o", dir / "bad.bin"}, 60,
+                 "\n[\n" + json{{"instruction", "a"}, {"output", "b"}}.dump() + ",\n" + json{{"instruction", 1}}.dump() + "\n]\n");
+    CHECK(r.exit_code == 1);
+    CHECK_MESSAGE(r.err.find("/dev/stdin:4: ") != std::string::npos, r.err);
+    CHECK(!path_exists(dir / "bad.bin"));
+    // an empty pipe is an empty file, not a hang
+    r = run_argv({"./prepare_lima", "-t", kTokenizer, "-i", "/dev/stdin", "-o", dir / "none.bin"}, 60);
+    CHECK(r.exit_code == 1);
+    CHECK_MESSAGE(r.err.find("/dev/stdin: no conversations") != std::string::npos, r.err);
 }
