@@ -234,9 +234,9 @@ __global__ void cache_store_kernel(bf16* cache, const bf16* src, const int* d_le
 // weight: NF4[c] * x summed then scaled, which differs from the bf16-rounded weights of the prefill
 // path only by that rounding (the decode tests' 2e-2 logits tolerance covers it, as before).
 constexpr int MMA_WARPS = 4;  // 4 warps split the columns of a block's 16 rows, each a contiguous range
-// absmax blocks in flight per warp: 4 (16 NF4 blocks, 256 B a lane, measured slower: 129 vs 167
+// absmax blocks in flight per warp (16 NF4 blocks, 256 B a lane, measured slower: 129 vs 181
 // tokens/s, at 216 registers; the NF4 kernel is bound by its decode chain, not by bytes in flight)
-template <bool NF4> __host__ __device__ constexpr int mma_unroll() { return NF4 ? 4 : 4; }
+constexpr int MMA_UNROLL = 4;
 enum MvMode { MV_STORE = 0, MV_ADD = 1, MV_SWIGLU = 2 };
 
 struct MvTarget {               // one linear of a fused mat-vec launch
@@ -259,7 +259,6 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) matvec_mma_kernel(const bf16* 
     __shared__ float s_code8[256];
     __shared__ float red[MMA_WARPS][16];
     extern __shared__ __align__(16) bf16 xs[];  // (cols) x, read by the 4 lanes of the B column
-    constexpr int MMA_UNROLL = mma_unroll<NF4>();
     for (int i = threadIdx.x; i < a.cols / 8; i += blockDim.x) reinterpret_cast<uint4*>(xs)[i] = reinterpret_cast<const uint4*>(x)[i];
     for (int i = threadIdx.x; i < 256; i += blockDim.x) {
         // from global memory: a kernel argument indexed per thread is read one address at a time
@@ -297,7 +296,7 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) matvec_mma_kernel(const bf16* 
         uint32_t wt[MMA_UNROLL][NF4 ? 2 : 8], wb[MMA_UNROLL][NF4 ? 2 : 8];
         float at[MMA_UNROLL], ab[MMA_UNROLL];
 #pragma unroll
-        for (int u = 0; u < MMA_UNROLL; u++) {  // every load first: 64 B a lane in flight
+        for (int u = 0; u < MMA_UNROLL; u++) {  // every load first: 64 B (NF4) or 256 B (bf16) a lane in flight
             const int b = b0 + u;
             const bool ok = b < b_end;
             at[u] = ab[u] = 0.0f;
@@ -342,6 +341,7 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) matvec_mma_kernel(const bf16* 
                     af[0] = lut[bt & 0xff], af[2] = lut[(bt >> 8) & 0xff];  // bytes 2m and 2m+1
                     af[1] = lut[bb & 0xff], af[3] = lut[(bb >> 8) & 0xff];
                 } else {
+                    // (the modulo only keeps the NF4 instance's dead copy of this branch in bounds)
                     af[0] = wt[u][(2 * m) % (NF4 ? 2 : 8)], af[2] = wt[u][(2 * m + 1) % (NF4 ? 2 : 8)];
                     af[1] = wb[u][(2 * m) % (NF4 ? 2 : 8)], af[3] = wb[u][(2 * m + 1) % (NF4 ? 2 : 8)];
                 }
@@ -387,9 +387,9 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) matvec_mma_kernel(const bf16* 
 }
 
 void matvec_mma(const bf16* x, const MvArgs& a, bool nf4, const Nf4Consts* c, cudaStream_t stream) {
-    int blocks = 0;
-    for (int i = 0; i < a.n_targets; i++) blocks += a.t[i].rows / (a.mode == MV_SWIGLU ? 8 : 16);
-    if (a.mode == MV_SWIGLU) blocks = a.t[0].rows / 8;
+    int blocks = a.mode == MV_SWIGLU ? a.t[0].rows / 8 : 0;  // SwiGLU: 8 gate + the same 8 up rows a block
+    if (a.mode != MV_SWIGLU)
+        for (int i = 0; i < a.n_targets; i++) blocks += a.t[i].rows / 16;
     const size_t smem = (size_t)a.cols * 2;
     static bool opted = false;  // x of the down projection (11008 of 7B, 28672 of 70B) passes 48 KB
     if (!opted) {

@@ -127,25 +127,26 @@ struct Inputs {
         write_bytes(tmp / name, bytes);
         return tmp / name;
     }
-    // an HF checkpoint directory whose config.json is `edit`ed
-    std::string hf_with(const std::string& name, const std::function<void(json&)>& edit) const {
+    // a copy of directory src whose JSON file json_name is `edit`ed; its payload file beside it is
+    // linked (HF) or copied (PEFT)
+    std::string dir_with(const std::string& name, const std::string& src, const std::string& json_name,
+                         const std::string& payload, bool link, const std::function<void(json&)>& edit) const {
         const std::string d = tmp / name;
         REQUIRE(mkdir(d.c_str(), 0755) == 0);
-        json j = load_json(hf + "/config.json");
+        json j = load_json(src + "/" + json_name);
         edit(j);
-        write_bytes(d + "/config.json", dump_json(j));
-        REQUIRE(symlink(absolute(hf + "/model.safetensors").c_str(), (d + "/model.safetensors").c_str()) == 0);
+        write_bytes(d + "/" + json_name, dump_json(j));
+        if (link) REQUIRE(symlink(absolute(src + "/" + payload).c_str(), (d + "/" + payload).c_str()) == 0);
+        else write_bytes(d + "/" + payload, read_bytes(src + "/" + payload));
         return d;
+    }
+    // an HF checkpoint directory whose config.json is `edit`ed
+    std::string hf_with(const std::string& name, const std::function<void(json&)>& edit) const {
+        return dir_with(name, hf, "config.json", "model.safetensors", true, edit);
     }
     // a PEFT directory whose adapter_config.json is `edit`ed
     std::string peft_with(const std::string& name, const std::function<void(json&)>& edit) const {
-        const std::string d = tmp / name;
-        REQUIRE(mkdir(d.c_str(), 0755) == 0);
-        json j = load_json(peft + "/adapter_config.json");
-        edit(j);
-        write_bytes(d + "/adapter_config.json", dump_json(j));
-        write_bytes(d + "/adapter_model.safetensors", read_bytes(peft + "/adapter_model.safetensors"));
-        return d;
+        return dir_with(name, peft, "adapter_config.json", "adapter_model.safetensors", false, edit);
     }
     // a copy of the demo run whose state.bin (behind latest/) holds `state_bytes`
     std::string run_with_state(const std::string& name, const std::string& state_bytes) const {
