@@ -219,47 +219,60 @@ __global__ void cache_store_kernel(bf16* cache, const bf16* src, const int* d_le
 }
 
 // ----------------------------------------------------------------------------------------------
-// Batch-1 decoding on tensor cores. One launch covers every linear that reads the same input (q, k
-// and v; gate and up; o; down), with the LoRA B product and the output's use (store, residual add,
-// SwiGLU) in its epilogue, so a layer is ~10 launches instead of ~30.
+// Decoding on tensor cores, 1 to 16 sequences a pass. One launch covers every linear that reads the
+// same input (q, k and v; gate and up; o; down), with the LoRA B product and the output's use
+// (store, residual add, SwiGLU) in its epilogue, so a layer is ~10 launches instead of ~30.
 //
 // A block takes 16 output rows; its warps split the columns (split-K) and meet in shared memory.
-// Per 64-column absmax block a warp issues 4 mma.m16n8k16: the weights are the A operand, x the
-// B operand's first column (the other 7 columns are zero: the tensor cores have room to spare, the
-// point is that they do the multiply-adds and leave the ALUs to the 4-bit decode). The mma's k
-// order is permuted so that lane t's k values are 16 contiguous columns (16t .. 16t+15 of the
-// block), one 8-byte load of packed weights per row; x uses the same permutation, so the dot
+// Per 64-column absmax block a warp issues 4 mma.m16n8k16 per 8 sequences: the weights are the A
+// operand, the sequences' x the B operand's columns (column j = sequence j; a batch of one leaves 7
+// columns zero: the tensor cores have room to spare, the point is that they do the multiply-adds and
+// leave the ALUs to the 4-bit decode, and that 8 or 16 sequences cost little more than one). The
+// mma's k order is permuted so that lane t's k values are 16 contiguous columns (16t .. 16t+15 of
+// the block), one 8-byte load of packed weights per row; x uses the same permutation, so the dot
 // product is unchanged. The NF4 code values go through a 256-entry table (one packed byte -> two
 // bf16), and the block's absmax multiplies the fp32 partial sum of those 64 columns once, not each
 // weight: NF4[c] * x summed then scaled, which differs from the bf16-rounded weights of the prefill
 // path only by that rounding (the decode tests' 2e-2 logits tolerance covers it, as before).
+// Sequence j's outputs are the mma's column j and the epilogue's sums for j, computed the same way
+// whatever the other columns hold: alone or in a batch, its logits are bitwise the same.
 constexpr int MMA_WARPS = 4;  // 4 warps split the columns of a block's 16 rows, each a contiguous range
 // absmax blocks in flight per warp (16 NF4 blocks, 256 B a lane, measured slower: 129 vs 181
 // tokens/s, at 216 registers; the NF4 kernel is bound by its decode chain, not by bytes in flight)
 constexpr int MMA_UNROLL = 4;
-enum MvMode { MV_STORE = 0, MV_ADD = 1, MV_SWIGLU = 2 };
+constexpr int MMA_MAX_BATCH = 16;  // two n-tiles of 8 sequences
+// x of all the pass's sequences is staged in shared memory up to this size; beyond it (16
+// sequences of 4096) the lanes read it from L1/L2, where the blocks of an SM share it
+constexpr int MMA_X_SMEM_MAX = 32 << 10;
+enum MvMode { MV_STORE = 0, MV_ADD = 1, MV_SWIGLU = 2, MV_STORE_F32 = 3 };
 
 struct MvTarget {               // one linear of a fused mat-vec launch
     Nf4View nf4{};              // NF4 weights (rows, cols), or
     const bf16* dense = nullptr;// bf16 weights (rows, cols)
     const bf16* lora_b = nullptr;  // (rows, r) LoRA B, or null: no adapter on this linear
-    const float* lora_u = nullptr; // (r) A x of this linear
-    bf16* y = nullptr;          // (rows) output
+    const float* lora_u = nullptr; // (nb, r) A x of this linear, one row per sequence
+    bf16* y = nullptr;          // (nb, rows) output (MV_STORE_F32: y32)
+    float* y32 = nullptr;
     int rows = 0;
 };
 struct MvArgs {
     MvTarget t[3];
-    int n_targets = 0, cols = 0, r = 0, mode = MV_STORE;
+    int n_targets = 0, cols = 0, r = 0, mode = MV_STORE, nb = 1;  // nb: sequences (columns of x)
     float lora_scale = 0.0f;
 };
 
-template <bool NF4>
+// NT: n-tiles of 8 sequences (1 or 2). x (nb, cols).
+template <bool NF4, int NT>
 __global__ void __launch_bounds__(MMA_WARPS * 32) matvec_mma_kernel(const bf16* __restrict__ x, MvArgs a, const Nf4Consts* __restrict__ consts) {
     __shared__ uint32_t lut[256];          // packed byte -> (NF4[hi], NF4[lo]) as bf16x2, hi in the low half
     __shared__ float s_code8[256];
-    __shared__ float red[MMA_WARPS][16];
-    extern __shared__ __align__(16) bf16 xs[];  // (cols) x, read by the 4 lanes of the B column
-    for (int i = threadIdx.x; i < a.cols / 8; i += blockDim.x) reinterpret_cast<uint4*>(xs)[i] = reinterpret_cast<const uint4*>(x)[i];
+    __shared__ float red[MMA_WARPS][16][8 * NT];  // per warp: 16 rows x the sequences
+    extern __shared__ __align__(16) bf16 xs[];  // (nb, cols) x when it fits MMA_X_SMEM_MAX, else unused
+    const int nb = a.nb, cols = a.cols;
+    const bool staged = (int64_t)nb * cols * 2 <= MMA_X_SMEM_MAX;
+    if (staged)
+        for (int i = threadIdx.x; i < nb * cols / 8; i += blockDim.x) reinterpret_cast<uint4*>(xs)[i] = reinterpret_cast<const uint4*>(x)[i];
+    const bf16* xsrc = staged ? xs : x;
     for (int i = threadIdx.x; i < 256; i += blockDim.x) {
         // from global memory: a kernel argument indexed per thread is read one address at a time
         lut[i] = pack_floats(consts->nf4[i >> 4], consts->nf4[i & 15]);
@@ -272,9 +285,10 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) matvec_mma_kernel(const bf16* 
     const bool swiglu = a.mode == MV_SWIGLU;
     const int per = swiglu ? 8 : 16;
     int blk = blockIdx.x, ti = 0;
-    if (!swiglu && a.n_targets > 1 && blk >= a.t[0].rows / per) {
-        blk -= a.t[0].rows / per, ti = 1;
-        if (a.n_targets > 2 && blk >= a.t[1].rows / per) blk -= a.t[1].rows / per, ti = 2;
+    const int tiles0 = (a.t[0].rows + per - 1) / per, tiles1 = (a.t[1].rows + per - 1) / per;
+    if (!swiglu && a.n_targets > 1 && blk >= tiles0) {
+        blk -= tiles0, ti = 1;
+        if (a.n_targets > 2 && blk >= tiles1) blk -= tiles1, ti = 2;
     }
 #define MV_PICK(f) (ti == 0 ? a.t[0].f : ti == 1 ? a.t[1].f : a.t[2].f)
 #define MV_PICK_BOT(f) (swiglu ? a.t[1].f : MV_PICK(f))
@@ -282,16 +296,18 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) matvec_mma_kernel(const bf16* 
     const uint8_t *aq_t = MV_PICK(nf4.absmax_q), *aq_b = MV_PICK_BOT(nf4.absmax_q);
     const float *s2_t = MV_PICK(nf4.scale2), *s2_b = MV_PICK_BOT(nf4.scale2);
     const bf16 *dn_t = MV_PICK(dense), *dn_b = MV_PICK_BOT(dense);
+    const int rows = MV_PICK(rows);  // the top target's; SwiGLU's gate and up have the same
     float off_t = 0.0f, off_b = 0.0f;
     if (NF4) off_t = *MV_PICK(nf4.offset), off_b = *MV_PICK_BOT(nf4.offset);
     const int row_top = blk * per, row_bot = swiglu ? blk * per : blk * per + 8;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
-    const int cols = a.cols, nb = cols / 64;
-    const int64_t rt = row_top + g, rb = row_bot + g;
-    float acc_t = 0.0f, acc_b = 0.0f;
+    const int nbk = cols / 64;
+    // a partial last tile (a vocabulary of 1000) reads row 0 in place of missing rows, never stored
+    const int64_t rt = row_top + g < rows ? row_top + g : 0, rb = row_bot + g < rows ? row_bot + g : 0;
+    float acc[NT][4] = {};
     // a warp's absmax blocks are contiguous, so each row is read in runs of 128 bytes and more:
     // interleaving the warps (run length 32 bytes) ran at a sixth of the bandwidth
-    const int per_warp = (nb + MMA_WARPS - 1) / MMA_WARPS, b_begin = warp * per_warp, b_end = min(nb, b_begin + per_warp);
+    const int per_warp = (nbk + MMA_WARPS - 1) / MMA_WARPS, b_begin = warp * per_warp, b_end = min(nbk, b_begin + per_warp);
     for (int b0 = b_begin; b0 < b_end; b0 += MMA_UNROLL) {
         uint32_t wt[MMA_UNROLL][NF4 ? 2 : 8], wb[MMA_UNROLL][NF4 ? 2 : 8];
         float at[MMA_UNROLL], ab[MMA_UNROLL];
@@ -305,7 +321,7 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) matvec_mma_kernel(const bf16* 
                 if (ok) {
                     pt = *reinterpret_cast<const uint2*>(pk_t + (rt * cols + b * 64) / 2 + 8 * t);
                     pb = *reinterpret_cast<const uint2*>(pk_b + (rb * cols + b * 64) / 2 + 8 * t);
-                    const int64_t qt = rt * nb + b, qb = rb * nb + b;
+                    const int64_t qt = rt * nbk + b, qb = rb * nbk + b;
                     at[u] = nf4_block_absmax(s_code8[aq_t[qt]], s2_t[qt / NF4_DQ_BLOCK], off_t);
                     ab[u] = nf4_block_absmax(s_code8[aq_b[qb]], s2_b[qb / NF4_DQ_BLOCK], off_b);
                 }
@@ -325,146 +341,198 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) matvec_mma_kernel(const bf16* 
         }
 #pragma unroll
         for (int u = 0; u < MMA_UNROLL; u++) {
-            uint4 x0 = make_uint4(0, 0, 0, 0), x1 = x0;
-            if (b0 + u < b_end && g == 0) {  // the B operand's column 0; the other columns' lanes hold zeros
-                const uint4* xp = reinterpret_cast<const uint4*>(xs + (b0 + u) * 64 + 16 * t);
-                x0 = xp[0], x1 = xp[1];
-            }
-            const uint32_t xr[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
-            float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            uint32_t af[4][4];  // the A fragments of the block's 4 k-tiles (m: columns 16t + 4m .. 16t + 4m + 3 of lane t)
 #pragma unroll
-            for (int m = 0; m < 4; m++) {  // tile m: columns 16t + 4m .. 16t + 4m + 3 of lane t
-                uint32_t af[4];
+            for (int m = 0; m < 4; m++) {
                 if (NF4) {
                     const uint32_t bt = (m < 2 ? wt[u][0] : wt[u][1]) >> (16 * (m & 1));
                     const uint32_t bb = (m < 2 ? wb[u][0] : wb[u][1]) >> (16 * (m & 1));
-                    af[0] = lut[bt & 0xff], af[2] = lut[(bt >> 8) & 0xff];  // bytes 2m and 2m+1
-                    af[1] = lut[bb & 0xff], af[3] = lut[(bb >> 8) & 0xff];
+                    af[m][0] = lut[bt & 0xff], af[m][2] = lut[(bt >> 8) & 0xff];  // bytes 2m and 2m+1
+                    af[m][1] = lut[bb & 0xff], af[m][3] = lut[(bb >> 8) & 0xff];
                 } else {
                     // (the modulo only keeps the NF4 instance's dead copy of this branch in bounds)
-                    af[0] = wt[u][(2 * m) % (NF4 ? 2 : 8)], af[2] = wt[u][(2 * m + 1) % (NF4 ? 2 : 8)];
-                    af[1] = wb[u][(2 * m) % (NF4 ? 2 : 8)], af[3] = wb[u][(2 * m + 1) % (NF4 ? 2 : 8)];
+                    af[m][0] = wt[u][(2 * m) % (NF4 ? 2 : 8)], af[m][2] = wt[u][(2 * m + 1) % (NF4 ? 2 : 8)];
+                    af[m][1] = wb[u][(2 * m) % (NF4 ? 2 : 8)], af[m][3] = wb[u][(2 * m + 1) % (NF4 ? 2 : 8)];
                 }
-                mma_16816(d, af, xr[2 * m], xr[2 * m + 1]);
             }
-            if (NF4) acc_t += at[u] * d[0], acc_b += ab[u] * d[2];
-            else acc_t += d[0], acc_b += d[2];
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) {
+                const int seq = 8 * nt + g;  // the B operand's column this lane loads; columns past nb hold zeros
+                uint4 x0 = make_uint4(0, 0, 0, 0), x1 = x0;
+                if (b0 + u < b_end && seq < nb) {
+                    const uint4* xp = reinterpret_cast<const uint4*>(xsrc + (int64_t)seq * cols + (b0 + u) * 64 + 16 * t);
+                    x0 = xp[0], x1 = xp[1];
+                }
+                const uint32_t xr[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+                float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+                for (int m = 0; m < 4; m++) mma_16816(d, af[m], xr[2 * m], xr[2 * m + 1]);
+                // d: (row g, sequences 8nt + 2t, +1), (row g + 8, the same two)
+                if (NF4) {
+                    acc[nt][0] += at[u] * d[0], acc[nt][1] += at[u] * d[1];
+                    acc[nt][2] += ab[u] * d[2], acc[nt][3] += ab[u] * d[3];
+                } else {
+#pragma unroll
+                    for (int i = 0; i < 4; i++) acc[nt][i] += d[i];
+                }
+            }
         }
     }
-    if (t == 0) red[warp][g] = acc_t, red[warp][g + 8] = acc_b;
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        red[warp][g][8 * nt + 2 * t] = acc[nt][0], red[warp][g][8 * nt + 2 * t + 1] = acc[nt][1];
+        red[warp][g + 8][8 * nt + 2 * t] = acc[nt][2], red[warp][g + 8][8 * nt + 2 * t + 1] = acc[nt][3];
+    }
     __syncthreads();
-    // epilogue: rows i and i + 8 (the gate and up rows of one h in SwiGLU mode) by warp i % MMA_WARPS
+    // epilogue: rows i and i + 8 (the gate and up rows of one h in SwiGLU mode) by warp i % MMA_WARPS,
+    // each sequence in turn
     const bf16* lb[2] = {MV_PICK(lora_b), MV_PICK_BOT(lora_b)};
     const float* lu[2] = {MV_PICK(lora_u), MV_PICK_BOT(lora_u)};
-    bf16* yo[2] = {MV_PICK(y), MV_PICK(y)};  // in SwiGLU mode only the gate target's y (h) is written
+    bf16* yo = MV_PICK(y);  // in SwiGLU mode only the gate target's y (h) is written
+    float* yo32 = MV_PICK(y32);
 #undef MV_PICK
 #undef MV_PICK_BOT
     for (int pr = warp; pr < 8; pr += MMA_WARPS) {
-        float v[2];
+        for (int seq = 0; seq < nb; seq++) {
+            float v[2];
 #pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const int64_t row = (h == 0 ? row_top : row_bot) + pr;
-            float s = 0.0f;
-            if (lb[h])
-                for (int j = lane; j < a.r; j += 32) s += __bfloat162float(lb[h][row * a.r + j]) * lu[h][j];
-            s = warp_sum(s);
-            float base = 0.0f;
-            for (int w = 0; w < MMA_WARPS; w++) base += red[w][pr + 8 * h];  // fixed order: deterministic
-            v[h] = base + a.lora_scale * s;
-        }
-        if (lane != 0) continue;
-        if (swiglu) {  // rounded as the separate linears and swiglu_forward round them
-            const float gv = __bfloat162float(__float2bfloat16(v[0])), uv = __bfloat162float(__float2bfloat16(v[1]));
-            yo[0][row_top + pr] = __float2bfloat16(gv / (1.0f + expf(-gv)) * uv);
-            continue;
-        }
+            for (int h = 0; h < 2; h++) {
+                const int64_t row = (h == 0 ? row_top : row_bot) + pr;
+                float s = 0.0f;
+                if (lb[h] && row < rows)
+                    for (int j = lane; j < a.r; j += 32) s += __bfloat162float(lb[h][row * a.r + j]) * lu[h][(int64_t)seq * a.r + j];
+                s = warp_sum(s);
+                float base = 0.0f;
+                for (int w = 0; w < MMA_WARPS; w++) base += red[w][pr + 8 * h][seq];  // fixed order: deterministic
+                v[h] = base + a.lora_scale * s;
+            }
+            if (lane != 0) continue;
+            if (swiglu) {  // rounded as the separate linears and swiglu_forward round them
+                if (row_top + pr >= rows) continue;
+                const float gv = __bfloat162float(__float2bfloat16(v[0])), uv = __bfloat162float(__float2bfloat16(v[1]));
+                yo[(int64_t)seq * rows + row_top + pr] = __float2bfloat16(gv / (1.0f + expf(-gv)) * uv);
+                continue;
+            }
 #pragma unroll
-        for (int h = 0; h < 2; h++) {
-            bf16* y = yo[h] + (h == 0 ? row_top : row_bot) + pr;
-            *y = __float2bfloat16((a.mode == MV_ADD ? __bfloat162float(*y) : 0.0f) + v[h]);
+            for (int h = 0; h < 2; h++) {
+                const int64_t row = (h == 0 ? row_top : row_bot) + pr;
+                if (row >= rows) continue;
+                if (a.mode == MV_STORE_F32) {
+                    yo32[(int64_t)seq * rows + row] = v[h];
+                    continue;
+                }
+                bf16* y = yo + (int64_t)seq * rows + row;
+                *y = __float2bfloat16((a.mode == MV_ADD ? __bfloat162float(*y) : 0.0f) + v[h]);
+            }
         }
     }
+}
+
+// the dynamic shared memory the mat-vec may ask for (x of the down projection: 11008 of 7B, 28672
+// of 70B, for one sequence), set once before any launch or graph capture
+void matvec_mma_setup() {
+    static bool done = false;
+    if (done) return;
+    for (auto k : {matvec_mma_kernel<true, 1>, matvec_mma_kernel<true, 2>, matvec_mma_kernel<false, 1>, matvec_mma_kernel<false, 2>})
+        cudaCheck(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, 96 << 10));
+    done = true;
 }
 
 void matvec_mma(const bf16* x, const MvArgs& a, bool nf4, const Nf4Consts* c, cudaStream_t stream) {
-    int blocks = a.mode == MV_SWIGLU ? a.t[0].rows / 8 : 0;  // SwiGLU: 8 gate + the same 8 up rows a block
+    ASSERT(a.nb >= 1 && a.nb <= MMA_MAX_BATCH, "the fused mat-vec takes 1 .. 16 sequences");
+    int blocks = a.mode == MV_SWIGLU ? (int)ceil_div((int64_t)a.t[0].rows, (int64_t)8) : 0;  // SwiGLU: 8 gate + the same 8 up rows a block
     if (a.mode != MV_SWIGLU)
-        for (int i = 0; i < a.n_targets; i++) blocks += a.t[i].rows / 16;
-    const size_t smem = (size_t)a.cols * 2;
-    static bool opted = false;  // x of the down projection (11008 of 7B, 28672 of 70B) passes 48 KB
-    if (!opted) {
-        cudaCheck(cudaFuncSetAttribute(matvec_mma_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, 96 << 10));
-        cudaCheck(cudaFuncSetAttribute(matvec_mma_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, 96 << 10));
-        opted = true;
-    }
-    ASSERT(smem <= (96 << 10), "the fused mat-vec stages x of at most 49152 columns");
-    if (nf4) matvec_mma_kernel<true><<<blocks, MMA_WARPS * 32, smem, stream>>>(x, a, c);
-    else matvec_mma_kernel<false><<<blocks, MMA_WARPS * 32, smem, stream>>>(x, a, c);
+        for (int i = 0; i < a.n_targets; i++) blocks += (int)ceil_div((int64_t)a.t[i].rows, (int64_t)16);
+    const size_t x_bytes = (size_t)a.nb * a.cols * 2, smem = x_bytes <= (size_t)MMA_X_SMEM_MAX ? x_bytes : 0;
+    ASSERT(a.cols <= (48 << 10) && a.cols % 64 == 0, "the fused mat-vec takes whole 64-column blocks, at most 49152");
+    const bool two = a.nb > 8;
+    if (nf4 && two) matvec_mma_kernel<true, 2><<<blocks, MMA_WARPS * 32, smem, stream>>>(x, a, c);
+    else if (nf4) matvec_mma_kernel<true, 1><<<blocks, MMA_WARPS * 32, smem, stream>>>(x, a, c);
+    else if (two) matvec_mma_kernel<false, 2><<<blocks, MMA_WARPS * 32, smem, stream>>>(x, a, c);
+    else matvec_mma_kernel<false, 1><<<blocks, MMA_WARPS * 32, smem, stream>>>(x, a, c);
     cudaCheckLaunch();
 }
 
-// u (n, r) fp32 = A_i x for the n <= 3 LoRA A matrices (r, cols) that read the same x: one block per
-// (row, matrix), its threads splitting the columns
+// u (n, nb, r) fp32: u[m][j][i] = A_m[i] . x_j for the n <= 3 LoRA A matrices (r, cols) that read
+// the same x (nb, cols): one block per (row i, matrix m), its threads splitting the columns the
+// same way for every sequence (so a sequence's u does not depend on nb)
 __global__ void __launch_bounds__(128) lora_a_kernel(float* u, const bf16* __restrict__ x, const bf16* A0,
-                                                     const bf16* A1, const bf16* A2, int r, int cols) {
+                                                     const bf16* A1, const bf16* A2, int r, int cols, int nb, int64_t m_stride) {
     __shared__ float red[32];
-    const int j = blockIdx.x, m = blockIdx.y;
-    const bf16* A = (m == 0 ? A0 : m == 1 ? A1 : A2) + (int64_t)j * cols;
-    float s = 0.0f;
+    const int i = blockIdx.x, m = blockIdx.y;
+    const bf16* A = (m == 0 ? A0 : m == 1 ? A1 : A2) + (int64_t)i * cols;
+    float s[MMA_MAX_BATCH] = {};
     for (int c8 = threadIdx.x; c8 < cols / 8; c8 += 128) {
-        const Bf16x8 w = load_bf16x8(A + c8 * 8), xv = load_bf16x8(x + c8 * 8);
+        const Bf16x8 w = load_bf16x8(A + c8 * 8);
 #pragma unroll
-        for (int k = 0; k < 8; k++) s += __bfloat162float(w.v[k]) * __bfloat162float(xv.v[k]);
+        for (int j = 0; j < MMA_MAX_BATCH; j++) {
+            if (j >= nb) break;
+            const Bf16x8 xv = load_bf16x8(x + (int64_t)j * cols + c8 * 8);
+#pragma unroll
+            for (int k = 0; k < 8; k++) s[j] += __bfloat162float(w.v[k]) * __bfloat162float(xv.v[k]);
+        }
     }
-    s = block_sum(s, red);
-    if (threadIdx.x == 0) u[m * r + j] = s;
+#pragma unroll
+    for (int j = 0; j < MMA_MAX_BATCH; j++) {
+        if (j >= nb) break;
+        const float t = block_sum(s[j], red);
+        if (threadIdx.x == 0) u[m * m_stride + (int64_t)j * r + i] = t;
+    }
 }
 
-// RoPE of the new token's q (in place) and k, then k and v into the caches at row *d_len: one
-// thread per rotated pair (i, i + D/2) of a q or k head; the angle as rope_kernel computes it
-__global__ void rope_store_kernel(bf16* q, const bf16* k, const bf16* v, bf16* kc, bf16* vc, const int* d_len,
-                                  const int32_t* pos, int H, int KV, int D, float theta) {
-    const int half = D / 2, idx = blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= (H + KV) * half) return;
-    const int head = idx / half, i = idx % half;
+// RoPE of each sequence's new q (in place) and k, then k and v into that sequence's cache at row
+// pos[j] (its length): one thread per rotated pair (i, i + D/2) of a q or k head of a sequence; the
+// angle as rope_kernel computes it. q (nb, H*D), k and v (nb, KV*D); the caches of slot s start at
+// kc + s * slot_stride.
+__global__ void rope_store_kernel(bf16* q, const bf16* k, const bf16* v, bf16* kc, bf16* vc, const int32_t* pos,
+                                  const int32_t* slot, int64_t slot_stride, int nb, int H, int KV, int D, float theta) {
+    const int half = D / 2, per_seq = (H + KV) * half, idx = blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= nb * per_seq) return;
+    const int j = idx / per_seq, head = idx % per_seq / half, i = idx % half;
     const float inv_freq = 1.0f / powf(theta, (float)(2 * i) / (float)D);
     float s, c;
-    sincosf((float)pos[0] * inv_freq, &s, &c);
-    const int64_t row = (int64_t)*d_len * KV * D;
-    const bf16* src = head < H ? q + (int64_t)head * D : k + (int64_t)(head - H) * D;
+    sincosf((float)pos[j] * inv_freq, &s, &c);
+    const int64_t row = (int64_t)slot[j] * slot_stride + (int64_t)pos[j] * KV * D;
+    bf16* qj = q + (int64_t)j * H * D;
+    const bf16 *kj = k + (int64_t)j * KV * D, *vj = v + (int64_t)j * KV * D;
+    const bf16* src = head < H ? qj + (int64_t)head * D : kj + (int64_t)(head - H) * D;
     const float x0 = __bfloat162float(src[i]), x1 = __bfloat162float(src[i + half]);
     const bf16 r0 = __float2bfloat16(x0 * c - x1 * s), r1 = __float2bfloat16(x1 * c + x0 * s);
     if (head < H) {
-        q[(int64_t)head * D + i] = r0, q[(int64_t)head * D + i + half] = r1;
+        qj[(int64_t)head * D + i] = r0, qj[(int64_t)head * D + i + half] = r1;
     } else {
         const int64_t o = row + (int64_t)(head - H) * D;
         kc[o + i] = r0, kc[o + i + half] = r1;
-        vc[o + i] = v[(int64_t)(head - H) * D + i], vc[o + i + half] = v[(int64_t)(head - H) * D + i + half];
+        vc[o + i] = vj[(int64_t)(head - H) * D + i], vc[o + i + half] = vj[(int64_t)(head - H) * D + i + half];
     }
 }
 
-// Split-K (flash-decoding) attention of one new query over the cache: block (split s, head h) takes
-// keys [s*chunk, (s+1)*chunk) up to the query's own position and leaves its max, sum of exp and
-// unnormalized output; attention_combine_kernel merges the splits. The grid covers the whole
-// context (it is captured in a graph once); splits past the position return at once. A thread
-// scores one key (16-byte loads of its row); then each warp sums the values of a quarter of the
-// keys, a lane 4 of the D dimensions, and the warps meet in shared memory. Needs D % 8 == 0, D <= 128.
+// Split-K (flash-decoding) attention of each sequence's new query over its cache: block (split s,
+// head h, sequence j) takes keys [s*chunk, (s+1)*chunk) up to the query's own position pos[j] and
+// leaves its max, sum of exp and unnormalized output; attention_combine_kernel merges the splits.
+// The grid covers the whole context (it is captured in a graph once); splits past the position
+// return at once. A thread scores one key (16-byte loads of its row); then each warp sums the
+// values of a quarter of the keys, a lane 4 of the D dimensions, and the warps meet in shared
+// memory. Needs D % 8 == 0, D <= 128. part_o (nb, H, splits, D), part_ml (nb, H, splits, 2).
 constexpr int ATT_CHUNK = 128, ATT_THREADS = 128;
 __global__ void __launch_bounds__(ATT_THREADS) attention_split_kernel(float* part_o, float* part_ml, const bf16* q,
-                                                                      const bf16* kc, const bf16* vc, const int* d_len,
-                                                                      int H, int KV, int D, int splits, float scale) {
+                                                                      const bf16* kc_all, const bf16* vc_all, const int32_t* pos,
+                                                                      const int32_t* slot, int64_t slot_stride, int H, int KV,
+                                                                      int D, int splits, float scale) {
     __shared__ float sc[ATT_CHUNK];
     __shared__ float qs[128];
     __shared__ float red[32];
     __shared__ float po[ATT_THREADS / 32][128];
-    const int s = blockIdx.x, h = blockIdx.y, kvh = h / (H / KV), p = *d_len;
+    const int s = blockIdx.x, h = blockIdx.y, j = blockIdx.z, kvh = h / (H / KV), p = pos[j];
+    const bf16 *kc = kc_all + (int64_t)slot[j] * slot_stride, *vc = vc_all + (int64_t)slot[j] * slot_stride;
     const int j0 = s * ATT_CHUNK, j1 = min(j0 + ATT_CHUNK, p + 1), n = j1 - j0;
-    float* ml = part_ml + ((int64_t)h * splits + s) * 2;
+    const int64_t part = ((int64_t)j * H + h) * splits + s;
+    float* ml = part_ml + part * 2;
     if (n <= 0) {
         if (threadIdx.x == 0) ml[0] = -FLT_MAX, ml[1] = 0.0f;
         return;
     }
-    for (int d = threadIdx.x; d < D; d += ATT_THREADS) qs[d] = __bfloat162float(q[(int64_t)h * D + d]);
+    for (int d = threadIdx.x; d < D; d += ATT_THREADS) qs[d] = __bfloat162float(q[((int64_t)j * H + h) * D + d]);
     __syncthreads();
     float score = -FLT_MAX;
     if ((int)threadIdx.x < n) {
@@ -485,11 +553,11 @@ __global__ void __launch_bounds__(ATT_THREADS) attention_split_kernel(float* par
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     if (d0 < D) {
 #pragma unroll 4
-        for (int j = warp; j < n; j += ATT_THREADS / 32) {
-            const uint2 raw = *reinterpret_cast<const uint2*>(vc + ((int64_t)(j0 + j) * KV + kvh) * D + d0);
+        for (int i = warp; i < n; i += ATT_THREADS / 32) {
+            const uint2 raw = *reinterpret_cast<const uint2*>(vc + ((int64_t)(j0 + i) * KV + kvh) * D + d0);
             const bf16* v4 = reinterpret_cast<const bf16*>(&raw);
 #pragma unroll
-            for (int k = 0; k < 4; k++) acc[k] += sc[j] * __bfloat162float(v4[k]);
+            for (int k = 0; k < 4; k++) acc[k] += sc[i] * __bfloat162float(v4[k]);
         }
 #pragma unroll
         for (int k = 0; k < 4; k++) po[warp][d0 + k] = acc[k];
@@ -498,14 +566,16 @@ __global__ void __launch_bounds__(ATT_THREADS) attention_split_kernel(float* par
     for (int d = threadIdx.x; d < D; d += ATT_THREADS) {
         float o = 0.0f;
         for (int w = 0; w < ATT_THREADS / 32; w++) o += po[w][d];
-        part_o[((int64_t)h * splits + s) * D + d] = o;
+        part_o[part * D + d] = o;
     }
     if (threadIdx.x == 0) ml[0] = mx, ml[1] = sum;
 }
 
-__global__ void attention_combine_kernel(bf16* out, const float* part_o, const float* part_ml, int D, int splits) {
-    const int h = blockIdx.x;
-    const float* ml = part_ml + (int64_t)h * splits * 2;
+// out (nb, H*D): block (head h, sequence j) merges its splits
+__global__ void attention_combine_kernel(bf16* out, const float* part_o, const float* part_ml, int H, int D, int splits) {
+    const int h = blockIdx.x, j = blockIdx.y;
+    const int64_t first = ((int64_t)j * H + h) * splits;
+    const float* ml = part_ml + first * 2;
     float M = -FLT_MAX;
     for (int s = 0; s < splits; s++)
         if (ml[2 * s + 1] > 0.0f) M = fmaxf(M, ml[2 * s]);
@@ -515,8 +585,8 @@ __global__ void attention_combine_kernel(bf16* out, const float* part_o, const f
     for (int d = threadIdx.x; d < D; d += blockDim.x) {
         float acc = 0.0f;
         for (int s = 0; s < splits; s++)
-            if (ml[2 * s + 1] > 0.0f) acc += part_o[((int64_t)h * splits + s) * D + d] * expf(ml[2 * s] - M);
-        out[(int64_t)h * D + d] = __float2bfloat16(acc / L);
+            if (ml[2 * s + 1] > 0.0f) acc += part_o[(first + s) * D + d] * expf(ml[2 * s] - M);
+        out[((int64_t)j * H + h) * D + d] = __float2bfloat16(acc / L);
     }
 }
 
@@ -535,17 +605,24 @@ Nf4Consts nf4_consts() {
 
 class GpuDecoder : public Decoder {
    public:
-    GpuDecoder(const std::string& model_path, int max_context);
-    GpuDecoder(const Config& c, bool nf4, int max_context, uint64_t seed);  // random weights (benchmarks)
+    GpuDecoder(const std::string& model_path, int max_context, int max_batch);
+    GpuDecoder(const Config& c, bool nf4, int max_context, int max_batch, uint64_t seed);  // random weights (benchmarks)
     ~GpuDecoder() override;
     const Config& config() const override { return base_.cfg; }
     int max_context() const override { return max_ctx_; }
-    int position() const override { return len_; }
-    void reset() override { len_ = 0; }
+    int position() const override { return lens_[0]; }
+    void reset() override { lens_[0] = 0; }
     void set_adapter(const Adapter* adapter, bool merge) override;
-    const float* prefill(const int32_t* tokens, int n) override;
+    const float* prefill(const int32_t* tokens, int n) override { return prefill_into(0, tokens, n); }
     const float* step(int32_t token) override;
     std::string describe() const override;
+    int max_batch() const override { return max_batch_; }
+    int slot_position(int slot) const override { return lens_.at((size_t)slot); }
+    const float* prefill_slot(int slot, const int32_t* tokens, int n) override {
+        lens_.at((size_t)slot) = 0;
+        return prefill_into(slot, tokens, n);
+    }
+    const float* step_batch(const int32_t* tokens, const int* slots, int n) override;
 
    private:
     void linear(bf16* y, const bf16* x, int t, int l, int n, bool accumulate);
@@ -555,38 +632,52 @@ class GpuDecoder : public Decoder {
     Blas blas_;
     cudaStream_t stream_ = nullptr;
     bf16* dequant_ = nullptr;   // (largest linear) an NF4 weight dequantized for a prefill matmul
-    int max_ctx_ = 0, len_ = 0;
+    int max_ctx_ = 0, max_batch_ = 1;
+    std::vector<int> lens_;     // (max_batch) tokens in each slot's cache
+    int slot_ = 0;              // the slot a prefill pass (forward(n)) works on
+    const float* prefill_into(int slot, const int32_t* tokens, int n);
     bool nf4_ = false, merged_ = false;
     Nf4Consts consts_;
     LoraConfig lcfg_{0, 1.0f, 0.0f, 0};         // rank 0: no adapter
     LoraLayout lay_{};
     bf16* lora_w_ = nullptr;                    // (lay_.total) bf16 A and B, LoraLayout order (unmerged)
     bf16* merged_w_[NUM_LORA_TARGETS] = {};     // (L, out, in) bf16 with s B A folded in
-    bf16 *kc_ = nullptr, *vc_ = nullptr;        // (L, max_ctx, KV*D)
-    // per-pass buffers for up to max_ctx tokens
+    bf16 *kc_ = nullptr, *vc_ = nullptr;        // (max_batch, L, max_ctx, KV*D): a cache per slot
+    int64_t slot_stride_ = 0;                   // L * max_ctx * KV*D: one slot's cache
+    bf16* kc_layer(int slot, int l) const { return kc_ + slot * slot_stride_ + (int64_t)l * max_ctx_ * kvd_; }
+    bf16* vc_layer(int slot, int l) const { return vc_ + slot * slot_stride_ + (int64_t)l * max_ctx_ * kvd_; }
+    int64_t kvd_ = 0;
+    // per-pass buffers for up to N = max(max_ctx, max_batch) tokens
     bf16 *x_, *xn_, *q_, *k_, *v_, *ctx_, *g_, *u_, *h_, *lu_;
-    int32_t *d_tok_, *d_pos_, *d_len_;  // (N), (N), (1): inputs of a pass, on the device
-    int32_t* h_in_ = nullptr;           // pinned (2 N + 1) staging for them
-    float *rstd_, *d_logits_;
-    float* h_logits_ = nullptr;  // pinned (V)
-    // batch-1 decoding replays one captured CUDA graph: ~30 kernels a layer are ~1000 launches a
-    // token, and launching them one by one costs more than running them
-    cudaGraphExec_t step_graph_ = nullptr;
-    int steps_uncaptured_ = 0;
-    void forward(int n);  // the pass over n tokens whose ids/positions/cache length are on the device
-    // batch-1 step on the fused tensor-core mat-vecs (matvec_mma_kernel), where the shapes allow it
+    int32_t *d_tok_, *d_pos_, *d_slot_, *d_len_;  // (N), (N), (N), (1): inputs of a pass, on the device
+    int32_t* h_in_ = nullptr;                     // pinned (3 N + 1) staging for them
+    float *rstd_, *d_logits_;        // d_logits_ (max_batch, V)
+    float* h_logits_ = nullptr;      // pinned (max_batch, V)
+    // a decode step replays a captured CUDA graph, one per batch size: ~10 kernels a layer are ~330
+    // launches a token, and launching them one by one costs more than running them
+    std::vector<cudaGraphExec_t> step_graphs_;  // (max_batch + 1), by batch size
+    std::vector<int> steps_uncaptured_;         // each batch size's first step runs plainly
+    cudaGraphExec_t generic_graph_ = nullptr;   // the batch-1 step of forward(1) where the fused one cannot run
+    int generic_uncaptured_ = 0;
+    void forward(int n);  // a prefill pass over n tokens of slot_ (ids/positions/cache length on the device)
+    // the decode step on the fused tensor-core mat-vecs (matvec_mma_kernel), where the shapes allow it
     bool fused_ok_ = false;
     int splits_ = 0;                 // split-K attention: ceil(max_ctx / ATT_CHUNK)
-    float *part_o_ = nullptr, *part_ml_ = nullptr;  // (H, splits, D), (H, splits, 2)
+    float *part_o_ = nullptr, *part_ml_ = nullptr;  // (max_batch, H, splits, D), (max_batch, H, splits, 2)
     Nf4Consts* d_consts_ = nullptr;  // the NF4 and 8-bit code tables, on the device
-    float* lu_f_ = nullptr;          // (3, r) fp32 LoRA u of the linears of one fused launch
+    float* lu_f_ = nullptr;          // (3, max_batch, r) fp32 LoRA u of the linears of one fused launch
     float* lse_ = nullptr;           // (H, N) the prefill's flash-attention log-sum-exp
-    void forward_step();
-    void fused_linears(const bf16* x, const int* targets, bf16* const* ys, int n, int l, int mode);
+    void forward_step(int nb);       // one token for each of nb sequences (d_tok_, d_pos_, d_slot_)
+    void fused_linears(const bf16* x, const int* targets, bf16* const* ys, int n, int l, int mode, int nb);
     void drop_graph() {
-        if (step_graph_) cudaCheck(cudaGraphExecDestroy(step_graph_));
-        step_graph_ = nullptr;
-        steps_uncaptured_ = 0;
+        for (cudaGraphExec_t& g : step_graphs_) {
+            if (g) cudaCheck(cudaGraphExecDestroy(g));
+            g = nullptr;
+        }
+        std::fill(steps_uncaptured_.begin(), steps_uncaptured_.end(), 0);
+        if (generic_graph_) cudaCheck(cudaGraphExecDestroy(generic_graph_));
+        generic_graph_ = nullptr;
+        generic_uncaptured_ = 0;
     }
     void allocate_buffers();
     std::vector<void*> allocs_;
@@ -598,7 +689,7 @@ class GpuDecoder : public Decoder {
     }
 };
 
-GpuDecoder::GpuDecoder(const std::string& path, int max_context) : max_ctx_(max_context) {
+GpuDecoder::GpuDecoder(const std::string& path, int max_context, int max_batch) : max_ctx_(max_context), max_batch_(max_batch) {
     InFile f(path);
     ModelHeader h = read_model_header(f);
     nf4_ = h.linear_format == LINEAR_NF4;
@@ -609,7 +700,8 @@ GpuDecoder::GpuDecoder(const std::string& path, int max_context) : max_ctx_(max_
     allocate_buffers();
 }
 
-GpuDecoder::GpuDecoder(const Config& c, bool nf4, int max_context, uint64_t seed) : max_ctx_(max_context), nf4_(nf4) {
+GpuDecoder::GpuDecoder(const Config& c, bool nf4, int max_context, int max_batch, uint64_t seed)
+    : max_ctx_(max_context), max_batch_(max_batch), nf4_(nf4) {
     cudaCheck(cudaStreamCreate(&stream_));
     blas_create(blas_);
     gpu_base_init(base_, c, nf4_ ? QUANT_NF4 : QUANT_BF16);
@@ -619,16 +711,30 @@ GpuDecoder::GpuDecoder(const Config& c, bool nf4, int max_context, uint64_t seed
 
 void GpuDecoder::allocate_buffers() {
     const Config& c = base_.cfg;
+    ASSERT(max_batch_ >= 1 && max_ctx_ >= 1, "a decoder of at least one slot and one position");
+    if (max_batch_ > MMA_MAX_BATCH) fail("--batch %d: the GPU decoder takes at most %d sequences a pass", max_batch_, MMA_MAX_BATCH);
     consts_ = nf4_consts();
-    const int64_t N = max_ctx_, C = c.dim, F = c.hidden_dim, QD = (int64_t)c.n_heads * c.head_dim;
-    const int64_t KVD = (int64_t)c.n_kv_heads * c.head_dim;
-    kc_ = (bf16*)alloc((size_t)c.n_layers * N * KVD * 2);
-    vc_ = (bf16*)alloc((size_t)c.n_layers * N * KVD * 2);
+    matvec_mma_setup();
+    lens_.assign((size_t)max_batch_, 0);
+    step_graphs_.assign((size_t)max_batch_ + 1, nullptr);
+    steps_uncaptured_.assign((size_t)max_batch_ + 1, 0);
+    const int64_t N = std::max(max_ctx_, max_batch_), C = c.dim, F = c.hidden_dim, QD = (int64_t)c.n_heads * c.head_dim;
+    kvd_ = (int64_t)c.n_kv_heads * c.head_dim;
+    slot_stride_ = (int64_t)c.n_layers * max_ctx_ * kvd_;
+    // the caches grow with slots x context: say so before cudaMalloc fails on its own
+    const double cache_bytes = 2.0 * 2.0 * (double)max_batch_ * (double)slot_stride_;
+    size_t free_b = 0, total_b = 0;
+    cudaCheck(cudaMemGetInfo(&free_b, &total_b));
+    if (cache_bytes + 1e9 > (double)free_b)
+        fail("decoder: the KV caches of %d sequences x %d positions need %.2f GiB, %.2f GiB of the GPU is free "
+             "(lower --batch or --max-length)", max_batch_, max_ctx_, cache_bytes / 1073741824.0, (double)free_b / 1073741824.0);
+    kc_ = (bf16*)alloc((size_t)max_batch_ * slot_stride_ * 2);
+    vc_ = (bf16*)alloc((size_t)max_batch_ * slot_stride_ * 2);
     x_ = (bf16*)alloc(N * C * 2);
     xn_ = (bf16*)alloc(N * C * 2);
     q_ = (bf16*)alloc(N * QD * 2);
-    k_ = (bf16*)alloc(N * KVD * 2);
-    v_ = (bf16*)alloc(N * KVD * 2);
+    k_ = (bf16*)alloc(N * kvd_ * 2);
+    v_ = (bf16*)alloc(N * kvd_ * 2);
     ctx_ = (bf16*)alloc(N * QD * 2);
     g_ = (bf16*)alloc(N * F * 2);
     u_ = (bf16*)alloc(N * F * 2);
@@ -637,8 +743,9 @@ void GpuDecoder::allocate_buffers() {
     if (nf4_) dequant_ = (bf16*)alloc((size_t)gpu_base_max_linear_numel(c) * 2);
     d_tok_ = (int32_t*)alloc(N * 4);
     d_pos_ = (int32_t*)alloc(N * 4);
+    d_slot_ = (int32_t*)alloc(N * 4);
     d_len_ = (int32_t*)alloc(4);
-    cudaCheck(cudaMallocHost(&h_in_, (size_t)(2 * N + 1) * 4));
+    cudaCheck(cudaMallocHost(&h_in_, (size_t)(3 * N + 1) * 4));
     // the attention's scores live in shared memory: room for the whole context, asked for once
     const size_t att_smem = (size_t)(max_ctx_ + 16) * 4;
     if (att_smem > (48 << 10))
@@ -646,16 +753,16 @@ void GpuDecoder::allocate_buffers() {
     rstd_ = (float*)alloc(N * 4);
     const int64_t H = c.n_heads, D = c.head_dim;
     splits_ = (int)ceil_div((int64_t)max_ctx_, (int64_t)ATT_CHUNK);
-    part_o_ = (float*)alloc((size_t)H * splits_ * D * 4);
-    part_ml_ = (float*)alloc((size_t)H * splits_ * 2 * 4);
-    lu_f_ = (float*)alloc(3 * 1024 * 4);
+    part_o_ = (float*)alloc((size_t)max_batch_ * H * splits_ * D * 4);
+    part_ml_ = (float*)alloc((size_t)max_batch_ * H * splits_ * 2 * 4);
+    lu_f_ = (float*)alloc((size_t)3 * max_batch_ * 1024 * 4);
     d_consts_ = (Nf4Consts*)alloc(sizeof(Nf4Consts));
     cudaCheck(cudaMemcpy(d_consts_, &consts_, sizeof(Nf4Consts), cudaMemcpyHostToDevice));
     lse_ = (float*)alloc((size_t)H * N * 4);
     // the fused step needs whole 64-column absmax blocks per row and whole 16-row tiles
-    fused_ok_ = c.head_dim % 8 == 0 && c.head_dim <= 128 && C % 64 == 0 && F % 64 == 0 && QD % 64 == 0 && C % 16 == 0 && QD % 16 == 0 && KVD % 16 == 0 && F % 8 == 0;
-    d_logits_ = (float*)alloc((size_t)c.vocab_size * 4);
-    cudaCheck(cudaMallocHost(&h_logits_, (size_t)c.vocab_size * 4));
+    fused_ok_ = c.head_dim % 8 == 0 && c.head_dim <= 128 && C % 64 == 0 && F % 64 == 0 && QD % 64 == 0 && C % 16 == 0 && QD % 16 == 0 && kvd_ % 16 == 0 && F % 8 == 0;
+    d_logits_ = (float*)alloc((size_t)max_batch_ * c.vocab_size * 4);
+    cudaCheck(cudaMallocHost(&h_logits_, (size_t)max_batch_ * c.vocab_size * 4));
 }
 
 GpuDecoder::~GpuDecoder() {
@@ -688,7 +795,7 @@ const bf16* GpuDecoder::dense_weight(int t, int l) {
 void GpuDecoder::set_adapter(const Adapter* a, bool merge) {
     cudaCheck(cudaStreamSynchronize(stream_));
     drop_graph();  // it holds the previous adapter's pointers
-    len_ = 0;
+    std::fill(lens_.begin(), lens_.end(), 0);
     merged_ = false;
     if (lora_w_) cudaCheck(cudaFree(lora_w_));
     lora_w_ = nullptr;
@@ -746,7 +853,6 @@ void GpuDecoder::linear(bf16* y, const bf16* x, int t, int l, int n, bool accumu
 }
 
 void GpuDecoder::forward(int n) {
-    if (n == 1 && fused_ok_) return forward_step();
     const Config& c = base_.cfg;
     const int64_t C = c.dim, F = c.hidden_dim, KVD = (int64_t)c.n_kv_heads * c.head_dim;
     embedding_forward(x_, d_tok_, base_.w.embed, n, (int)C, stream_);
@@ -758,14 +864,14 @@ void GpuDecoder::forward(int n) {
         linear(v_, xn_, LT_V, l, n, false);
         rope_forward(q_, d_pos_, n, c.n_heads, c.head_dim, c.rope_theta, stream_);
         rope_forward(k_, d_pos_, n, c.n_kv_heads, c.head_dim, c.rope_theta, stream_);
-        bf16* kc = kc_ + (int64_t)l * max_ctx_ * KVD;
-        bf16* vc = vc_ + (int64_t)l * max_ctx_ * KVD;
+        bf16* kc = kc_layer(slot_, l);
+        bf16* vc = vc_layer(slot_, l);
         const int64_t ne = (int64_t)n * KVD;
         cache_store_kernel<<<ceil_div(ne, 256), 256, 0, stream_>>>(kc, k_, d_len_, KVD, ne);
         cudaCheckLaunch();
         cache_store_kernel<<<ceil_div(ne, 256), 256, 0, stream_>>>(vc, v_, d_len_, KVD, ne);
         cudaCheckLaunch();
-        if (n > 1 && len_ == 0) {  // a prompt from the start: the training's flash attention
+        if (n > 1 && lens_[(size_t)slot_] == 0) {  // a prompt from the start: the training's flash attention
             attention_forward(ctx_, lse_, q_, k_, v_, d_pos_, 1, n, c.n_heads, c.n_kv_heads, c.head_dim, stream_);
         } else {
         // +16 floats: the compiler's unrolled read of scores[] may touch a few past the last key
@@ -788,11 +894,12 @@ void GpuDecoder::forward(int n) {
 
 // The linears targets[0..n) of layer l, all reading x, in one fused launch (plus one for their
 // LoRA A products): ys[i] receives target i (in MV_SWIGLU mode ys[0] receives h, ys[1] is unused).
-void GpuDecoder::fused_linears(const bf16* x, const int* targets, bf16* const* ys, int n, int l, int mode) {
+void GpuDecoder::fused_linears(const bf16* x, const int* targets, bf16* const* ys, int n, int l, int mode, int nb) {
     const Config& c = base_.cfg;
     MvArgs a;
     a.n_targets = n;
     a.mode = mode;
+    a.nb = nb;
     a.cols = (int)lora_in_dim(c, targets[0]);
     a.r = lcfg_.rank;
     a.lora_scale = lcfg_.rank > 0 ? lcfg_.scaling() : 0.0f;
@@ -809,108 +916,159 @@ void GpuDecoder::fused_linears(const bf16* x, const int* targets, bf16* const* y
         if (!merged_ && r > 0 && lcfg_.has(t)) {
             A[na] = lora_w_ + lay_.a_offset[t] + l * r * IC;
             m.lora_b = lora_w_ + lay_.b_offset[t] + l * OC * r;
-            m.lora_u = lu_f_ + na * r;
+            m.lora_u = lu_f_ + na * max_batch_ * r;
             na++;
         }
     }
     if (na > 0) {
-        lora_a_kernel<<<dim3((unsigned)a.r, (unsigned)na), 128, 0, stream_>>>(lu_f_, x, A[0], A[1], A[2], a.r, a.cols);
+        lora_a_kernel<<<dim3((unsigned)a.r, (unsigned)na), 128, 0, stream_>>>(lu_f_, x, A[0], A[1], A[2], a.r, a.cols, nb,
+                                                                         (int64_t)max_batch_ * a.r);
         cudaCheckLaunch();
     }
     matvec_mma(x, a, nf4_ && !merged_, d_consts_, stream_);
 }
 
-// One token (ids, position and cache length on the device), ~10 launches a layer: the layer loop
-// of forward() with the linears fused by input, RoPE and the cache stores in one kernel, and
-// split-K attention.
-void GpuDecoder::forward_step() {
+// One token for each of nb sequences (ids, positions = cache lengths, slots on the device), ~10
+// launches a layer: the layer loop of forward() with the linears fused by input, RoPE and the cache
+// stores in one kernel, and split-K attention. Every kernel treats the sequences independently.
+void GpuDecoder::forward_step(int nb) {
     const Config& c = base_.cfg;
-    const int64_t C = c.dim, KVD = (int64_t)c.n_kv_heads * c.head_dim;
-    const int H = c.n_heads, KV = c.n_kv_heads, D = c.head_dim;
-    embedding_forward(x_, d_tok_, base_.w.embed, 1, (int)C, stream_);
+    const int64_t C = c.dim;
+    const int H = c.n_heads, KV = c.n_kv_heads, D = c.head_dim, V = c.vocab_size;
+    embedding_forward(x_, d_tok_, base_.w.embed, nb, (int)C, stream_);
     const float scale = 1.0f / sqrtf((float)D);
     static const int qkv[3] = {LT_Q, LT_K, LT_V}, o[1] = {LT_O}, gate_up[2] = {LT_GATE, LT_UP}, down[1] = {LT_DOWN};
     for (int l = 0; l < c.n_layers; l++) {
-        bf16* kc = kc_ + (int64_t)l * max_ctx_ * KVD;
-        bf16* vc = vc_ + (int64_t)l * max_ctx_ * KVD;
-        rmsnorm_forward(xn_, rstd_, x_, base_.w.attn_norm + l * C, 1, (int)C, c.norm_eps, stream_);
+        bf16 *kc = kc_layer(0, l), *vc = vc_layer(0, l);  // slot 0's; the kernels add slot * slot_stride_
+        rmsnorm_forward(xn_, rstd_, x_, base_.w.attn_norm + l * C, nb, (int)C, c.norm_eps, stream_);
         bf16* const y_qkv[3] = {q_, k_, v_};
-        fused_linears(xn_, qkv, y_qkv, 3, l, MV_STORE);
-        rope_store_kernel<<<(unsigned)ceil_div((int64_t)(H + KV) * (D / 2), (int64_t)128), 128, 0, stream_>>>(
-            q_, k_, v_, kc, vc, d_len_, d_pos_, H, KV, D, c.rope_theta);
+        fused_linears(xn_, qkv, y_qkv, 3, l, MV_STORE, nb);
+        rope_store_kernel<<<(unsigned)ceil_div((int64_t)nb * (H + KV) * (D / 2), (int64_t)128), 128, 0, stream_>>>(
+            q_, k_, v_, kc, vc, d_pos_, d_slot_, slot_stride_, nb, H, KV, D, c.rope_theta);
         cudaCheckLaunch();
-        attention_split_kernel<<<dim3((unsigned)splits_, (unsigned)H), ATT_THREADS, 0, stream_>>>(
-            part_o_, part_ml_, q_, kc, vc, d_len_, H, KV, D, splits_, scale);
+        attention_split_kernel<<<dim3((unsigned)splits_, (unsigned)H, (unsigned)nb), ATT_THREADS, 0, stream_>>>(
+            part_o_, part_ml_, q_, kc, vc, d_pos_, d_slot_, slot_stride_, H, KV, D, splits_, scale);
         cudaCheckLaunch();
-        attention_combine_kernel<<<(unsigned)H, 128, 0, stream_>>>(ctx_, part_o_, part_ml_, D, splits_);
+        attention_combine_kernel<<<dim3((unsigned)H, (unsigned)nb), 128, 0, stream_>>>(ctx_, part_o_, part_ml_, H, D, splits_);
         cudaCheckLaunch();
         bf16* const y_o[1] = {x_};
-        fused_linears(ctx_, o, y_o, 1, l, MV_ADD);  // the residual add rides on the output
-        rmsnorm_forward(xn_, rstd_, x_, base_.w.mlp_norm + l * C, 1, (int)C, c.norm_eps, stream_);
+        fused_linears(ctx_, o, y_o, 1, l, MV_ADD, nb);  // the residual add rides on the output
+        rmsnorm_forward(xn_, rstd_, x_, base_.w.mlp_norm + l * C, nb, (int)C, c.norm_eps, stream_);
         bf16* const y_gu[2] = {h_, nullptr};
-        fused_linears(xn_, gate_up, y_gu, 2, l, MV_SWIGLU);
+        fused_linears(xn_, gate_up, y_gu, 2, l, MV_SWIGLU, nb);
         bf16* const y_d[1] = {x_};
-        fused_linears(h_, down, y_d, 1, l, MV_ADD);
+        fused_linears(h_, down, y_d, 1, l, MV_ADD, nb);
     }
-    rmsnorm_forward(xn_, rstd_, x_, base_.w.final_norm, 1, (int)C, c.norm_eps, stream_);
-    matvec_bf16<float>(d_logits_, xn_, base_.w.lm_head, c.vocab_size, (int)C, 1.0f, false, stream_);
-    cudaCheck(cudaMemcpyAsync(h_logits_, d_logits_, (size_t)c.vocab_size * 4, cudaMemcpyDeviceToHost, stream_));
+    rmsnorm_forward(xn_, rstd_, x_, base_.w.final_norm, nb, (int)C, c.norm_eps, stream_);
+    // the LM head on the same tensor-core mat-vec: fp32 logits (nb, V), the head read once for all
+    MvArgs head;
+    head.n_targets = 1, head.mode = MV_STORE_F32, head.nb = nb, head.cols = (int)C;
+    head.t[0].dense = base_.w.lm_head, head.t[0].y32 = d_logits_, head.t[0].rows = V;
+    matvec_mma(xn_, head, false, d_consts_, stream_);
+    cudaCheck(cudaMemcpyAsync(h_logits_, d_logits_, (size_t)nb * V * 4, cudaMemcpyDeviceToHost, stream_));
 }
 
-const float* GpuDecoder::prefill(const int32_t* tokens, int n) {
-    if (n < 1 || len_ + n > max_ctx_)
-        fail("decoder: %d tokens after %d do not fit the context of %d", n, len_, max_ctx_);
-    // inputs through pinned staging: token ids, positions len_.., the cache length
+const float* GpuDecoder::prefill_into(int slot, const int32_t* tokens, int n) {
+    ASSERT(slot >= 0 && slot < max_batch_, "a slot of the decoder");
+    const int len = lens_[(size_t)slot];
+    if (n < 1 || len + n > max_ctx_) fail("decoder: %d tokens after %d do not fit the context of %d", n, len, max_ctx_);
+    // inputs through pinned staging: token ids, positions len.., the cache length
     cudaCheck(cudaStreamSynchronize(stream_));
     memcpy(h_in_, tokens, n * 4);
-    for (int i = 0; i < n; i++) h_in_[n + i] = len_ + i;
-    h_in_[2 * n] = len_;
+    for (int i = 0; i < n; i++) h_in_[n + i] = len + i;
+    h_in_[2 * n] = len;
     cudaCheck(cudaMemcpyAsync(d_tok_, h_in_, n * 4, cudaMemcpyHostToDevice, stream_));
     cudaCheck(cudaMemcpyAsync(d_pos_, h_in_ + n, n * 4, cudaMemcpyHostToDevice, stream_));
     cudaCheck(cudaMemcpyAsync(d_len_, h_in_ + 2 * n, 4, cudaMemcpyHostToDevice, stream_));
+    slot_ = slot;
     forward(n);
     cudaCheck(cudaStreamSynchronize(stream_));
-    len_ += n;
+    lens_[(size_t)slot] += n;
     return h_logits_;
 }
 
 const float* GpuDecoder::step(int32_t token) {
-    // the first steps run plainly (they also make the one-time settings, such as shared-memory
-    // limits, that a capture must not do); then one step's work is captured and replayed
-    if (steps_uncaptured_ < 2) {
-        steps_uncaptured_++;
-        return prefill(&token, 1);
+    if (fused_ok_) {
+        const int slot0 = 0;
+        return step_batch(&token, &slot0, 1);
     }
-    if (len_ + 1 > max_ctx_) fail("decoder: the context of %d is full", max_ctx_);
+    // other shapes: forward(1) on the generic kernels, plainly for two steps (they make the one-time
+    // settings, such as shared-memory limits, that a capture must not do), then as a graph
+    if (generic_uncaptured_ < 2) {
+        generic_uncaptured_++;
+        return prefill_into(0, &token, 1);
+    }
+    const int len = lens_[0];
+    if (len + 1 > max_ctx_) fail("decoder: the context of %d is full", max_ctx_);
     cudaCheck(cudaStreamSynchronize(stream_));
-    h_in_[0] = token;
-    h_in_[1] = len_;
-    h_in_[2] = len_;
+    h_in_[0] = token, h_in_[1] = len, h_in_[2] = len;
     cudaCheck(cudaMemcpyAsync(d_tok_, h_in_, 4, cudaMemcpyHostToDevice, stream_));
     cudaCheck(cudaMemcpyAsync(d_pos_, h_in_ + 1, 4, cudaMemcpyHostToDevice, stream_));
     cudaCheck(cudaMemcpyAsync(d_len_, h_in_ + 2, 4, cudaMemcpyHostToDevice, stream_));
-    if (!step_graph_) {
+    slot_ = 0;
+    if (!generic_graph_) {
         cudaGraph_t g;
         cudaCheck(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
         forward(1);
         cudaCheck(cudaStreamEndCapture(stream_, &g));
-        cudaCheck(cudaGraphInstantiate(&step_graph_, g, 0));
+        cudaCheck(cudaGraphInstantiate(&generic_graph_, g, 0));
         cudaCheck(cudaGraphDestroy(g));
     }
-    cudaCheck(cudaGraphLaunch(step_graph_, stream_));
+    cudaCheck(cudaGraphLaunch(generic_graph_, stream_));
     cudaCheck(cudaStreamSynchronize(stream_));
-    len_ += 1;
+    lens_[0] += 1;
     return h_logits_;
 }
 
-std::unique_ptr<Decoder> make_gpu_decoder(const std::string& model_path, int max_context) {
+const float* GpuDecoder::step_batch(const int32_t* tokens, const int* slots, int nb) {
+    ASSERT(nb >= 1 && nb <= max_batch_, "1 .. max_batch slots a pass");
+    for (int i = 0; i < nb; i++) {
+        ASSERT(slots[i] >= 0 && slots[i] < max_batch_, "a slot of the decoder");
+        for (int j = 0; j < i; j++) ASSERT(slots[j] != slots[i], "distinct slots in one pass");
+        if (lens_[(size_t)slots[i]] + 1 > max_ctx_) fail("decoder: the context of %d is full", max_ctx_);
+    }
+    const int V = base_.cfg.vocab_size;
+    if (!fused_ok_) {  // one sequence at a time; the last one run is row 0's, so go backwards
+        for (int i = nb - 1; i >= 0; i--) {
+            prefill_into(slots[i], &tokens[i], 1);
+            if (i > 0) memcpy(h_logits_ + (size_t)i * V, h_logits_, (size_t)V * 4);
+        }
+        return h_logits_;
+    }
+    cudaCheck(cudaStreamSynchronize(stream_));
+    for (int i = 0; i < nb; i++) h_in_[i] = tokens[i], h_in_[nb + i] = lens_[(size_t)slots[i]], h_in_[2 * nb + i] = slots[i];
+    cudaCheck(cudaMemcpyAsync(d_tok_, h_in_, nb * 4, cudaMemcpyHostToDevice, stream_));
+    cudaCheck(cudaMemcpyAsync(d_pos_, h_in_ + nb, nb * 4, cudaMemcpyHostToDevice, stream_));
+    cudaCheck(cudaMemcpyAsync(d_slot_, h_in_ + 2 * nb, nb * 4, cudaMemcpyHostToDevice, stream_));
+    // each batch size runs plainly once (errors surface at their launch), then as its own graph
+    cudaGraphExec_t& graph = step_graphs_[(size_t)nb];
+    if (steps_uncaptured_[(size_t)nb] < 1) {
+        steps_uncaptured_[(size_t)nb]++;
+        forward_step(nb);
+    } else {
+        if (!graph) {
+            cudaGraph_t g;
+            cudaCheck(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+            forward_step(nb);
+            cudaCheck(cudaStreamEndCapture(stream_, &g));
+            cudaCheck(cudaGraphInstantiate(&graph, g, 0));
+            cudaCheck(cudaGraphDestroy(g));
+        }
+        cudaCheck(cudaGraphLaunch(graph, stream_));
+    }
+    cudaCheck(cudaStreamSynchronize(stream_));
+    for (int i = 0; i < nb; i++) lens_[(size_t)slots[i]] += 1;
+    return h_logits_;
+}
+
+std::unique_ptr<Decoder> make_gpu_decoder(const std::string& model_path, int max_context, int max_batch) {
     std::string why;
     if (!gpu_available(&why)) fail("--device cuda: no usable GPU (%s)", why.c_str());
-    return std::make_unique<GpuDecoder>(model_path, max_context);
+    return std::make_unique<GpuDecoder>(model_path, max_context, max_batch);
 }
 
 bool gpu_decoder_usable() { return gpu_available(nullptr); }
 
-std::unique_ptr<Decoder> make_gpu_decoder_random(const Config& c, bool nf4, int max_context, uint64_t seed) {
-    return std::make_unique<GpuDecoder>(c, nf4, max_context, seed);
+std::unique_ptr<Decoder> make_gpu_decoder_random(const Config& c, bool nf4, int max_context, int max_batch, uint64_t seed) {
+    return std::make_unique<GpuDecoder>(c, nf4, max_context, max_batch, seed);
 }

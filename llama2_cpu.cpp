@@ -839,10 +839,12 @@ void cpu_lora_merge(CpuModel& m) {
     lora_clear(m);
 }
 
-CpuDecoder::CpuDecoder(CpuModel model, int max_context) : m_(std::move(model)) {
+CpuDecoder::CpuDecoder(CpuModel model, int max_context, int max_batch) : m_(std::move(model)) {
+    ASSERT(max_batch >= 1, "a decoder of at least one slot");
     m_.w = carve_weights(m_.cfg, m_.weights_mem.data());  // the pointers must point into our copy
-    cpu_kv_cache_init(cache_, m_.cfg, max_context);
-    logits_.resize((size_t)m_.cfg.vocab_size);
+    caches_.resize((size_t)max_batch);
+    for (CpuKVCache& c : caches_) cpu_kv_cache_init(c, m_.cfg, max_context);
+    logits_.resize((size_t)max_batch * m_.cfg.vocab_size);
 }
 
 void CpuDecoder::set_adapter(const Adapter* adapter, bool merge) {
@@ -865,11 +867,26 @@ void CpuDecoder::set_adapter(const Adapter* adapter, bool merge) {
             merged_ = true;
         }
     }
-    reset();
+    for (CpuKVCache& c : caches_) c.len = 0;
 }
 
 const float* CpuDecoder::prefill(const int32_t* tokens, int n) {
-    cpu_forward_cached(m_, cache_, tokens, n, logits_.data(), false);
+    cpu_forward_cached(m_, caches_[0], tokens, n, logits_.data(), false);
+    return logits_.data();
+}
+
+const float* CpuDecoder::prefill_slot(int slot, const int32_t* tokens, int n) {
+    CpuKVCache& c = caches_.at((size_t)slot);
+    c.len = 0;
+    cpu_forward_cached(m_, c, tokens, n, logits_.data(), false);
+    return logits_.data();
+}
+
+// the reference runs the slots one after another: a slot's logits are those of its sequence alone
+const float* CpuDecoder::step_batch(const int32_t* tokens, const int* slots, int n) {
+    ASSERT(n >= 1 && n <= max_batch(), "1 .. max_batch slots a pass");
+    const size_t V = (size_t)m_.cfg.vocab_size;
+    for (int i = 0; i < n; i++) cpu_forward_cached(m_, caches_.at((size_t)slots[i]), &tokens[i], 1, logits_.data() + i * V, false);
     return logits_.data();
 }
 

@@ -197,21 +197,26 @@ void cpu_lora_merge(CpuModel& m);
 // original linear weights, so a later set_adapter starts from the exact base again.
 class CpuDecoder : public Decoder {
    public:
-    CpuDecoder(CpuModel model, int max_context);
+    // max_batch: the sequences its caches hold (slots; a batched step runs them one by one)
+    CpuDecoder(CpuModel model, int max_context, int max_batch);
     const Config& config() const override { return m_.cfg; }
-    int max_context() const override { return cache_.max_T; }
-    int position() const override { return cache_.len; }
-    void reset() override { cache_.len = 0; }
+    int max_context() const override { return caches_[0].max_T; }
+    int position() const override { return caches_[0].len; }
+    void reset() override { caches_[0].len = 0; }
     void set_adapter(const Adapter* adapter, bool merge) override;
     const float* prefill(const int32_t* tokens, int n) override;
     const float* step(int32_t token) override { return prefill(&token, 1); }
     std::string describe() const override;
+    int max_batch() const override { return (int)caches_.size(); }
+    int slot_position(int slot) const override { return caches_.at((size_t)slot).len; }
+    const float* prefill_slot(int slot, const int32_t* tokens, int n) override;
+    const float* step_batch(const int32_t* tokens, const int* slots, int n) override;
     const CpuModel& model() const { return m_; }
 
    private:
     CpuModel m_;
-    CpuKVCache cache_;
-    std::vector<float> logits_;         // (V)
+    std::vector<CpuKVCache> caches_;    // one per slot
+    std::vector<float> logits_;         // (max_batch, V)
     std::vector<float> base_linears_;   // W_Q .. W_DOWN as loaded, kept while an adapter is merged
     bool merged_ = false;
 };

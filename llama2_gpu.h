@@ -292,4 +292,4 @@ float gpu_read_step_loss(GpuModel& m);  // summed CE of the training forwards si
 // the GPU decoder (decode.cu) behind ./sample: make_gpu_decoder() is declared in sampling.h; this
 // one builds a model of random weights on the device, for benchmarks.
 class Decoder;
-std::unique_ptr<Decoder> make_gpu_decoder_random(const Config& c, bool nf4, int max_context, uint64_t seed);
+std::unique_ptr<Decoder> make_gpu_decoder_random(const Config& c, bool nf4, int max_context, int max_batch, uint64_t seed);

@@ -18,8 +18,11 @@
 // The model runs behind the Decoder interface (sampling.h): the CPU reference (CpuDecoder,
 // llama2_cpu.h) here; a GPU build links make_gpu_decoder() and --device cuda uses it.
 //
-// Output: answers stream to stdout as they are decoded (with -f --table: a markdown table at the
-// end). stderr gets progress and, at the end, prefill and decode tokens/s. Bad input (files that
+// Output: answers stream to stdout as they are decoded; with -f the prompts run as one batch
+// (--batch, 16 on the GPU: a slot that finishes takes the next prompt) and each answer is printed,
+// in prompt order, when it is complete (with --table: a markdown table at the end). A prompt's
+// answer is the same in a batch as alone: its own Rng(seed), logits independent of its batch-mates.
+// stderr gets progress and, at the end, prefill and decode tokens/s. Bad input (files that
 // don't match each other, a prompt longer than the context): one line "sample: ..." and exit 1;
 // a bad command line: exit 2.
 #include <sentencepiece_processor.h>
@@ -121,7 +124,7 @@ struct Streamer {
 
 struct Args {
     std::string model, tokenizer, prompt, prompts_file, system, temperature = "0.7", top_p = "0.8", top_k = "50",
-        repetition_penalty = "1.2", max_length, max_new_tokens, greedy, seed, device, merge, table;
+        repetition_penalty = "1.2", max_length, max_new_tokens, greedy, seed, device, merge, table, batch;
     std::vector<std::string> adapters;
 };
 
@@ -154,6 +157,7 @@ static Cli make_cli(Args& a) {
             {"-d", "--device", "NAME", "cuda or cpu (default: cuda when this build has the GPU decoder and a GPU is usable)", &a.device},
             {nullptr, "--merge", nullptr, "merge each adapter into the base weights instead of applying it unmerged", &a.merge},
             {nullptr, "--table", nullptr, "print a markdown table: one row per prompt, one column per adapter", &a.table},
+            {"-b", "--batch", "N", "prompts of -f decoded together, each as it would be alone (default: 16 on cuda, 1 on cpu)", &a.batch},
             {"-h", "--help", nullptr, "show this help and exit", nullptr},
         }};
 }
@@ -169,8 +173,13 @@ struct Settings {
     uint64_t seed = 0;
     bool seed_given = false;
     std::string device;
+    int batch = 0;                         // 0: the device's default (SAMPLE_BATCH_CUDA / _CPU)
     bool merge = false, table = false, demo = false;
 };
+
+// -f prompts decoded together by default: on the GPU a pass over 16 sequences reads the weights once
+// for all of them (bench_decode --batch 16); the CPU reference gains nothing from batching
+constexpr int SAMPLE_BATCH_CUDA = 16, SAMPLE_BATCH_CPU = 1, SAMPLE_BATCH_MAX = 64;
 
 static double float_arg(const char* flag, const std::string& s, double lo, double hi, bool lo_open) {
     double v = cli_float(PROG, flag, s, lo, hi);
@@ -204,6 +213,7 @@ static Settings settings_from(Args& a) {
     if (!a.device.empty()) s.device = cli_choice(PROG, "--device", a.device, {"cuda", "cpu"});
     s.merge = !a.merge.empty();
     s.table = !a.table.empty();
+    if (!a.batch.empty()) s.batch = (int)cli_int(PROG, "--batch", a.batch, 1, SAMPLE_BATCH_MAX);
     const bool interactive = a.prompt.empty() && a.prompts_file.empty();
     if (interactive && s.table) cli_usage_error(PROG, "--table needs prompts (-p or -f)");
     if (interactive && s.adapters.size() > 1) cli_usage_error(PROG, "interactive chat takes one adapter (compare several with -f and --table)");
@@ -322,17 +332,17 @@ static void check_prompt_fits(const Settings& s, const Config& c, int64_t prompt
 
 // ----------------------------------------------------------------------------------------------
 
-static std::unique_ptr<Decoder> make_decoder(const Settings& s, const std::string& device, int max_context) {
+static std::unique_ptr<Decoder> make_decoder(const Settings& s, const std::string& device, int max_context, int batch) {
     if (device == "cuda") {
         if (!make_gpu_decoder)
             fail("--device cuda: this ./sample was built without the GPU decoder; use --device cpu");
-        return make_gpu_decoder(s.model, max_context);
+        return make_gpu_decoder(s.model, max_context, batch);
     }
     std::vector<float> weights;
     ModelHeader h = load_model_f32(s.model, weights);
     CpuModel m;
     cpu_model_init(m, h.config, std::move(weights));
-    return std::make_unique<CpuDecoder>(std::move(m), max_context);
+    return std::make_unique<CpuDecoder>(std::move(m), max_context, batch);
 }
 
 static std::string table_cell(const std::string& text) {
@@ -391,7 +401,9 @@ static int run(Settings& s, const std::string& prompts_file) {
     if (prompt_ids.empty())
         max_context = s.max_new_tokens > 0 ? std::min<int64_t>(context_limit(s, cfg), CHAT_CONTEXT_CAP + s.max_new_tokens)
                                            : context_limit(s, cfg);
-    std::unique_ptr<Decoder> dec = make_decoder(s, device, (int)max_context);
+    const int batch = (int)std::min<size_t>(s.batch > 0 ? (size_t)s.batch : device == "cuda" ? SAMPLE_BATCH_CUDA : SAMPLE_BATCH_CPU,
+                                            std::max<size_t>(s.prompts.size(), 1));
+    std::unique_ptr<Decoder> dec = make_decoder(s, device, (int)max_context, batch);
     if (!s.seed_given) fprintf(stderr, "%s: seed %llu (pass --seed to repeat this run)\n", PROG, (unsigned long long)s.seed);
     GenerateStats total;
 
@@ -400,6 +412,26 @@ static int run(Settings& s, const std::string& prompts_file) {
         const bool headers = !s.table && (adapters.size() > 1 || s.prompts.size() > 1);
         for (size_t a = 0; a < adapters.size(); a++) {
             dec->set_adapter(adapters[a].get(), s.merge);
+            if (batch > 1) {  // all prompts through the slots; answers printed in prompt order as they end
+                std::vector<int64_t> limits;
+                for (const auto& ids : prompt_ids) limits.push_back(total_limit(s, cfg, (int64_t)ids.size()));
+                answers[a].assign(s.prompts.size(), std::string());
+                std::vector<bool> done(s.prompts.size(), false);
+                size_t printed = 0, finished = 0;
+                GenerateStats st;
+                generate_batch(*dec, prompt_ids, limits, eos, s.sampling, s.seed, [&](size_t p, const std::vector<int32_t>& ids) {
+                    answers[a][p] = tok->decode(ids);
+                    done[p] = true;
+                    fprintf(stderr, "%s: [%s] %zu/%zu prompts done\n", PROG, s.adapters[a].c_str(), ++finished, s.prompts.size());
+                    for (; !s.table && printed < done.size() && done[printed]; printed++) {
+                        if (headers) printf("### [%s] %s\n", s.adapters[a].c_str(), s.prompts[printed].c_str());
+                        printf("%s%s", answers[a][printed].c_str(), headers ? "\n\n" : "\n");
+                        fflush(stdout);
+                    }
+                }, &st);
+                total.add(st);
+                continue;
+            }
             for (size_t p = 0; p < s.prompts.size(); p++) {
                 if (headers) printf("### [%s] %s\n", s.adapters[a].c_str(), s.prompts[p].c_str());
                 if (s.table) fprintf(stderr, "%s: [%s] prompt %zu/%zu\n", PROG, s.adapters[a].c_str(), p + 1, s.prompts.size());

@@ -179,3 +179,88 @@ std::vector<int32_t> generate(Decoder& dec, const std::vector<int32_t>& context,
     if (stats) *stats = st;
     return generated;
 }
+
+std::vector<std::vector<int32_t>> generate_batch(Decoder& dec, const std::vector<std::vector<int32_t>>& contexts,
+                                                 const std::vector<int64_t>& max_totals, int32_t eos_id,
+                                                 const SamplingConfig& cfg, uint64_t seed,
+                                                 const std::function<void(size_t, const std::vector<int32_t>&)>& on_done,
+                                                 GenerateStats* stats) {
+    using clock = std::chrono::steady_clock;
+    const int V = dec.config().vocab_size;
+    ASSERT(contexts.size() == max_totals.size(), "one length limit per prompt");
+    ASSERT(dec.max_batch() >= 1, "a decoder with at least one slot");
+    struct Live {                      // the sequence in one slot
+        size_t prompt = 0;
+        std::vector<int32_t> seq;      // prompt + generated, for the repetition penalty
+        size_t n_prompt = 0;
+        int64_t max_total = 0;
+        Rng rng{0};
+        int32_t pending = -1;          // chosen, not yet fed; -1: the slot is free
+    };
+    std::vector<std::vector<int32_t>> answers(contexts.size());
+    std::vector<Live> slots((size_t)std::min<size_t>((size_t)dec.max_batch(), std::max<size_t>(contexts.size(), 1)));
+    GenerateStats st;
+    size_t next_prompt = 0;
+    // live has chosen `next` after its last token fed: true while its sequence goes on (pending set)
+    auto advance = [&](Live& live, int32_t next) {
+        bool more = next != eos_id;
+        if (more) {
+            live.seq.push_back(next);
+            more = (int64_t)live.seq.size() < live.max_total;  // HF's MaxLengthCriteria
+        }
+        if (more) {
+            live.pending = next;
+            return true;
+        }
+        std::vector<int32_t>& out = answers[live.prompt];
+        out.assign(live.seq.begin() + (int64_t)live.n_prompt, live.seq.end());
+        if (on_done) on_done(live.prompt, out);
+        live.pending = -1;
+        return false;
+    };
+    std::vector<float> rows;  // (n, V) logits of one pass, copied: a refill's prefill reuses the decoder's buffer
+    // fills a free slot with the next prompt(s) until one goes on past its first token
+    auto refill = [&](int slot) {
+        while (next_prompt < contexts.size()) {
+            const size_t i = next_prompt++;
+            const std::vector<int32_t>& ctx = contexts[i];
+            ASSERT(!ctx.empty() && (int64_t)ctx.size() < max_totals[i], "room for one new token (checked by the caller)");
+            ASSERT(max_totals[i] <= (int64_t)dec.max_context() + 1, "the cache holds every token fed");
+            Live& live = slots[(size_t)slot];
+            live.prompt = i, live.seq = ctx, live.n_prompt = ctx.size(), live.max_total = max_totals[i];
+            live.rng = Rng(seed);
+            const auto t0 = clock::now();
+            const float* logits = dec.prefill_slot(slot, ctx.data(), (int)ctx.size());
+            st.prefill_tokens += (int64_t)ctx.size();
+            st.prefill_s += std::chrono::duration<double>(clock::now() - t0).count();
+            rows.assign(logits, logits + V);
+            if (advance(live, choose_next_token(rows.data(), V, live.seq.data(), live.seq.size(), cfg, live.rng))) return;
+        }
+    };
+    for (size_t s = 0; s < slots.size(); s++) refill((int)s);
+    std::vector<int32_t> tokens, chosen;
+    std::vector<int> ids;
+    while (true) {
+        tokens.clear(), ids.clear();
+        for (size_t s = 0; s < slots.size(); s++)
+            if (slots[s].pending >= 0) tokens.push_back(slots[s].pending), ids.push_back((int)s);
+        if (ids.empty()) break;
+        const int n = (int)ids.size();
+        const auto t0 = clock::now();
+        const float* logits = dec.step_batch(tokens.data(), ids.data(), n);
+        rows.assign(logits, logits + (size_t)n * V);
+        chosen.assign((size_t)n, 0);
+        // each sequence's processors and draw touch only its own row and Rng: parallel, same result
+#pragma omp parallel for schedule(dynamic) if (n > 1)
+        for (int j = 0; j < n; j++) {
+            Live& live = slots[(size_t)ids[j]];
+            chosen[j] = choose_next_token(rows.data() + (size_t)j * V, V, live.seq.data(), live.seq.size(), cfg, live.rng);
+        }
+        st.decode_tokens += n;
+        st.decode_s += std::chrono::duration<double>(clock::now() - t0).count();
+        for (int j = 0; j < n; j++)
+            if (!advance(slots[(size_t)ids[j]], chosen[j])) refill(ids[j]);
+    }
+    if (stats) *stats = st;
+    return answers;
+}

@@ -81,11 +81,22 @@ class Decoder {
     // Feeds one token; returns the (V) logits after it.
     virtual const float* step(int32_t token) = 0;
     virtual std::string describe() const = 0;  // "cpu fp32", "cuda NF4 ..." for the stats line
+
+    // Batched decoding. The caches hold max_batch() independent sequences, slots 0 .. max_batch()-1
+    // (the calls above use slot 0). A slot's logits never depend on which other slots share a pass:
+    // the same tokens give bitwise the same logits alone and in any batch.
+    virtual int max_batch() const = 0;
+    virtual int slot_position(int slot) const = 0;  // tokens in that slot's cache
+    // Empties the slot and feeds it tokens (n >= 1) from position 0; returns its (V) logits.
+    virtual const float* prefill_slot(int slot, const int32_t* tokens, int n) = 0;
+    // One token for each of n distinct slots in one pass; returns (n, V) logits, row i for slots[i].
+    virtual const float* step_batch(const int32_t* tokens, const int* slots, int n) = 0;
 };
 
 // Defined only in a GPU build of ./sample (the GPU decoder's source); a CPU-only build leaves the
 // symbol null and sample.cpp says so when --device cuda is asked for.
-std::unique_ptr<Decoder> make_gpu_decoder(const std::string& model_path, int max_context) __attribute__((weak));
+// max_batch: the sequences its caches hold (Decoder::max_batch).
+std::unique_ptr<Decoder> make_gpu_decoder(const std::string& model_path, int max_context, int max_batch) __attribute__((weak));
 // Defined beside it: whether a GPU can be used right now (a GPU build on a machine without one
 // falls back to the CPU by default).
 bool gpu_decoder_usable() __attribute__((weak));
@@ -110,3 +121,14 @@ struct GenerateStats {
 std::vector<int32_t> generate(Decoder& dec, const std::vector<int32_t>& context, int64_t max_total, int32_t eos_id,
                               const SamplingConfig& cfg, Rng& rng, const std::function<void(int32_t)>& on_token,
                               GenerateStats* stats);
+
+// generate() for many prompts at once, in up to dec.max_batch() slots: each prompt is prefilled
+// into a free slot, the active slots step together, and a slot whose sequence ends (eos, or its
+// max_totals[i]) takes the next prompt. Prompt i samples from its own Rng(seed), as generate() with
+// Rng(seed) would alone, and its logits do not depend on its batch-mates (Decoder), so every answer
+// equals the one generate() gives for that prompt by itself. on_done(i, tokens) as each finishes.
+std::vector<std::vector<int32_t>> generate_batch(Decoder& dec, const std::vector<std::vector<int32_t>>& contexts,
+                                                 const std::vector<int64_t>& max_totals, int32_t eos_id,
+                                                 const SamplingConfig& cfg, uint64_t seed,
+                                                 const std::function<void(size_t, const std::vector<int32_t>&)>& on_done,
+                                                 GenerateStats* stats);

@@ -72,30 +72,52 @@ std::vector<float> full_logits(const CpuModel& m, const std::vector<int32_t>& to
     return std::vector<float>(acts.logits, acts.logits + (size_t)T * m.cfg.vocab_size);
 }
 
-// A Decoder whose logits are a function of the tokens fed so far: for testing generate() alone.
+// A Decoder whose logits are a function of the tokens fed so far: for testing generate() and
+// generate_batch() alone. Slots 0 .. batch-1, each its own sequence; passes records the size of
+// every step_batch() call.
 struct ScriptedDecoder : Decoder {
     Config cfg{};
-    std::vector<int32_t> fed;
-    std::vector<float> out;
+    std::vector<std::vector<int32_t>> fed;  // (batch) tokens of each slot
+    std::vector<float> out;                 // (batch, V)
+    std::vector<int> passes;
     std::function<void(const std::vector<int32_t>&, float*)> script;
-    ScriptedDecoder(int V, std::function<void(const std::vector<int32_t>&, float*)> f) : script(std::move(f)) {
+    ScriptedDecoder(int V, std::function<void(const std::vector<int32_t>&, float*)> f, int batch = 1)
+        : fed((size_t)batch), script(std::move(f)) {
         cfg.vocab_size = V;
-        out.resize((size_t)V);
+        out.resize((size_t)batch * V);
     }
     const Config& config() const override { return cfg; }
     int max_context() const override { return 1000; }
-    int position() const override { return (int)fed.size(); }
-    void reset() override { fed.clear(); }
-    void set_adapter(const Adapter*, bool) override { reset(); }
-    const float* prefill(const int32_t* t, int n) override {
-        REQUIRE(n >= 1);
-        fed.insert(fed.end(), t, t + n);
-        std::fill(out.begin(), out.end(), 0.0f);
-        script(fed, out.data());
-        return out.data();
+    int position() const override { return (int)fed[0].size(); }
+    void reset() override { fed[0].clear(); }
+    void set_adapter(const Adapter*, bool) override {
+        for (auto& f : fed) f.clear();
     }
+    const float* feed(int slot, const int32_t* t, int n, float* row) {
+        REQUIRE(n >= 1);
+        std::vector<int32_t>& f = fed.at((size_t)slot);
+        REQUIRE((int)f.size() + n <= max_context());
+        f.insert(f.end(), t, t + n);
+        std::fill(row, row + cfg.vocab_size, 0.0f);
+        script(f, row);
+        return row;
+    }
+    const float* prefill(const int32_t* t, int n) override { return feed(0, t, n, out.data()); }
     const float* step(int32_t t) override { return prefill(&t, 1); }
     std::string describe() const override { return "scripted"; }
+    int max_batch() const override { return (int)fed.size(); }
+    int slot_position(int slot) const override { return (int)fed.at((size_t)slot).size(); }
+    const float* prefill_slot(int slot, const int32_t* t, int n) override {
+        fed.at((size_t)slot).clear();
+        return feed(slot, t, n, out.data());
+    }
+    const float* step_batch(const int32_t* t, const int* slots, int n) override {
+        REQUIRE(n >= 1);
+        REQUIRE(n <= max_batch());
+        passes.push_back(n);
+        for (int i = 0; i < n; i++) feed(slots[i], &t[i], 1, out.data() + (size_t)i * cfg.vocab_size);
+        return out.data();
+    }
 };
 
 SamplingConfig greedy_plain() {
@@ -320,7 +342,7 @@ TEST_CASE("sample: generate stops at eos or at max_length (prompt counted) and r
         CHECK(got == std::vector<int32_t>{13, 14, 15});  // 3 + 3 = max_length 6
         CHECK(streamed == got);
         CHECK(!st.hit_eos);
-        CHECK(d.fed == std::vector<int32_t>{1, 5, 6, 13, 14});  // the last token is never fed
+        CHECK(d.fed[0] == std::vector<int32_t>{1, 5, 6, 13, 14});  // the last token is never fed
     }
     {   // a cache that holds a prefix: only the rest is prefilled
         ScriptedDecoder d(V, script(-1));
@@ -328,7 +350,7 @@ TEST_CASE("sample: generate stops at eos or at max_length (prompt counted) and r
         GenerateStats st;
         generate(d, {1, 5, 6, 7}, 6, eos, greedy_plain(), rng, nullptr, &st);
         CHECK(st.prefill_tokens == 2);
-        CHECK(d.fed == std::vector<int32_t>{1, 5, 6, 7, 14});
+        CHECK(d.fed[0] == std::vector<int32_t>{1, 5, 6, 7, 14});
         // a cache as long as the context cannot give the logits after it: generate starts over
         ScriptedDecoder e(V, script(-1));
         e.prefill(std::vector<int32_t>{1, 5, 6}.data(), 3);
@@ -343,6 +365,52 @@ TEST_CASE("sample: generate stops at eos or at max_length (prompt counted) and r
         d.reset();
         CHECK(generate(d, {1, 5}, 3, eos, g, rng, nullptr, nullptr) == std::vector<int32_t>{9});
     }
+}
+
+TEST_CASE("sample: generate_batch gives every prompt the answer generate() gives it alone (ragged lengths, refilled slots)") {
+    const int V = 40;
+    const int32_t eos = 2;
+    // logits that depend on the whole sequence (so a slot mix-up shows), eos likely once it is long
+    auto script = [](const std::vector<int32_t>& fed, float* out) {
+        uint64_t h = 1469598103934665603ull;
+        for (int32_t t : fed) h = (h ^ (uint64_t)t) * 1099511628211ull;
+        for (int v = 0; v < 40; v++) out[v] = (float)((h >> (v % 32)) & 7) * 0.5f + (v == 2 ? 0.15f * (float)fed.size() : 0.0f);
+    };
+    const std::vector<std::vector<int32_t>> prompts = {{1, 5}, {1, 7, 8, 9}, {1}, {1, 30, 31}, {1, 12, 13, 14, 15, 16}, {1, 3}, {1, 9, 9}};
+    const std::vector<int64_t> limits = {14, 30, 9, 25, 40, 3, 22};
+    SamplingConfig cfg;  // sampling on: temperature 0.7, top-k 50, top-p 0.8, penalty 1.2
+    const uint64_t seed = 11;
+    std::vector<std::vector<int32_t>> alone;
+    for (size_t i = 0; i < prompts.size(); i++) {
+        ScriptedDecoder d(V, script);
+        Rng rng(seed);
+        alone.push_back(generate(d, prompts[i], limits[i], eos, cfg, rng, nullptr, nullptr));
+    }
+    for (int batch : {1, 3, 16}) {
+        CAPTURE(batch);
+        ScriptedDecoder d(V, script, batch);
+        std::vector<size_t> order;
+        GenerateStats st;
+        std::vector<std::vector<int32_t>> got = generate_batch(d, prompts, limits, eos, cfg, seed,
+                                                               [&](size_t i, const std::vector<int32_t>& ans) {
+                                                                   order.push_back(i);
+                                                                   CHECK(ans == alone[i]);
+                                                               }, &st);
+        REQUIRE(got.size() == prompts.size());
+        for (size_t i = 0; i < prompts.size(); i++) CHECK_MESSAGE(got[i] == alone[i], "prompt " << i);
+        CHECK(order.size() == prompts.size());
+        int widest = 0;
+        for (int n : d.passes) widest = std::max(widest, n);
+        // the slots really ran together (prompt 5 ends at its first token, before any step)
+        CHECK(widest == std::min(batch, (int)prompts.size() - 1));
+        int64_t decoded = 0;
+        for (int n : d.passes) decoded += n;
+        CHECK(st.decode_tokens == decoded);
+    }
+    // the answers differ from each other (the check above is not comparing empty strings)
+    CHECK(alone[1] != alone[4]);
+    CHECK(alone[4].size() > 2);
+    CHECK(alone[5].size() <= 1);  // max_total 3 after a 2-token prompt: at most one new token
 }
 
 // ==============================================================================================
@@ -361,7 +429,7 @@ TEST_CASE("sample: greedy decoding on every fixture picks the argmax of transfor
             CAPTURE(with_adapter);
             const char* name = with_adapter ? "logits" : "base_logits";
             std::vector<float> ref_logits = ref.read_f32(name, {tt.shape[0], T, V});  // row 0 first
-            CpuDecoder dec(fm.model(false), T + 1);
+            CpuDecoder dec(fm.model(false), T + 1, 1);
             dec.set_adapter(with_adapter ? &fm.adapter : nullptr, false);
             // a position counts when transformers' best beats its second by a margin our fp32 error cannot cross
             auto clear_best = [&](int p) {
@@ -454,7 +522,7 @@ TEST_CASE("sample: KV-cached logits equal cpu_forward's at every position, with 
         CHECK(max_rel_err(full_lora.data(), full_base.data(), full_lora.size()) > 1e-3);
 
         // CpuDecoder: merged, then unmerged again gives the unmerged logits exactly (base restored)
-        CpuDecoder dec(fm.model(false), T);
+        CpuDecoder dec(fm.model(false), T, 1);
         dec.set_adapter(&fm.adapter, true);
         const float* lm = dec.prefill(tokens.data(), T);
         CHECK(max_rel_err(lm, full_merged.data() + (size_t)(T - 1) * V, (size_t)V) <= TOL);
@@ -480,7 +548,7 @@ TEST_CASE("sample: a chat turn on the cached history gives what a fresh prefill 
     };
     SamplingConfig g;
     g.do_sample = false;  // greedy, with the reference configuration's penalty 1.2
-    CpuDecoder dec(fm.model(false), 200);
+    CpuDecoder dec(fm.model(false), 200, 1);
     dec.set_adapter(&fm.adapter, false);
     std::vector<ChatTurn> turns = {ChatTurn{"first question", {}, false}};
     std::vector<int32_t> ids1 = llama2_chat_tokens(turns, "sys", enc, 1, 2);
@@ -590,7 +658,7 @@ TEST_CASE("sample: ./sample greedy output equals the in-process decoder's; seede
     ModelHeader h = load_model_f32(f.model, w);
     CpuModel m;
     cpu_model_init(m, h.config, std::move(w));
-    CpuDecoder dec(std::move(m), h.config.max_seq_len);
+    CpuDecoder dec(std::move(m), h.config.max_seq_len, 1);
     Adapter a = read_adapter(f.adapter);
     dec.set_adapter(&a, false);
     sentencepiece::SentencePieceProcessor sp;
@@ -616,6 +684,51 @@ TEST_CASE("sample: ./sample greedy output equals the in-process decoder's; seede
     CmdResult s3 = sample(common + " --seed 7");
     CHECK(s3.output.find("tokens/s") != std::string::npos);
     CHECK(s3.output.find("prefill") != std::string::npos);
+}
+
+TEST_CASE("sample: the CPU decoder's slots are independent caches; ./sample -f answers the same at any --batch") {
+    SampleFiles& f = files();
+    std::vector<float> w;
+    ModelHeader h = load_model_f32(f.model, w);
+    CpuModel m;
+    cpu_model_init(m, h.config, std::move(w));
+    Adapter a = read_adapter(f.adapter);
+    const std::vector<std::vector<int32_t>> prompts = {{1, 40, 41, 42}, {1, 7}, {1, 99, 98, 97, 96, 95, 94}, {1, 300, 301}};
+    const std::vector<int64_t> limits = {16, 12, 20, 14};
+    SamplingConfig cfg;
+    std::vector<std::vector<int32_t>> alone;
+    {
+        CpuDecoder one(CpuModel(m), 32, 1);
+        one.set_adapter(&a, false);
+        for (size_t i = 0; i < prompts.size(); i++) {
+            Rng rng(5);
+            one.reset();
+            alone.push_back(generate(one, prompts[i], limits[i], 2, cfg, rng, nullptr, nullptr));
+        }
+    }
+    CpuDecoder three(std::move(m), 32, 3);
+    three.set_adapter(&a, false);
+    std::vector<std::vector<int32_t>> got = generate_batch(three, prompts, limits, 2, cfg, 5, nullptr, nullptr);
+    for (size_t i = 0; i < prompts.size(); i++) CHECK_MESSAGE(got[i] == alone[i], "prompt " << i);
+    CHECK(alone[0] != alone[2]);
+
+    // the command line: 4 prompts at --batch 1, 3 and 4 print the same answers, in prompt order
+    TempDir t;
+    FILE* pf = fopen((t / "prompts.txt").c_str(), "w");
+    REQUIRE(pf);
+    fputs("Tell me a story\nWhat is two plus two?\nName a colour\nSay something long\n", pf);
+    fclose(pf);
+    const std::string args = " -m " + f.model + " -t " + f.tok_a + " -a " + f.adapter + " -f " + (t / "prompts.txt") +
+                             " --max-new-tokens 10 --seed 9 --device cpu";
+    CmdResult b1 = sample_stdout(args + " --batch 1");
+    REQUIRE_MESSAGE(b1.exit_code == 0, b1.output);
+    CHECK(b1.output.find("### [") != std::string::npos);
+    for (const char* b : {" --batch 3", " --batch 4"}) {
+        CmdResult r = sample_stdout(args + b);
+        REQUIRE_MESSAGE(r.exit_code == 0, r.output);
+        CHECK_MESSAGE(r.output == b1.output, b);
+    }
+    check_one_line_error(sample(args + " --batch 0"), 2, "--batch");
 }
 
 TEST_CASE("sample: --table prints one row per prompt and one column per adapter; --merge agrees under greedy") {

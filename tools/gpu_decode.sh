@@ -4,8 +4,10 @@
 #   bash tools/gpu_decode.sh OUT_DIR [sanitize]
 # 1. the decode tests (GPU decoder against the CPU decoder; greedy on the trained demo model);
 # 2. bench_decode, 7B: NF4 + LoRA r=64 unmerged at a 128-token prompt, a 2,048-token prompt
-#    (prefill) and a 4,000-token prompt (long context); bf16 merged; 3. with `sanitize`,
-#    compute-sanitizer memcheck and racecheck over the decode tests. A table ends the output.
+#    (prefill) and a 4,000-token prompt (long context); batches of 8 and 16; bf16 merged; 3. with `sanitize`,
+#    compute-sanitizer memcheck and racecheck over the decode tests; with `profile`, ncu's occupancy,
+#    warp-stall and memory sections for the fused mat-vec launches of one NF4 decode step
+#    (ncu.txt). A table ends the output.
 set -u
 cd "$(dirname "$0")/.."
 OUT="${1:-build/decode}"
@@ -21,11 +23,18 @@ if [ "${2:-}" = sanitize ] && command -v compute-sanitizer >/dev/null; then
         echo "compute-sanitizer $tool exit $?: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/$tool.log" | tail -1)"
     done
 fi
-for args in "--quant nf4 --prompt 128" "--quant nf4 --prompt 2048 --new 128" "--quant nf4 --prompt 4000 --new 128" "--quant bf16 --merge" "--quant nf4 --rank 0"; do
+if [ "${2:-}" = profile ] && command -v ncu >/dev/null; then
+    timeout 300 ncu --kernel-name regex:matvec_mma --launch-skip 400 --launch-count 4 \
+        --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+        --section MemoryWorkloadAnalysis_Chart --metrics l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,dram__bytes_read.sum \
+        ./bench_decode --model 7b --new 32 > "$OUT/ncu.txt" 2>&1
+    echo "ncu exit $?: $(grep -c 'matvec_mma' "$OUT/ncu.txt") kernel reports in ncu.txt"
+fi
+for args in "--quant nf4 --prompt 128" "--quant nf4 --prompt 128 --batch 16" "--quant nf4 --prompt 128 --batch 8" "--quant nf4 --prompt 2048 --new 128" "--quant nf4 --prompt 4000 --new 128" "--quant bf16 --merge" "--quant bf16 --merge --batch 16" "--quant nf4 --rank 0"; do
     name=$(echo "$args" | tr -d ' -')
     timeout 200 ./bench_decode --model 7b $args > "$OUT/decode_$name.log" 2>&1
     echo "bench_decode $args (exit $?):"
     grep -E "prefill|decode [0-9]|bytes per token" "$OUT/decode_$name.log" | sed 's/^/   /'
 done
-echo "| case | prefill tok/s | decode tok/s | bytes/token | % of copy BW |"
-grep -h '^RESULT decode' "$OUT"/decode_*.log | sed -E 's/.*quant=([a-z0-9]+) rank=([0-9]+) merge=([01]) prompt=([0-9]+) prefill_tok_s=([0-9]+) decode_tok_s=([0-9.]+) bytes_per_token=([0-9]+) bw_pct=([0-9.]+)/| \1 r=\2 merge=\3 prompt=\4 | \5 | \6 | \7 | \8 |/'
+echo "| case | prefill tok/s | decode tok/s (all sequences) | bytes/step | % of copy BW |"
+grep -h '^RESULT decode' "$OUT"/decode_*.log | sed -E 's/.*quant=([a-z0-9]+) rank=([0-9]+) merge=([01]) prompt=([0-9]+) batch=([0-9]+) prefill_tok_s=([0-9]+) decode_tok_s=([0-9.]+) bytes_per_step=([0-9]+) bw_pct=([0-9.]+)/| \1 r=\2 merge=\3 prompt=\4 batch=\5 | \6 | \7 | \8 | \9 |/'
