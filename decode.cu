@@ -231,12 +231,17 @@ __global__ void cache_store_kernel(bf16* cache, const bf16* src, const int* d_le
 // mma's k order is permuted so that lane t's k values are 16 contiguous columns (16t .. 16t+15 of
 // the block), one 8-byte load of packed weights per row; x uses the same permutation, so the dot
 // product is unchanged. The NF4 code values go through a 256-entry table (one packed byte -> two
-// bf16), and the block's absmax multiplies the fp32 partial sum of those 64 columns once, not each
-// weight: NF4[c] * x summed then scaled, which differs from the bf16-rounded weights of the prefill
+// bf16) held 32 times over in shared memory, copy i in bank i, so that lane i reads its own copy:
+// a single table took ~3.4 shared-memory wavefronts per lookup from bank conflicts, and that, not
+// DRAM, bounded the kernel (ncu: L1/shared 72-76% busy, DRAM 16-18%). The block's absmax
+// multiplies the fp32 partial sum of those 64 columns once, not each weight: NF4[c] * x summed then scaled, which differs from the bf16-rounded weights of the prefill
 // path only by that rounding (the decode tests' 2e-2 logits tolerance covers it, as before).
 // Sequence j's outputs are the mma's column j and the epilogue's sums for j, computed the same way
 // whatever the other columns hold: alone or in a batch, its logits are bitwise the same.
-constexpr int MMA_WARPS = 4;  // 4 warps split the columns of a block's 16 rows, each a contiguous range
+// 8 warps split the columns of a block's 16 rows, each a contiguous range: with 4, the o and down
+// projections (256 blocks) kept ~8 warps on an SM (ncu: 11% achieved occupancy), and each block
+// fills a 32 KB table, better shared by more warps
+constexpr int MMA_WARPS = 8;
 // absmax blocks in flight per warp (16 NF4 blocks, 256 B a lane, measured slower: 129 vs 181
 // tokens/s, at 216 registers; the NF4 kernel is bound by its decode chain, not by bytes in flight)
 constexpr int MMA_UNROLL = 4;
@@ -250,7 +255,7 @@ struct MvTarget {               // one linear of a fused mat-vec launch
     Nf4View nf4{};              // NF4 weights (rows, cols), or
     const bf16* dense = nullptr;// bf16 weights (rows, cols)
     const bf16* lora_b = nullptr;  // (rows, r) LoRA B, or null: no adapter on this linear
-    const float* lora_u = nullptr; // (nb, r) A x of this linear, one row per sequence
+    const bf16* lora_u = nullptr;  // (nb, r) A x of this linear, one row per sequence
     bf16* y = nullptr;          // (nb, rows) output (MV_STORE_F32: y32)
     float* y32 = nullptr;
     int rows = 0;
@@ -263,21 +268,27 @@ struct MvArgs {
 
 // NT: n-tiles of 8 sequences (1 or 2). x (nb, cols).
 template <bool NF4, int NT>
-__global__ void __launch_bounds__(MMA_WARPS * 32) matvec_mma_kernel(const bf16* __restrict__ x, MvArgs a, const Nf4Consts* __restrict__ consts) {
-    __shared__ uint32_t lut[256];          // packed byte -> (NF4[hi], NF4[lo]) as bf16x2, hi in the low half
+__global__ void __launch_bounds__(MMA_WARPS * 32, NF4 ? 3 : 2) matvec_mma_kernel(const bf16* __restrict__ x, MvArgs a, const Nf4Consts* __restrict__ consts) {
     __shared__ float s_code8[256];
     __shared__ float red[MMA_WARPS][16][8 * NT];  // per warp: 16 rows x the sequences
-    extern __shared__ __align__(16) bf16 xs[];  // (nb, cols) x when it fits MMA_X_SMEM_MAX, else unused
+    // dynamic: NF4 only, the table (256 x 32 copies) uint32 packed byte -> (NF4[hi], NF4[lo]) as
+    // bf16x2, hi in the low half, entry b's copy i at b * 32 + i; then (nb, cols) x when it fits
+    // MMA_X_SMEM_MAX
+    extern __shared__ __align__(16) uint32_t dyn[];
+    uint32_t* lut = dyn;
+    bf16* xs = reinterpret_cast<bf16*>(dyn + (NF4 ? 256 * 32 : 0));
     const int nb = a.nb, cols = a.cols;
     const bool staged = (int64_t)nb * cols * 2 <= MMA_X_SMEM_MAX;
     if (staged)
         for (int i = threadIdx.x; i < nb * cols / 8; i += blockDim.x) reinterpret_cast<uint4*>(xs)[i] = reinterpret_cast<const uint4*>(x)[i];
     const bf16* xsrc = staged ? xs : x;
-    for (int i = threadIdx.x; i < 256; i += blockDim.x) {
-        // from global memory: a kernel argument indexed per thread is read one address at a time
-        lut[i] = pack_floats(consts->nf4[i >> 4], consts->nf4[i & 15]);
-        s_code8[i] = consts->code8[i];
-    }
+    // from global memory: a kernel argument indexed per thread is read one address at a time
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) s_code8[i] = consts->code8[i];
+    if (NF4)
+        for (int i = threadIdx.x; i < 256 * 8; i += blockDim.x) {  // 4 copies of entry i / 8 a 16-byte store
+            const uint32_t w = pack_floats(consts->nf4[(i >> 3) >> 4], consts->nf4[(i >> 3) & 15]);
+            reinterpret_cast<uint4*>(lut)[i] = make_uint4(w, w, w, w);
+        }
     __syncthreads();
     // which target and which 16 rows: in SwiGLU mode rows 0-7 are gate rows, 8-15 the same up rows.
     // The target's fields are picked with block-uniform selects: indexing a.t[] with a run-time
@@ -347,8 +358,8 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) matvec_mma_kernel(const bf16* 
                 if (NF4) {
                     const uint32_t bt = (m < 2 ? wt[u][0] : wt[u][1]) >> (16 * (m & 1));
                     const uint32_t bb = (m < 2 ? wb[u][0] : wb[u][1]) >> (16 * (m & 1));
-                    af[m][0] = lut[bt & 0xff], af[m][2] = lut[(bt >> 8) & 0xff];  // bytes 2m and 2m+1
-                    af[m][1] = lut[bb & 0xff], af[m][3] = lut[(bb >> 8) & 0xff];
+                    af[m][0] = lut[(bt & 0xff) << 5 | lane], af[m][2] = lut[((bt >> 8) & 0xff) << 5 | lane];  // bytes 2m, 2m+1
+                    af[m][1] = lut[(bb & 0xff) << 5 | lane], af[m][3] = lut[((bb >> 8) & 0xff) << 5 | lane];
                 } else {
                     // (the modulo only keeps the NF4 instance's dead copy of this branch in bounds)
                     af[m][0] = wt[u][(2 * m) % (NF4 ? 2 : 8)], af[m][2] = wt[u][(2 * m + 1) % (NF4 ? 2 : 8)];
@@ -378,63 +389,80 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) matvec_mma_kernel(const bf16* 
             }
         }
     }
+    // The LoRA B product on the same tensor cores, as r more k values: B (rows, r) is the A operand,
+    // u (nb, r) the B operand; warp w takes k-tiles w, w + 4, ... In SwiGLU mode the gate rows (top)
+    // and the up rows (bottom) have their own u, so each half is a pass of its own with the other
+    // half's weights zero.
+    const bf16 *lbt = MV_PICK(lora_b), *lbb = MV_PICK_BOT(lora_b);
+    const bf16 *lut_u = MV_PICK(lora_u), *lub_u = MV_PICK_BOT(lora_u);
+    const int r = a.r;
+    if (r > 0 && (lbt || lbb)) {
+        // two consecutive bf16 (k, k + 1) of row `row` of a (., r) matrix, zero past r; two 2-byte
+        // loads, so that any rank works (an odd r leaves the pairs unaligned)
+        auto pair = [r](const bf16* m, int64_t row, int k) -> uint32_t {
+            if (!m || k >= r) return 0u;
+            const bf16 lo = m[row * r + k], hi = k + 1 < r ? m[row * r + k + 1] : __float2bfloat16(0.0f);
+            return (uint32_t)__bfloat16_as_ushort(lo) | ((uint32_t)__bfloat16_as_ushort(hi) << 16);
+        };
+        float dl[NT][4] = {};
+        for (int kt = warp; kt * 16 < r; kt += MMA_WARPS) {
+            const int k0 = kt * 16 + 2 * t, k1 = k0 + 8;
+            for (int pass = 0; pass < (swiglu ? 2 : 1); pass++) {
+                const bool top = !swiglu || pass == 0, bot = !swiglu || pass == 1;
+                const bf16* u = swiglu && pass == 1 ? lub_u : lut_u;
+                const uint32_t af[4] = {top ? pair(lbt, rt, k0) : 0u, bot ? pair(lbb, rb, k0) : 0u,
+                                        top ? pair(lbt, rt, k1) : 0u, bot ? pair(lbb, rb, k1) : 0u};
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++) {
+                    const int seq = 8 * nt + g;
+                    const bool has = seq < nb;
+                    mma_16816(dl[nt], af, has ? pair(u, seq, k0) : 0u, has ? pair(u, seq, k1) : 0u);
+                }
+            }
+        }
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) acc[nt][i] += a.lora_scale * dl[nt][i];
+    }
 #pragma unroll
     for (int nt = 0; nt < NT; nt++) {
         red[warp][g][8 * nt + 2 * t] = acc[nt][0], red[warp][g][8 * nt + 2 * t + 1] = acc[nt][1];
         red[warp][g + 8][8 * nt + 2 * t] = acc[nt][2], red[warp][g + 8][8 * nt + 2 * t + 1] = acc[nt][3];
     }
     __syncthreads();
-    // epilogue: rows i and i + 8 (the gate and up rows of one h in SwiGLU mode) by warp i % MMA_WARPS,
-    // each sequence in turn
-    const bf16* lb[2] = {MV_PICK(lora_b), MV_PICK_BOT(lora_b)};
-    const float* lu[2] = {MV_PICK(lora_u), MV_PICK_BOT(lora_u)};
+    // epilogue: a thread per (row, sequence); the warps' partials added in a fixed order
     bf16* yo = MV_PICK(y);  // in SwiGLU mode only the gate target's y (h) is written
     float* yo32 = MV_PICK(y32);
 #undef MV_PICK
 #undef MV_PICK_BOT
-    for (int pr = warp; pr < 8; pr += MMA_WARPS) {
-        for (int seq = 0; seq < nb; seq++) {
-            float v[2];
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-                const int64_t row = (h == 0 ? row_top : row_bot) + pr;
-                float s = 0.0f;
-                if (lb[h] && row < rows)
-                    for (int j = lane; j < a.r; j += 32) s += __bfloat162float(lb[h][row * a.r + j]) * lu[h][(int64_t)seq * a.r + j];
-                s = warp_sum(s);
-                float base = 0.0f;
-                for (int w = 0; w < MMA_WARPS; w++) base += red[w][pr + 8 * h][seq];  // fixed order: deterministic
-                v[h] = base + a.lora_scale * s;
-            }
-            if (lane != 0) continue;
-            if (swiglu) {  // rounded as the separate linears and swiglu_forward round them
-                if (row_top + pr >= rows) continue;
-                const float gv = __bfloat162float(__float2bfloat16(v[0])), uv = __bfloat162float(__float2bfloat16(v[1]));
-                yo[(int64_t)seq * rows + row_top + pr] = __float2bfloat16(gv / (1.0f + expf(-gv)) * uv);
-                continue;
-            }
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-                const int64_t row = (h == 0 ? row_top : row_bot) + pr;
-                if (row >= rows) continue;
-                if (a.mode == MV_STORE_F32) {
-                    yo32[(int64_t)seq * rows + row] = v[h];
-                    continue;
-                }
-                bf16* y = yo + (int64_t)seq * rows + row;
-                *y = __float2bfloat16((a.mode == MV_ADD ? __bfloat162float(*y) : 0.0f) + v[h]);
-            }
+    for (int i = threadIdx.x; i < per * nb; i += blockDim.x) {
+        const int seq = i % nb, rr = i / nb;  // rr: the row within the tile (SwiGLU: the gate row; up is rr + 8)
+        const int64_t row = row_top + rr;     // (row_bot = row_top + 8 outside SwiGLU)
+        if (row >= rows) continue;
+        float v = 0.0f, vu = 0.0f;
+        for (int w = 0; w < MMA_WARPS; w++) v += red[w][rr][seq];
+        if (swiglu) {  // rounded as the separate linears and swiglu_forward round them
+            for (int w = 0; w < MMA_WARPS; w++) vu += red[w][rr + 8][seq];
+            const float gv = __bfloat162float(__float2bfloat16(v)), uv = __bfloat162float(__float2bfloat16(vu));
+            yo[(int64_t)seq * rows + row] = __float2bfloat16(gv / (1.0f + expf(-gv)) * uv);
+        } else if (a.mode == MV_STORE_F32) {
+            yo32[(int64_t)seq * rows + row] = v;
+        } else {
+            bf16* y = yo + (int64_t)seq * rows + row;
+            *y = __float2bfloat16((a.mode == MV_ADD ? __bfloat162float(*y) : 0.0f) + v);
         }
     }
 }
 
-// the dynamic shared memory the mat-vec may ask for (x of the down projection: 11008 of 7B, 28672
-// of 70B, for one sequence), set once before any launch or graph capture
+// the dynamic shared memory the mat-vec may ask for (the 32 KB table and x up to
+// MMA_X_SMEM_MAX), set once before any launch or graph capture
+constexpr int MMA_LUT_BYTES = 256 * 32 * 4;
 void matvec_mma_setup() {
     static bool done = false;
     if (done) return;
     for (auto k : {matvec_mma_kernel<true, 1>, matvec_mma_kernel<true, 2>, matvec_mma_kernel<false, 1>, matvec_mma_kernel<false, 2>})
-        cudaCheck(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, 96 << 10));
+        cudaCheck(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, MMA_LUT_BYTES + MMA_X_SMEM_MAX));
     done = true;
 }
 
@@ -443,7 +471,8 @@ void matvec_mma(const bf16* x, const MvArgs& a, bool nf4, const Nf4Consts* c, cu
     int blocks = a.mode == MV_SWIGLU ? (int)ceil_div((int64_t)a.t[0].rows, (int64_t)8) : 0;  // SwiGLU: 8 gate + the same 8 up rows a block
     if (a.mode != MV_SWIGLU)
         for (int i = 0; i < a.n_targets; i++) blocks += (int)ceil_div((int64_t)a.t[i].rows, (int64_t)16);
-    const size_t x_bytes = (size_t)a.nb * a.cols * 2, smem = x_bytes <= (size_t)MMA_X_SMEM_MAX ? x_bytes : 0;
+    const size_t x_bytes = (size_t)a.nb * a.cols * 2;
+    const size_t smem = (nf4 ? MMA_LUT_BYTES : 0) + (x_bytes <= (size_t)MMA_X_SMEM_MAX ? x_bytes : 0);
     ASSERT(a.cols <= (48 << 10) && a.cols % 64 == 0, "the fused mat-vec takes whole 64-column blocks, at most 49152");
     const bool two = a.nb > 8;
     if (nf4 && two) matvec_mma_kernel<true, 2><<<blocks, MMA_WARPS * 32, smem, stream>>>(x, a, c);
@@ -453,30 +482,39 @@ void matvec_mma(const bf16* x, const MvArgs& a, bool nf4, const Nf4Consts* c, cu
     cudaCheckLaunch();
 }
 
-// u (n, nb, r) fp32: u[m][j][i] = A_m[i] . x_j for the n <= 3 LoRA A matrices (r, cols) that read
+// u (n, nb, r) bf16: u[m][j][i] = A_m[i] . x_j for the n <= 3 LoRA A matrices (r, cols) that read
 // the same x (nb, cols): one block per (row i, matrix m), its threads splitting the columns the
-// same way for every sequence (so a sequence's u does not depend on nb)
-__global__ void __launch_bounds__(128) lora_a_kernel(float* u, const bf16* __restrict__ x, const bf16* A0,
+// same way for every sequence (so a sequence's u does not depend on nb). The loads of all the
+// sequences' x are issued before their sums (a loop that stopped at nb serialized them: 34-75 µs a
+// launch at 16 sequences), and the nb sums meet in one reduction.
+__global__ void __launch_bounds__(128) lora_a_kernel(bf16* u, const bf16* __restrict__ x, const bf16* A0,
                                                      const bf16* A1, const bf16* A2, int r, int cols, int nb, int64_t m_stride) {
-    __shared__ float red[32];
-    const int i = blockIdx.x, m = blockIdx.y;
+    __shared__ float red[4][MMA_MAX_BATCH];
+    const int i = blockIdx.x, m = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const bf16* A = (m == 0 ? A0 : m == 1 ? A1 : A2) + (int64_t)i * cols;
     float s[MMA_MAX_BATCH] = {};
     for (int c8 = threadIdx.x; c8 < cols / 8; c8 += 128) {
         const Bf16x8 w = load_bf16x8(A + c8 * 8);
+        Bf16x8 xv[MMA_MAX_BATCH];
 #pragma unroll
-        for (int j = 0; j < MMA_MAX_BATCH; j++) {
-            if (j >= nb) break;
-            const Bf16x8 xv = load_bf16x8(x + (int64_t)j * cols + c8 * 8);
+        for (int j = 0; j < MMA_MAX_BATCH; j++)
+            if (j < nb) xv[j] = load_bf16x8(x + (int64_t)j * cols + c8 * 8);
 #pragma unroll
-            for (int k = 0; k < 8; k++) s[j] += __bfloat162float(w.v[k]) * __bfloat162float(xv.v[k]);
-        }
+        for (int j = 0; j < MMA_MAX_BATCH; j++)
+            if (j < nb)
+#pragma unroll
+                for (int k = 0; k < 8; k++) s[j] += __bfloat162float(w.v[k]) * __bfloat162float(xv[j].v[k]);
     }
 #pragma unroll
     for (int j = 0; j < MMA_MAX_BATCH; j++) {
-        if (j >= nb) break;
-        const float t = block_sum(s[j], red);
-        if (threadIdx.x == 0) u[m * m_stride + (int64_t)j * r + i] = t;
+        const float t = warp_sum(s[j]);
+        if (lane == 0) red[warp][j] = t;
+    }
+    __syncthreads();
+    if (threadIdx.x < nb) {
+        const int j = threadIdx.x;
+        const float t = ((red[0][j] + red[1][j]) + red[2][j]) + red[3][j];  // fixed order
+        u[m * m_stride + (int64_t)j * r + i] = __float2bfloat16(t);  // bf16, as the prefill's u
     }
 }
 
@@ -665,7 +703,7 @@ class GpuDecoder : public Decoder {
     int splits_ = 0;                 // split-K attention: ceil(max_ctx / ATT_CHUNK)
     float *part_o_ = nullptr, *part_ml_ = nullptr;  // (max_batch, H, splits, D), (max_batch, H, splits, 2)
     Nf4Consts* d_consts_ = nullptr;  // the NF4 and 8-bit code tables, on the device
-    float* lu_f_ = nullptr;          // (3, max_batch, r) fp32 LoRA u of the linears of one fused launch
+    bf16* lu_f_ = nullptr;           // (3, max_batch, r) LoRA u of the linears of one fused launch
     float* lse_ = nullptr;           // (H, N) the prefill's flash-attention log-sum-exp
     void forward_step(int nb);       // one token for each of nb sequences (d_tok_, d_pos_, d_slot_)
     void fused_linears(const bf16* x, const int* targets, bf16* const* ys, int n, int l, int mode, int nb);
@@ -755,7 +793,7 @@ void GpuDecoder::allocate_buffers() {
     splits_ = (int)ceil_div((int64_t)max_ctx_, (int64_t)ATT_CHUNK);
     part_o_ = (float*)alloc((size_t)max_batch_ * H * splits_ * D * 4);
     part_ml_ = (float*)alloc((size_t)max_batch_ * H * splits_ * 2 * 4);
-    lu_f_ = (float*)alloc((size_t)3 * max_batch_ * 1024 * 4);
+    lu_f_ = (bf16*)alloc((size_t)3 * max_batch_ * 1024 * 2);
     d_consts_ = (Nf4Consts*)alloc(sizeof(Nf4Consts));
     cudaCheck(cudaMemcpy(d_consts_, &consts_, sizeof(Nf4Consts), cudaMemcpyHostToDevice));
     lse_ = (float*)alloc((size_t)H * N * 4);

@@ -29,6 +29,10 @@ if [ "${2:-}" = profile ] && command -v ncu >/dev/null; then
         --section MemoryWorkloadAnalysis_Chart --metrics l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,dram__bytes_read.sum \
         ./bench_decode --model 7b --new 32 > "$OUT/ncu.txt" 2>&1
     echo "ncu exit $?: $(grep -c 'matvec_mma' "$OUT/ncu.txt") kernel reports in ncu.txt"
+    timeout 300 ncu --kernel-name regex:"matvec_mma|lora_a|attention_split" --launch-skip 700 --launch-count 8 \
+        --section SpeedOfLight --section Occupancy --section WarpStateStats \
+        ./bench_decode --model 7b --new 16 --batch 16 > "$OUT/ncu16.txt" 2>&1
+    echo "ncu (batch 16) exit $?"
 fi
 for args in "--quant nf4 --prompt 128" "--quant nf4 --prompt 128 --batch 16" "--quant nf4 --prompt 128 --batch 8" "--quant nf4 --prompt 2048 --new 128" "--quant nf4 --prompt 4000 --new 128" "--quant bf16 --merge" "--quant bf16 --merge --batch 16" "--quant nf4 --rank 0"; do
     name=$(echo "$args" | tr -d ' -')
