@@ -252,7 +252,8 @@ constexpr int MMA_X_SMEM_MAX = 32 << 10;
 enum MvMode { MV_STORE = 0, MV_ADD = 1, MV_SWIGLU = 2, MV_STORE_F32 = 3 };
 
 struct MvTarget {               // one linear of a fused mat-vec launch
-    Nf4View nf4{};              // NF4 weights (rows, cols), or
+    Nf4View nf4{};              // NF4 weights (rows, cols), with
+    const float* absmax = nullptr;  // (rows * cols / 64) their block absmax, decoded (nf4_absmax_kernel), or
     const bf16* dense = nullptr;// bf16 weights (rows, cols)
     const bf16* lora_b = nullptr;  // (rows, r) LoRA B, or null: no adapter on this linear
     const bf16* lora_u = nullptr;  // (nb, r) A x of this linear, one row per sequence
@@ -269,7 +270,6 @@ struct MvArgs {
 // NT: n-tiles of 8 sequences (1 or 2). x (nb, cols).
 template <bool NF4, int NT>
 __global__ void __launch_bounds__(MMA_WARPS * 32, NF4 ? 3 : 2) matvec_mma_kernel(const bf16* __restrict__ x, MvArgs a, const Nf4Consts* __restrict__ consts) {
-    __shared__ float s_code8[256];
     __shared__ float red[MMA_WARPS][16][8 * NT];  // per warp: 16 rows x the sequences
     // dynamic: NF4 only, the table (256 x 32 copies) uint32 packed byte -> (NF4[hi], NF4[lo]) as
     // bf16x2, hi in the low half, entry b's copy i at b * 32 + i; then (nb, cols) x when it fits
@@ -283,7 +283,6 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, NF4 ? 3 : 2) matvec_mma_kernel
         for (int i = threadIdx.x; i < nb * cols / 8; i += blockDim.x) reinterpret_cast<uint4*>(xs)[i] = reinterpret_cast<const uint4*>(x)[i];
     const bf16* xsrc = staged ? xs : x;
     // from global memory: a kernel argument indexed per thread is read one address at a time
-    for (int i = threadIdx.x; i < 256; i += blockDim.x) s_code8[i] = consts->code8[i];
     if (NF4)
         for (int i = threadIdx.x; i < 256 * 8; i += blockDim.x) {  // 4 copies of entry i / 8 a 16-byte store
             const uint32_t w = pack_floats(consts->nf4[(i >> 3) >> 4], consts->nf4[(i >> 3) & 15]);
@@ -304,12 +303,9 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, NF4 ? 3 : 2) matvec_mma_kernel
 #define MV_PICK(f) (ti == 0 ? a.t[0].f : ti == 1 ? a.t[1].f : a.t[2].f)
 #define MV_PICK_BOT(f) (swiglu ? a.t[1].f : MV_PICK(f))
     const uint8_t *pk_t = MV_PICK(nf4.packed), *pk_b = MV_PICK_BOT(nf4.packed);
-    const uint8_t *aq_t = MV_PICK(nf4.absmax_q), *aq_b = MV_PICK_BOT(nf4.absmax_q);
-    const float *s2_t = MV_PICK(nf4.scale2), *s2_b = MV_PICK_BOT(nf4.scale2);
+    const float *am_t = MV_PICK(absmax), *am_b = MV_PICK_BOT(absmax);
     const bf16 *dn_t = MV_PICK(dense), *dn_b = MV_PICK_BOT(dense);
     const int rows = MV_PICK(rows);  // the top target's; SwiGLU's gate and up have the same
-    float off_t = 0.0f, off_b = 0.0f;
-    if (NF4) off_t = *MV_PICK(nf4.offset), off_b = *MV_PICK_BOT(nf4.offset);
     const int row_top = blk * per, row_bot = swiglu ? blk * per : blk * per + 8;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
     const int nbk = cols / 64;
@@ -332,9 +328,7 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, NF4 ? 3 : 2) matvec_mma_kernel
                 if (ok) {
                     pt = *reinterpret_cast<const uint2*>(pk_t + (rt * cols + b * 64) / 2 + 8 * t);
                     pb = *reinterpret_cast<const uint2*>(pk_b + (rb * cols + b * 64) / 2 + 8 * t);
-                    const int64_t qt = rt * nbk + b, qb = rb * nbk + b;
-                    at[u] = nf4_block_absmax(s_code8[aq_t[qt]], s2_t[qt / NF4_DQ_BLOCK], off_t);
-                    ab[u] = nf4_block_absmax(s_code8[aq_b[qb]], s2_b[qb / NF4_DQ_BLOCK], off_b);
+                    at[u] = am_t[rt * nbk + b], ab[u] = am_b[rb * nbk + b];
                 }
                 wt[u][0] = pt.x, wt[u][1] = pt.y, wb[u][0] = pb.x, wb[u][1] = pb.y;
             } else {
@@ -453,6 +447,16 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, NF4 ? 3 : 2) matvec_mma_kernel
             *y = __float2bfloat16((a.mode == MV_ADD ? __bfloat162float(*y) : 0.0f) + v);
         }
     }
+}
+
+// absmax (n_blocks) = every 64-weight block's absmax of an NF4 record, decoded once at load exactly
+// as nf4_dequantize_gpu decodes it (8-bit code -> table -> * scale2 + offset): the mat-vec then
+// reads one float a block instead of a byte, a table lookup and a second-level scale, a dependent
+// chain of three loads the 4 lanes of a row each repeated (4 bytes a block more: +4% of the bytes)
+__global__ void nf4_absmax_kernel(float* absmax, Nf4View w, int64_t n_blocks, const Nf4Consts* consts) {
+    const int64_t q = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (q >= n_blocks) return;
+    absmax[q] = nf4_block_absmax(consts->code8[w.absmax_q[q]], w.scale2[q / NF4_DQ_BLOCK], *w.offset);
 }
 
 // the dynamic shared memory the mat-vec may ask for (the 32 KB table and x up to
@@ -703,6 +707,7 @@ class GpuDecoder : public Decoder {
     int splits_ = 0;                 // split-K attention: ceil(max_ctx / ATT_CHUNK)
     float *part_o_ = nullptr, *part_ml_ = nullptr;  // (max_batch, H, splits, D), (max_batch, H, splits, 2)
     Nf4Consts* d_consts_ = nullptr;  // the NF4 and 8-bit code tables, on the device
+    float* absmax_[NUM_LORA_TARGETS] = {};  // (L, out * in / 64) the NF4 linears' block absmax, decoded
     bf16* lu_f_ = nullptr;           // (3, max_batch, r) LoRA u of the linears of one fused launch
     float* lse_ = nullptr;           // (H, N) the prefill's flash-attention log-sum-exp
     void forward_step(int nb);       // one token for each of nb sequences (d_tok_, d_pos_, d_slot_)
@@ -797,6 +802,17 @@ void GpuDecoder::allocate_buffers() {
     d_consts_ = (Nf4Consts*)alloc(sizeof(Nf4Consts));
     cudaCheck(cudaMemcpy(d_consts_, &consts_, sizeof(Nf4Consts), cudaMemcpyHostToDevice));
     lse_ = (float*)alloc((size_t)H * N * 4);
+    if (nf4_)
+        for (int t = 0; t < NUM_LORA_TARGETS; t++) {
+            const int64_t nbl = lora_in_dim(c, t) * lora_out_dim(c, t) / 64;
+            absmax_[t] = (float*)alloc((size_t)c.n_layers * nbl * 4);
+            for (int l = 0; l < c.n_layers; l++) {
+                nf4_absmax_kernel<<<(unsigned)ceil_div(nbl, (int64_t)256), 256, 0, stream_>>>(absmax_[t] + l * nbl, gpu_base_nf4(base_, t, l),
+                                                                                              nbl, d_consts_);
+                cudaCheckLaunch();
+            }
+        }
+    cudaCheck(cudaStreamSynchronize(stream_));
     // the fused step needs whole 64-column absmax blocks per row and whole 16-row tiles
     fused_ok_ = c.head_dim % 8 == 0 && c.head_dim <= 128 && C % 64 == 0 && F % 64 == 0 && QD % 64 == 0 && C % 16 == 0 && QD % 16 == 0 && kvd_ % 16 == 0 && F % 8 == 0;
     d_logits_ = (float*)alloc((size_t)max_batch_ * c.vocab_size * 4);
@@ -949,7 +965,7 @@ void GpuDecoder::fused_linears(const bf16* x, const int* targets, bf16* const* y
         MvTarget& m = a.t[i];
         m.rows = (int)OC;
         m.y = ys[i];
-        if (nf4_ && !merged_) m.nf4 = gpu_base_nf4(base_, t, l);
+        if (nf4_ && !merged_) m.nf4 = gpu_base_nf4(base_, t, l), m.absmax = absmax_[t] + l * (IC * OC / 64);
         else m.dense = dense_weight(t, l);
         if (!merged_ && r > 0 && lcfg_.has(t)) {
             A[na] = lora_w_ + lay_.a_offset[t] + l * r * IC;

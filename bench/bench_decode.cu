@@ -4,8 +4,8 @@
 // benchmark, not a test.
 // Run: ./bench_decode [--model 7b] [--quant nf4|bf16] [--rank 64] [--prompt 128] [--new 256] [--batch 1] [--merge]
 //
-// The floor for decode is the bytes read per token: the linears (NF4 records: 3.9 GB for 7B; bf16:
-// 13 GB), LoRA A and B (r=64 on all seven: 0.32 GB), the LM head (262 MB) and the KV cache, over
+// The floor for decode is the bytes read per token: the linears (NF4: 3.3 GB of codes for 7B and the
+// decoded fp32 block absmax, 0.4 GB; bf16: 13 GB), LoRA A and B (r=64 on all seven: 0.32 GB), the LM head (262 MB) and the KV cache, over
 // the bandwidth of a large device-to-device copy measured on the same card (printed as "% of BW").
 // A pass of B sequences reads the weights once and each sequence's own KV cache.
 #include <chrono>
@@ -79,7 +79,8 @@ int main(int argc, char** argv) {
     double linear_bytes = 0, lora_bytes = 0;
     for (int t = 0; t < NUM_LORA_TARGETS; t++) {
         const int64_t in = lora_in_dim(c, t), out = lora_out_dim(c, t);
-        linear_bytes += (double)c.n_layers * (quant == "nf4" && !merge ? (double)nf4_layout(in * out).bytes : 2.0 * in * out);
+        // NF4: the packed codes and the decoder's fp32 absmax per 64 weights (decoded once at load)
+        linear_bytes += (double)c.n_layers * (quant == "nf4" && !merge ? in * out / 2.0 + 4.0 * in * out / 64.0 : 2.0 * in * out);
         if (rank > 0 && !merge) lora_bytes += 2.0 * c.n_layers * rank * (in + out);
     }
     const double kv_bytes = 2.0 * c.n_layers * (prompt + n_new / 2.0) * c.n_kv_heads * c.head_dim * 2 * batch;
