@@ -1,9 +1,11 @@
-// decode.cu — the GPU Decoder behind ./sample: a KV cache on the card, the prompt prefilled in one
-// pass (cuBLASLt, NF4 weights dequantized to bf16 per matrix), and batch-1 decoding with fused
-// mat-vec kernels that read the 4-bit weights directly (a 7B NF4 model is 3.9 GB per token instead
-// of 13.5 GB of bf16). LoRA runs unmerged (two skinny mat-vecs per linear) or merged into bf16
-// copies of the linears (--merge). Only the (V) logits travel back to the host, where
-// sampling.cpp applies Hugging Face's pipeline.
+// decode.cu — the GPU Decoder behind ./sample: KV caches on the card (one per slot: up to 16
+// sequences), the prompt prefilled in one pass (cuBLASLt, NF4 weights dequantized to bf16 per
+// matrix, flash attention from position 0), and decode steps of 1 to 16 sequences on fused
+// tensor-core mat-vecs that read the 4-bit weights directly (a 7B NF4 model is ~4 GB per step
+// instead of 13.5 GB of bf16), one CUDA graph per batch size. LoRA runs unmerged (its A product
+// batched per input, its B product on the same mma as the base weights) or merged into bf16 copies
+// of the linears (--merge). Only the (nb, V) logits travel back to the host, where sampling.cpp
+// applies Hugging Face's pipeline. A sequence's logits are bitwise the same alone or in a batch.
 //
 // The base weights follow the model file: a file exported with --dtype nf4 decodes on NF4 (what a
 // QLoRA adapter was trained against), a dense file on bf16.
