@@ -233,9 +233,7 @@ __global__ void cache_store_kernel(bf16* cache, const bf16* src, const int* d_le
 // mma's k order is permuted so that lane t's k values are 16 contiguous columns (16t .. 16t+15 of
 // the block), one 8-byte load of packed weights per row; x uses the same permutation, so the dot
 // product is unchanged. The NF4 code values go through a 256-entry table (one packed byte -> two
-// bf16) held 32 times over in shared memory, copy i in bank i, so that lane i reads its own copy:
-// a single table took ~3.4 shared-memory wavefronts per lookup from bank conflicts, and that, not
-// DRAM, bounded the kernel (ncu: L1/shared 72-76% busy, DRAM 16-18%). The block's absmax
+// bf16) in shared memory (the layout below). The block's absmax
 // multiplies the fp32 partial sum of those 64 columns once, not each weight: NF4[c] * x summed then scaled, which differs from the bf16-rounded weights of the prefill
 // path only by that rounding (the decode tests' 2e-2 logits tolerance covers it, as before).
 // Sequence j's outputs are the mma's column j and the epilogue's sums for j, computed the same way
@@ -269,28 +267,39 @@ struct MvArgs {
     float lora_scale = 0.0f;
 };
 
+// NF4 shared-memory layout (MMA_SMEM_BYTES): 256 rows of 256 bytes. Row e's first 128 bytes hold
+// table entry e (packed byte e -> (NF4[e >> 4], NF4[e & 15]) as bf16x2, high nibble in the low half)
+// 32 times, copy i in bank i, so that lane i reads its own copy free of bank conflicts (a single
+// table took ~3.4 wavefronts a lookup, and that, not DRAM, bounded the kernel). With 256-byte rows the
+// lookup address of byte k of a packed word w is one byte permute: (byte k of w) << 8 | lane * 4
+// (prmt, then the load with the table's base as its immediate), where 128-byte rows took a shift,
+// a mask, an insert and an add. The rows' second halves hold x: 64-column block q of the (nb, cols)
+// input (q = sequence * cols / 64 + column / 64) in row q, which is where the 32 KB of x up to
+// MMA_X_SMEM_MAX fit. The bf16 instance keeps x densely (block q at q * 128) and no table.
+constexpr int MMA_SMEM_BYTES = 256 * 256;
+static_assert(MMA_X_SMEM_MAX == 256 * 128, "x fits the second halves of the 256 table rows");
+__device__ __forceinline__ uint32_t mma_lut_offset(uint32_t w, uint32_t lane4, int k) {
+    return __byte_perm(w, lane4, 0x5504 | (k << 4));  // bytes: lane4, byte k of w, 0, 0
+}
+
 // NT: n-tiles of 8 sequences (1 or 2). x (nb, cols).
 template <bool NF4, int NT>
 __global__ void __launch_bounds__(MMA_WARPS * 32, NF4 ? 3 : 2) matvec_mma_kernel(const bf16* __restrict__ x, MvArgs a, const Nf4Consts* __restrict__ consts) {
     __shared__ float red[MMA_WARPS][16][8 * NT];  // per warp: 16 rows x the sequences
-    // dynamic: NF4 only, the table (256 x 32 copies) uint32 packed byte -> (NF4[hi], NF4[lo]) as
-    // bf16x2, hi in the low half, entry b's copy i at b * 32 + i; then (nb, cols) x when it fits
-    // MMA_X_SMEM_MAX
-    extern __shared__ __align__(16) uint32_t dyn[];
-    uint32_t* lut = dyn;
-    bf16* xs = reinterpret_cast<bf16*>(dyn + (NF4 ? 256 * 32 : 0));
+    extern __shared__ __align__(16) uint32_t dyn[];  // the layout above (NF4), or x alone (bf16)
+    char* const smem = reinterpret_cast<char*>(dyn);
+    constexpr int X_ROW = NF4 ? 256 : 128, X_AT = NF4 ? 128 : 0;  // x block q at q * X_ROW + X_AT
     const int nb = a.nb, cols = a.cols;
     const bool staged = (int64_t)nb * cols * 2 <= MMA_X_SMEM_MAX;
-    if (staged)
-        for (int i = threadIdx.x; i < nb * cols / 8; i += blockDim.x) reinterpret_cast<uint4*>(xs)[i] = reinterpret_cast<const uint4*>(x)[i];
-    const bf16* xsrc = staged ? xs : x;
-    // from global memory: a kernel argument indexed per thread is read one address at a time
+    pdl_launch_dependents();
+    // before the wait for the previous kernel (x is its output): the table, from global memory (a
+    // kernel argument indexed per thread is read one address at a time), and the frozen weights'
+    // first blocks into L2 (below, once the rows are known)
     if (NF4)
-        for (int i = threadIdx.x; i < 256 * 8; i += blockDim.x) {  // 4 copies of entry i / 8 a 16-byte store
+        for (int i = threadIdx.x; i < 256 * 8; i += blockDim.x) {  // 4 copies of entry i >> 3 a 16-byte store
             const uint32_t w = pack_floats(consts->nf4[(i >> 3) >> 4], consts->nf4[(i >> 3) & 15]);
-            reinterpret_cast<uint4*>(lut)[i] = make_uint4(w, w, w, w);
+            *reinterpret_cast<uint4*>(smem + (i >> 3) * 256 + (i & 7) * 16) = make_uint4(w, w, w, w);
         }
-    __syncthreads();
     // which target and which 16 rows: in SwiGLU mode rows 0-7 are gate rows, 8-15 the same up rows.
     // The target's fields are picked with block-uniform selects: indexing a.t[] with a run-time
     // index would copy the whole argument struct to every thread's local memory (it did: 4x slower)
@@ -310,6 +319,7 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, NF4 ? 3 : 2) matvec_mma_kernel
     const int rows = MV_PICK(rows);  // the top target's; SwiGLU's gate and up have the same
     const int row_top = blk * per, row_bot = swiglu ? blk * per : blk * per + 8;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
+    const uint32_t lane4 = 4u * lane;  // the lane's table copy: byte offset in a row
     const int nbk = cols / 64;
     // a partial last tile (a vocabulary of 1000) reads row 0 in place of missing rows, never stored
     const int64_t rt = row_top + g < rows ? row_top + g : 0, rb = row_bot + g < rows ? row_bot + g : 0;
@@ -317,6 +327,15 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, NF4 ? 3 : 2) matvec_mma_kernel
     // a warp's absmax blocks are contiguous, so each row is read in runs of 128 bytes and more:
     // interleaving the warps (run length 32 bytes) ran at a sixth of the bandwidth
     const int per_warp = (nbk + MMA_WARPS - 1) / MMA_WARPS, b_begin = warp * per_warp, b_end = min(nbk, b_begin + per_warp);
+    for (int b = b_begin; b < min(b_end, b_begin + 2 * MMA_UNROLL); b++) {  // the first two rounds' bytes
+        if (NF4) prefetch_l2(pk_t + (rt * cols + b * 64) / 2 + 8 * t), prefetch_l2(pk_b + (rb * cols + b * 64) / 2 + 8 * t);
+        else prefetch_l2(dn_t + rt * cols + b * 64 + 16 * t), prefetch_l2(dn_b + rb * cols + b * 64 + 16 * t);
+    }
+    pdl_wait();
+    if (staged)
+        for (int i = threadIdx.x; i < nb * cols / 8; i += blockDim.x)  // 16-byte piece i & 7 of block i >> 3
+            *reinterpret_cast<uint4*>(smem + (i >> 3) * X_ROW + X_AT + (i & 7) * 16) = reinterpret_cast<const uint4*>(x)[i];
+    __syncthreads();
     for (int b0 = b_begin; b0 < b_end; b0 += MMA_UNROLL) {
         uint32_t wt[MMA_UNROLL][NF4 ? 2 : 8], wb[MMA_UNROLL][NF4 ? 2 : 8];
         float at[MMA_UNROLL], ab[MMA_UNROLL];
@@ -351,11 +370,13 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, NF4 ? 3 : 2) matvec_mma_kernel
             uint32_t af[4][4];  // the A fragments of the block's 4 k-tiles (m: columns 16t + 4m .. 16t + 4m + 3 of lane t)
 #pragma unroll
             for (int m = 0; m < 4; m++) {
-                if (NF4) {
-                    const uint32_t bt = (m < 2 ? wt[u][0] : wt[u][1]) >> (16 * (m & 1));
-                    const uint32_t bb = (m < 2 ? wb[u][0] : wb[u][1]) >> (16 * (m & 1));
-                    af[m][0] = lut[(bt & 0xff) << 5 | lane], af[m][2] = lut[((bt >> 8) & 0xff) << 5 | lane];  // bytes 2m, 2m+1
-                    af[m][1] = lut[(bb & 0xff) << 5 | lane], af[m][3] = lut[((bb >> 8) & 0xff) << 5 | lane];
+                if (NF4) {  // bytes 2m, 2m + 1 of the lane's 8: words m / 2, bytes 2 (m % 2) and 2 (m % 2) + 1
+                    const uint32_t bt = wt[u][m >> 1], bb = wb[u][m >> 1];
+                    const int k = 2 * (m & 1);
+                    af[m][0] = *reinterpret_cast<const uint32_t*>(smem + mma_lut_offset(bt, lane4, k));
+                    af[m][2] = *reinterpret_cast<const uint32_t*>(smem + mma_lut_offset(bt, lane4, k + 1));
+                    af[m][1] = *reinterpret_cast<const uint32_t*>(smem + mma_lut_offset(bb, lane4, k));
+                    af[m][3] = *reinterpret_cast<const uint32_t*>(smem + mma_lut_offset(bb, lane4, k + 1));
                 } else {
                     // (the modulo only keeps the NF4 instance's dead copy of this branch in bounds)
                     af[m][0] = wt[u][(2 * m) % (NF4 ? 2 : 8)], af[m][2] = wt[u][(2 * m + 1) % (NF4 ? 2 : 8)];
@@ -366,9 +387,14 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, NF4 ? 3 : 2) matvec_mma_kernel
             for (int nt = 0; nt < NT; nt++) {
                 const int seq = 8 * nt + g;  // the B operand's column this lane loads; columns past nb hold zeros
                 uint4 x0 = make_uint4(0, 0, 0, 0), x1 = x0;
-                if (b0 + u < b_end && seq < nb) {
-                    const uint4* xp = reinterpret_cast<const uint4*>(xsrc + (int64_t)seq * cols + (b0 + u) * 64 + 16 * t);
-                    x0 = xp[0], x1 = xp[1];
+                if (b0 + u < b_end && seq < nb) {  // shared and global loads apart: a pointer that may be either is a slower generic load
+                    if (staged) {
+                        const uint4* xp = reinterpret_cast<const uint4*>(smem + (seq * nbk + b0 + u) * X_ROW + X_AT + 32 * t);
+                        x0 = xp[0], x1 = xp[1];
+                    } else {
+                        const uint4* xp = reinterpret_cast<const uint4*>(x + (int64_t)seq * cols + (b0 + u) * 64 + 16 * t);
+                        x0 = __ldg(xp), x1 = __ldg(xp + 1);
+                    }
                 }
                 const uint32_t xr[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
                 float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -461,65 +487,87 @@ __global__ void nf4_absmax_kernel(float* absmax, Nf4View w, int64_t n_blocks, co
     absmax[q] = nf4_block_absmax(consts->code8[w.absmax_q[q]], w.scale2[q / NF4_DQ_BLOCK], *w.offset);
 }
 
-// the dynamic shared memory the mat-vec may ask for (the 32 KB table and x up to
-// MMA_X_SMEM_MAX), set once before any launch or graph capture
-constexpr int MMA_LUT_BYTES = 256 * 32 * 4;
+// the dynamic shared memory the mat-vec may ask for (NF4: the 64 KB of table rows with x inside;
+// bf16: x up to MMA_X_SMEM_MAX), set once before any launch or graph capture; three NF4 blocks
+// (3 x 68 KB) fill an SM's shared memory, so the carveout asks for all of it
 void matvec_mma_setup() {
     static bool done = false;
     if (done) return;
-    for (auto k : {matvec_mma_kernel<true, 1>, matvec_mma_kernel<true, 2>, matvec_mma_kernel<false, 1>, matvec_mma_kernel<false, 2>})
-        cudaCheck(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, MMA_LUT_BYTES + MMA_X_SMEM_MAX));
+    for (auto k : {matvec_mma_kernel<true, 1>, matvec_mma_kernel<true, 2>, matvec_mma_kernel<false, 1>, matvec_mma_kernel<false, 2>}) {
+        cudaCheck(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, MMA_SMEM_BYTES));
+        cudaCheck(cudaFuncSetAttribute(k, cudaFuncAttributePreferredSharedMemoryCarveout, 100));
+    }
     done = true;
 }
 
-void matvec_mma(const bf16* x, const MvArgs& a, bool nf4, const Nf4Consts* c, cudaStream_t stream) {
+void matvec_mma(const bf16* x, const MvArgs& a, bool nf4, const Nf4Consts* c, cudaStream_t stream, bool pdl) {
     ASSERT(a.nb >= 1 && a.nb <= MMA_MAX_BATCH, "the fused mat-vec takes 1 .. 16 sequences");
     int blocks = a.mode == MV_SWIGLU ? (int)ceil_div((int64_t)a.t[0].rows, (int64_t)8) : 0;  // SwiGLU: 8 gate + the same 8 up rows a block
     if (a.mode != MV_SWIGLU)
         for (int i = 0; i < a.n_targets; i++) blocks += (int)ceil_div((int64_t)a.t[i].rows, (int64_t)16);
     const size_t x_bytes = (size_t)a.nb * a.cols * 2;
-    const size_t smem = (nf4 ? MMA_LUT_BYTES : 0) + (x_bytes <= (size_t)MMA_X_SMEM_MAX ? x_bytes : 0);
+    const size_t smem = nf4 ? MMA_SMEM_BYTES : x_bytes <= (size_t)MMA_X_SMEM_MAX ? x_bytes : 0;
     ASSERT(a.cols <= (48 << 10) && a.cols % 64 == 0, "the fused mat-vec takes whole 64-column blocks, at most 49152");
     const bool two = a.nb > 8;
-    if (nf4 && two) matvec_mma_kernel<true, 2><<<blocks, MMA_WARPS * 32, smem, stream>>>(x, a, c);
-    else if (nf4) matvec_mma_kernel<true, 1><<<blocks, MMA_WARPS * 32, smem, stream>>>(x, a, c);
-    else if (two) matvec_mma_kernel<false, 2><<<blocks, MMA_WARPS * 32, smem, stream>>>(x, a, c);
-    else matvec_mma_kernel<false, 1><<<blocks, MMA_WARPS * 32, smem, stream>>>(x, a, c);
+    auto kernel = nf4 ? (two ? matvec_mma_kernel<true, 2> : matvec_mma_kernel<true, 1>)
+                      : (two ? matvec_mma_kernel<false, 2> : matvec_mma_kernel<false, 1>);
+    launch_kernel(pdl, kernel, dim3((unsigned)blocks), dim3(MMA_WARPS * 32), smem, stream, x, a, c);
     cudaCheckLaunch();
 }
 
 // u (n, nb, r) bf16: u[m][j][i] = A_m[i] . x_j for the n <= 3 LoRA A matrices (r, cols) that read
-// the same x (nb, cols): one block per (row i, matrix m), its threads splitting the columns the
-// same way for every sequence (so a sequence's u does not depend on nb). The loads of all the
-// sequences' x are issued before their sums (a loop that stopped at nb serialized them: 34-75 µs a
-// launch at 16 sequences), and the nb sums meet in one reduction.
-__global__ void __launch_bounds__(128) lora_a_kernel(bf16* u, const bf16* __restrict__ x, const bf16* A0,
-                                                     const bf16* A1, const bf16* A2, int r, int cols, int nb, int64_t m_stride) {
-    __shared__ float red[4][MMA_MAX_BATCH];
-    const int i = blockIdx.x, m = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+// the same x (nb, cols): one block per (row i, matrix m). Each thread takes the same 16-byte pieces
+// of the row for every sequence and sums them in the same order, so a sequence's u does not depend
+// on nb. The row's pieces are all loaded before any sum, and each sequence's x pieces together: a
+// loop of load-then-add per piece waited out one memory latency a piece (ncu: 7-11 us a launch for
+// 1-1.6 MB, 128 launches a token).
+constexpr int LORA_A_THREADS = 256, LORA_A_PIECES = 6;  // pieces of 8 columns a thread a round: 12288 columns
+__global__ void __launch_bounds__(LORA_A_THREADS) lora_a_kernel(bf16* u, const bf16* __restrict__ x, const bf16* A0,
+                                                                const bf16* A1, const bf16* A2, int r, int cols, int nb,
+                                                                int64_t m_stride) {
+    __shared__ float red[LORA_A_THREADS / 32][MMA_MAX_BATCH];
+    const int i = blockIdx.x, m = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32, n8 = cols / 8;
     const bf16* A = (m == 0 ? A0 : m == 1 ? A1 : A2) + (int64_t)i * cols;
+    pdl_launch_dependents();
+    for (int c8 = threadIdx.x; c8 < n8; c8 += LORA_A_THREADS) prefetch_l2(A + c8 * 8);  // frozen: before the wait
+    pdl_wait();
     float s[MMA_MAX_BATCH] = {};
-    for (int c8 = threadIdx.x; c8 < cols / 8; c8 += 128) {
-        const Bf16x8 w = load_bf16x8(A + c8 * 8);
-        Bf16x8 xv[MMA_MAX_BATCH];
+    for (int base = threadIdx.x; base < n8; base += LORA_A_THREADS * LORA_A_PIECES) {
+        uint4 w[LORA_A_PIECES];
 #pragma unroll
-        for (int j = 0; j < MMA_MAX_BATCH; j++)
-            if (j < nb) xv[j] = load_bf16x8(x + (int64_t)j * cols + c8 * 8);
+        for (int k = 0; k < LORA_A_PIECES; k++) {
+            const int c8 = base + k * LORA_A_THREADS;
+            w[k] = c8 < n8 ? __ldg(reinterpret_cast<const uint4*>(A) + c8) : make_uint4(0, 0, 0, 0);
+        }
 #pragma unroll
-        for (int j = 0; j < MMA_MAX_BATCH; j++)
-            if (j < nb)
+        for (int j = 0; j < MMA_MAX_BATCH; j++) {
+            if (j >= nb) break;
+            uint4 xv[LORA_A_PIECES];
 #pragma unroll
-                for (int k = 0; k < 8; k++) s[j] += __bfloat162float(w.v[k]) * __bfloat162float(xv[j].v[k]);
+            for (int k = 0; k < LORA_A_PIECES; k++) {
+                const int c8 = base + k * LORA_A_THREADS;
+                xv[k] = c8 < n8 ? __ldg(reinterpret_cast<const uint4*>(x + (int64_t)j * cols) + c8) : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+            for (int k = 0; k < LORA_A_PIECES; k++) {
+                const bf16* wv = reinterpret_cast<const bf16*>(&w[k]);
+                const bf16* xe = reinterpret_cast<const bf16*>(&xv[k]);
+#pragma unroll
+                for (int e = 0; e < 8; e++) s[j] += __bfloat162float(wv[e]) * __bfloat162float(xe[e]);
+            }
+        }
     }
 #pragma unroll
     for (int j = 0; j < MMA_MAX_BATCH; j++) {
+        if (j >= nb) break;
         const float t = warp_sum(s[j]);
         if (lane == 0) red[warp][j] = t;
     }
     __syncthreads();
     if (threadIdx.x < nb) {
         const int j = threadIdx.x;
-        const float t = ((red[0][j] + red[1][j]) + red[2][j]) + red[3][j];  // fixed order
+        float t = 0.0f;
+        for (int w = 0; w < LORA_A_THREADS / 32; w++) t += red[w][j];  // fixed order
         u[m * m_stride + (int64_t)j * r + i] = __float2bfloat16(t);  // bf16, as the prefill's u
     }
 }
@@ -531,6 +579,8 @@ __global__ void __launch_bounds__(128) lora_a_kernel(bf16* u, const bf16* __rest
 __global__ void rope_store_kernel(bf16* q, const bf16* k, const bf16* v, bf16* kc, bf16* vc, const int32_t* pos,
                                   const int32_t* slot, int64_t slot_stride, int nb, int H, int KV, int D, float theta) {
     const int half = D / 2, per_seq = (H + KV) * half, idx = blockIdx.x * blockDim.x + threadIdx.x;
+    pdl_launch_dependents();
+    pdl_wait();
     if (idx >= nb * per_seq) return;
     const int j = idx / per_seq, head = idx % per_seq / half, i = idx % half;
     const float inv_freq = 1.0f / powf(theta, (float)(2 * i) / (float)D);
@@ -555,18 +605,23 @@ __global__ void rope_store_kernel(bf16* q, const bf16* k, const bf16* v, bf16* k
 // head h, sequence j) takes keys [s*chunk, (s+1)*chunk) up to the query's own position pos[j] and
 // leaves its max, sum of exp and unnormalized output; attention_combine_kernel merges the splits.
 // The grid covers the whole context (it is captured in a graph once); splits past the position
-// return at once. A thread scores one key (16-byte loads of its row); then each warp sums the
-// values of a quarter of the keys, a lane 4 of the D dimensions, and the warps meet in shared
-// memory. Needs D % 8 == 0, D <= 128. part_o (nb, H, splits, D), part_ml (nb, H, splits, 2).
-constexpr int ATT_CHUNK = 128, ATT_THREADS = 128;
+// return at once. A thread scores one key (16-byte loads of its row, all issued together); then
+// each warp sums the values of a quarter of the keys, a lane 4 of the D dimensions, and the warps
+// meet in shared memory. Needs D % 8 == 0, D <= 128. part_o (nb, H, splits, D), part_ml (nb, H, splits, 2).
+// 64 keys a block, not 128: at a few hundred positions 128 left 64 blocks for 132 SMs, each a chain
+// of dependent loads (ncu: 10.7 us a layer at ~250 positions)
+constexpr int ATT_CHUNK = 64, ATT_THREADS = 128;
+static_assert(ATT_CHUNK <= ATT_THREADS, "a thread per key of a chunk");
 __global__ void __launch_bounds__(ATT_THREADS) attention_split_kernel(float* part_o, float* part_ml, const bf16* q,
                                                                       const bf16* kc_all, const bf16* vc_all, const int32_t* pos,
                                                                       const int32_t* slot, int64_t slot_stride, int H, int KV,
                                                                       int D, int splits, float scale) {
-    __shared__ float sc[ATT_CHUNK];
+    __shared__ float sc[ATT_THREADS];
     __shared__ float qs[128];
     __shared__ float red[32];
     __shared__ float po[ATT_THREADS / 32][128];
+    pdl_launch_dependents();
+    pdl_wait();
     const int s = blockIdx.x, h = blockIdx.y, j = blockIdx.z, kvh = h / (H / KV), p = pos[j];
     const bf16 *kc = kc_all + (int64_t)slot[j] * slot_stride, *vc = vc_all + (int64_t)slot[j] * slot_stride;
     const int j0 = s * ATT_CHUNK, j1 = min(j0 + ATT_CHUNK, p + 1), n = j1 - j0;
@@ -582,7 +637,9 @@ __global__ void __launch_bounds__(ATT_THREADS) attention_split_kernel(float* par
     if ((int)threadIdx.x < n) {
         const bf16* kr = kc + ((int64_t)(j0 + threadIdx.x) * KV + kvh) * D;
         float dot = 0.0f;
-        for (int d = 0; d < D; d += 8) {
+#pragma unroll
+        for (int d = 0; d < 128; d += 8) {
+            if (d >= D) break;
             const Bf16x8 kv8 = load_bf16x8(kr + d);
 #pragma unroll
             for (int k = 0; k < 8; k++) dot += qs[d + k] * __bfloat162float(kv8.v[k]);
@@ -596,12 +653,15 @@ __global__ void __launch_bounds__(ATT_THREADS) attention_split_kernel(float* par
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, d0 = 4 * lane;
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     if (d0 < D) {
-#pragma unroll 4
-        for (int i = warp; i < n; i += ATT_THREADS / 32) {
-            const uint2 raw = *reinterpret_cast<const uint2*>(vc + ((int64_t)(j0 + i) * KV + kvh) * D + d0);
-            const bf16* v4 = reinterpret_cast<const bf16*>(&raw);
 #pragma unroll
-            for (int k = 0; k < 4; k++) acc[k] += sc[i] * __bfloat162float(v4[k]);
+        for (int ii = 0; ii < ATT_CHUNK / (ATT_THREADS / 32); ii++) {  // unrolled whole: the loads go out together
+            const int i = warp + ii * (ATT_THREADS / 32);
+            if (i < n) {
+                const uint2 raw = *reinterpret_cast<const uint2*>(vc + ((int64_t)(j0 + i) * KV + kvh) * D + d0);
+                const bf16* v4 = reinterpret_cast<const bf16*>(&raw);
+#pragma unroll
+                for (int k = 0; k < 4; k++) acc[k] += sc[i] * __bfloat162float(v4[k]);
+            }
         }
 #pragma unroll
         for (int k = 0; k < 4; k++) po[warp][d0 + k] = acc[k];
@@ -617,6 +677,8 @@ __global__ void __launch_bounds__(ATT_THREADS) attention_split_kernel(float* par
 
 // out (nb, H*D): block (head h, sequence j) merges its splits
 __global__ void attention_combine_kernel(bf16* out, const float* part_o, const float* part_ml, int H, int D, int splits) {
+    pdl_launch_dependents();
+    pdl_wait();
     const int h = blockIdx.x, j = blockIdx.y;
     const int64_t first = ((int64_t)j * H + h) * splits;
     const float* ml = part_ml + first * 2;
@@ -706,6 +768,9 @@ class GpuDecoder : public Decoder {
     void forward(int n);  // a prefill pass over n tokens of slot_ (ids/positions/cache length on the device)
     // the decode step on the fused tensor-core mat-vecs (matvec_mma_kernel), where the shapes allow it
     bool fused_ok_ = false;
+    // its kernels launched with programmatic dependent launch (kernels/common.cuh: launch_kernel), on
+    // sm_90 and later; DECODE_NO_PDL=1 in the environment turns it off, to measure what it gives
+    bool pdl_ = false;
     int splits_ = 0;                 // split-K attention: ceil(max_ctx / ATT_CHUNK)
     float *part_o_ = nullptr, *part_ml_ = nullptr;  // (max_batch, H, splits, D), (max_batch, H, splits, 2)
     Nf4Consts* d_consts_ = nullptr;  // the NF4 and 8-bit code tables, on the device
@@ -760,6 +825,11 @@ void GpuDecoder::allocate_buffers() {
     if (max_batch_ > MMA_MAX_BATCH) fail("--batch %d: the GPU decoder takes at most %d sequences a pass", max_batch_, MMA_MAX_BATCH);
     consts_ = nf4_consts();
     matvec_mma_setup();
+    int dev = 0, major = 0;
+    cudaCheck(cudaGetDevice(&dev));
+    cudaCheck(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+    const char* no_pdl = getenv("DECODE_NO_PDL");
+    pdl_ = major >= 9 && !(no_pdl && no_pdl[0] == '1');
     lens_.assign((size_t)max_batch_, 0);
     step_graphs_.assign((size_t)max_batch_ + 1, nullptr);
     steps_uncaptured_.assign((size_t)max_batch_ + 1, 0);
@@ -977,11 +1047,11 @@ void GpuDecoder::fused_linears(const bf16* x, const int* targets, bf16* const* y
         }
     }
     if (na > 0) {
-        lora_a_kernel<<<dim3((unsigned)a.r, (unsigned)na), 128, 0, stream_>>>(lu_f_, x, A[0], A[1], A[2], a.r, a.cols, nb,
-                                                                         (int64_t)max_batch_ * a.r);
+        launch_kernel(pdl_, lora_a_kernel, dim3((unsigned)a.r, (unsigned)na), dim3(LORA_A_THREADS), 0, stream_, lu_f_, x, A[0], A[1],
+                      A[2], a.r, a.cols, nb, (int64_t)max_batch_ * a.r);
         cudaCheckLaunch();
     }
-    matvec_mma(x, a, nf4_ && !merged_, d_consts_, stream_);
+    matvec_mma(x, a, nf4_ && !merged_, d_consts_, stream_, pdl_);
 }
 
 // One token for each of nb sequences (ids, positions = cache lengths, slots on the device), ~10
@@ -996,31 +1066,32 @@ void GpuDecoder::forward_step(int nb) {
     static const int qkv[3] = {LT_Q, LT_K, LT_V}, o[1] = {LT_O}, gate_up[2] = {LT_GATE, LT_UP}, down[1] = {LT_DOWN};
     for (int l = 0; l < c.n_layers; l++) {
         bf16 *kc = kc_layer(0, l), *vc = vc_layer(0, l);  // slot 0's; the kernels add slot * slot_stride_
-        rmsnorm_forward(xn_, rstd_, x_, base_.w.attn_norm + l * C, nb, (int)C, c.norm_eps, stream_);
+        rmsnorm_forward(xn_, rstd_, x_, base_.w.attn_norm + l * C, nb, (int)C, c.norm_eps, stream_, pdl_);
         bf16* const y_qkv[3] = {q_, k_, v_};
         fused_linears(xn_, qkv, y_qkv, 3, l, MV_STORE, nb);
-        rope_store_kernel<<<(unsigned)ceil_div((int64_t)nb * (H + KV) * (D / 2), (int64_t)128), 128, 0, stream_>>>(
-            q_, k_, v_, kc, vc, d_pos_, d_slot_, slot_stride_, nb, H, KV, D, c.rope_theta);
+        launch_kernel(pdl_, rope_store_kernel, dim3(ceil_div((int64_t)nb * (H + KV) * (D / 2), (int64_t)128)), dim3(128), 0, stream_,
+                      q_, k_, v_, kc, vc, d_pos_, d_slot_, slot_stride_, nb, H, KV, D, c.rope_theta);
         cudaCheckLaunch();
-        attention_split_kernel<<<dim3((unsigned)splits_, (unsigned)H, (unsigned)nb), ATT_THREADS, 0, stream_>>>(
-            part_o_, part_ml_, q_, kc, vc, d_pos_, d_slot_, slot_stride_, H, KV, D, splits_, scale);
+        launch_kernel(pdl_, attention_split_kernel, dim3((unsigned)splits_, (unsigned)H, (unsigned)nb), dim3(ATT_THREADS), 0, stream_,
+                      part_o_, part_ml_, q_, kc, vc, d_pos_, d_slot_, slot_stride_, H, KV, D, splits_, scale);
         cudaCheckLaunch();
-        attention_combine_kernel<<<dim3((unsigned)H, (unsigned)nb), 128, 0, stream_>>>(ctx_, part_o_, part_ml_, H, D, splits_);
+        launch_kernel(pdl_, attention_combine_kernel, dim3((unsigned)H, (unsigned)nb), dim3(128), 0, stream_, ctx_, part_o_, part_ml_, H,
+                      D, splits_);
         cudaCheckLaunch();
         bf16* const y_o[1] = {x_};
         fused_linears(ctx_, o, y_o, 1, l, MV_ADD, nb);  // the residual add rides on the output
-        rmsnorm_forward(xn_, rstd_, x_, base_.w.mlp_norm + l * C, nb, (int)C, c.norm_eps, stream_);
+        rmsnorm_forward(xn_, rstd_, x_, base_.w.mlp_norm + l * C, nb, (int)C, c.norm_eps, stream_, pdl_);
         bf16* const y_gu[2] = {h_, nullptr};
         fused_linears(xn_, gate_up, y_gu, 2, l, MV_SWIGLU, nb);
         bf16* const y_d[1] = {x_};
         fused_linears(h_, down, y_d, 1, l, MV_ADD, nb);
     }
-    rmsnorm_forward(xn_, rstd_, x_, base_.w.final_norm, nb, (int)C, c.norm_eps, stream_);
+    rmsnorm_forward(xn_, rstd_, x_, base_.w.final_norm, nb, (int)C, c.norm_eps, stream_, pdl_);
     // the LM head on the same tensor-core mat-vec: fp32 logits (nb, V), the head read once for all
     MvArgs head;
     head.n_targets = 1, head.mode = MV_STORE_F32, head.nb = nb, head.cols = (int)C;
     head.t[0].dense = base_.w.lm_head, head.t[0].y32 = d_logits_, head.t[0].rows = V;
-    matvec_mma(xn_, head, false, d_consts_, stream_);
+    matvec_mma(xn_, head, false, d_consts_, stream_, pdl_);
     cudaCheck(cudaMemcpyAsync(h_logits_, d_logits_, (size_t)nb * V * 4, cudaMemcpyDeviceToHost, stream_));
 }
 

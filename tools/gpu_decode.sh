@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # tools/gpu_decode.sh — the decoder issue's runs on a GPU machine, after
 # `bash tools/pack_device.sh test_gpu bench_decode export_hf train`:
-#   bash tools/gpu_decode.sh OUT_DIR [sanitize]
+#   bash tools/gpu_decode.sh OUT_DIR [sanitize|profile|timeline]
 # 1. the decode tests (GPU decoder against the CPU decoder; greedy on the trained demo model);
 # 2. bench_decode, 7B: NF4 + LoRA r=64 unmerged at a 128-token prompt, a 2,048-token prompt
 #    (prefill) and a 4,000-token prompt (long context); batches of 8 and 16; bf16 merged; 3. with `sanitize`,
 #    compute-sanitizer memcheck and racecheck over the decode tests; with `profile`, ncu's occupancy,
 #    warp-stall and memory sections for the fused mat-vec launches of one NF4 decode step
-#    (ncu.txt). A table ends the output.
+#    (ncu.txt); with `timeline`, every kernel of one decode step timed alone by ncu, summed by
+#    kernel (tools/kernel_times.py). A table ends the output.
 set -u
 cd "$(dirname "$0")/.."
 OUT="${1:-build/decode}"
@@ -35,6 +36,25 @@ if [ "${2:-}" = profile ] && command -v ncu >/dev/null; then
         ./bench_decode --model 7b --new 16 --batch 16 > "$OUT/ncu16.txt" 2>&1
     echo "ncu (batch 16) exit $?"
 fi
+if [ "${2:-}" = timeline ] && command -v ncu >/dev/null; then
+    # every kernel of the last decode step timed alone (ncu serializes launches): where a step's time
+    # goes, and (against the step time bench_decode prints) what the gaps between launches cost
+    for args in "--quant nf4" "--quant nf4 --batch 16" "--quant nf4 --rank 0" "--quant bf16 --merge"; do
+        name=$(echo "$args" | tr -d ' -')
+        timeout 240 ncu --csv --page raw --print-units base --cache-control none --clock-control none \
+            --metrics gpu__time_duration.sum,dram__bytes_read.sum ./bench_decode --model 7b --new 3 $args > "$OUT/k_$name.csv" 2> "$OUT/k_$name.err"
+        echo "ncu timeline $args (exit $?):"
+        python3 tools/kernel_times.py "$OUT/k_$name.csv" > "$OUT/k_$name.txt" 2>&1
+        head -14 "$OUT/k_$name.txt" | sed 's/^/   /'
+    done
+fi
+if command -v cuobjdump >/dev/null; then  # the fused mat-vec's instruction mix, per instance
+    cuobjdump -sass bench_decode > "$OUT/sass.txt" 2>&1
+    awk '/Function : .*matvec_mma_kernel/ {f=$3} /Function : / && !/matvec_mma_kernel/ {f=""} f && /\/\*[0-9a-f]+\*\// {n[f]++; for (i = 1; i <= NF; i++) if ($i ~ /^(LDS|PRMT|HMMA|LDG|STS|SHF|LOP3|IMAD|LEA|FFMA|BAR)/) { split($i, o, "."); c[f, o[1]]++ } }
+         END { for (k in n) { printf "sass %s: %d instructions;", k, n[k]; for (x in c) { split(x, p, SUBSEP); if (p[1] == k) printf " %s %d", p[2], c[x] } print "" } }' "$OUT/sass.txt"
+fi
+DECODE_NO_PDL=1 timeout 200 ./bench_decode --model 7b --quant nf4 > "$OUT/decode_nopdl.log" 2>&1
+echo "bench_decode --quant nf4 with DECODE_NO_PDL=1 (exit $?): $(grep -E 'decode [0-9]' "$OUT/decode_nopdl.log")"
 for args in "--quant nf4 --prompt 128" "--quant nf4 --prompt 128 --batch 16" "--quant nf4 --prompt 128 --batch 8" "--quant nf4 --prompt 2048 --new 128" "--quant nf4 --prompt 4000 --new 128" "--quant bf16 --merge" "--quant bf16 --merge --batch 16" "--quant nf4 --rank 0"; do
     name=$(echo "$args" | tr -d ' -')
     timeout 200 ./bench_decode --model 7b $args > "$OUT/decode_$name.log" 2>&1

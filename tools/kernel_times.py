@@ -1,0 +1,48 @@
+#!/usr/bin/env python3
+# tools/kernel_times.py — per-kernel GPU time of the last decode step in an ncu CSV, to see where a
+# step's time goes (each kernel timed alone by ncu, so the sum leaves out the gaps between
+# launches; the step time bench_decode prints, minus this sum, is what those gaps cost).
+# Run (on a GPU machine, by tools/gpu_decode.sh timeline):
+#   ncu --csv --page raw --print-units base --metrics gpu__time_duration.sum,dram__bytes_read.sum ./bench_decode ... > k.csv
+#   python3 tools/kernel_times.py k.csv
+# The last step is every launch after the last embedding_forward_kernel (the first kernel of a step).
+import csv
+import sys
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit("usage: kernel_times.py NCU_RAW.csv")
+    rows = []
+    with open(sys.argv[1], newline="") as f:
+        lines = [l for l in f if l.startswith('"')]  # ncu's own messages are not quoted
+    for r in csv.DictReader(lines):
+        rows.append(r)
+    if not rows:
+        sys.exit("kernel_times: no kernel rows in " + sys.argv[1])
+    rows = [r for r in rows if r.get("ID", "").isdigit()]  # drops the units row
+    starts = [i for i, r in enumerate(rows) if "embedding_forward_kernel" in r["Kernel Name"]]
+    if not starts:
+        sys.exit("kernel_times: no embedding_forward_kernel launch in " + sys.argv[1])
+    step = rows[starts[-1]:]
+    by = {}
+    total = 0.0
+    for r in step:
+        name = r["Kernel Name"].split("(")[0]
+        if name.startswith("void "):
+            name = name[5:]
+        ns = float(r["gpu__time_duration.sum"].replace(",", ""))
+        gb = float(r.get("dram__bytes_read.sum", "0").replace(",", "") or 0)
+        e = by.setdefault(name, [0, 0.0, 0.0])
+        e[0] += 1
+        e[1] += ns
+        e[2] += gb
+        total += ns
+    print(f"last step: {len(step)} launches, {total / 1e3:.1f} us of kernel time (ncu, each alone)")
+    print("| kernel | launches | us | share | us/launch | DRAM read MB | GB/s |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, (n, ns, gb) in sorted(by.items(), key=lambda kv: -kv[1][1]):
+        print(f"| {name[:60]} | {n} | {ns / 1e3:.1f} | {100 * ns / total:.1f}% | {ns / 1e3 / n:.2f} | {gb / 1e6:.1f} | {gb / ns:.0f} |")
+
+
+main()
