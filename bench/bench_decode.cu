@@ -8,6 +8,8 @@
 // decoded fp32 block absmax, 0.4 GB; bf16: 13 GB), LoRA A and B (r=64 on all seven: 0.32 GB), the LM head (262 MB) and the KV cache, over
 // the bandwidth of a large device-to-device copy measured on the same card (printed as "% of BW").
 // A pass of B sequences reads the weights once and each sequence's own KV cache.
+#include <cuda_profiler_api.h>
+
 #include <chrono>
 #include <cstring>
 #include <string>
@@ -70,7 +72,11 @@ int main(int argc, char** argv) {
     auto t1 = std::chrono::steady_clock::now();
     const double pre_s = std::chrono::duration<double>(t1 - t0).count() / batch;
     for (int i = 0; i < n_new; i++) {
+        // the last step is the one a profiler started with --profile-from-start off looks at
+        // (tools/gpu_decode.sh timeline); without one these calls do nothing
+        if (i == n_new - 1) cudaCheck(cudaProfilerStart());
         const float* logits = dec->step_batch(next.data(), slots.data(), batch);
+        if (i == n_new - 1) cudaCheck(cudaProfilerStop());
         for (int b = 0; b < batch; b++) next[(size_t)b] = argmax(logits + (size_t)b * V, V);
     }
     auto t2 = std::chrono::steady_clock::now();

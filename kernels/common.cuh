@@ -136,7 +136,7 @@ __device__ __forceinline__ void cp_async_wait() {
 // Programmatic dependent launch (Hopper). A kernel launched with launch_kernel(pdl = true) may be
 // scheduled while the kernel before it in the stream is still finishing; it must call pdl_wait()
 // before it reads anything that kernel (or one before it) wrote, and before it writes anything they
-// read. What it does before (filling a table, prefetching frozen weights) overlaps the previous
+// read. What it does before (filling a table from constants) overlaps the previous
 // kernel's tail and the launch latency: a decode step is ~400 short kernels. pdl_launch_dependents()
 // lets the next such kernel be scheduled before this one ends. Both are no-ops in a plain launch.
 __device__ __forceinline__ void pdl_wait() {
@@ -149,7 +149,6 @@ __device__ __forceinline__ void pdl_launch_dependents() {
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #endif
 }
-__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p)); }
 __device__ __forceinline__ uint32_t pack_floats(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     return *(uint32_t*)&v;

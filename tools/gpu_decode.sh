@@ -39,9 +39,9 @@ fi
 if [ "${2:-}" = timeline ] && command -v ncu >/dev/null; then
     # every kernel of the last decode step timed alone (ncu serializes launches): where a step's time
     # goes, and (against the step time bench_decode prints) what the gaps between launches cost
-    for args in "--quant nf4" "--quant nf4 --batch 16" "--quant nf4 --rank 0" "--quant bf16 --merge"; do
+    for args in "--quant nf4" "--quant nf4 --batch 16"; do
         name=$(echo "$args" | tr -d ' -')
-        timeout 240 ncu --csv --page raw --print-units base --cache-control none --clock-control none \
+        timeout 240 ncu --profile-from-start off --csv --page raw --print-units base --cache-control none --clock-control none \
             --metrics gpu__time_duration.sum,dram__bytes_read.sum ./bench_decode --model 7b --new 3 $args > "$OUT/k_$name.csv" 2> "$OUT/k_$name.err"
         echo "ncu timeline $args (exit $?):"
         python3 tools/kernel_times.py "$OUT/k_$name.csv" > "$OUT/k_$name.txt" 2>&1

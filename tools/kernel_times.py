@@ -5,7 +5,9 @@
 # Run (on a GPU machine, by tools/gpu_decode.sh timeline):
 #   ncu --csv --page raw --print-units base --metrics gpu__time_duration.sum,dram__bytes_read.sum ./bench_decode ... > k.csv
 #   python3 tools/kernel_times.py k.csv
-# The last step is every launch after the last embedding_forward_kernel (the first kernel of a step).
+# The last step is every launch after the last embedding_forward_kernel (the first kernel of a step);
+# bench_decode brackets its last step with cudaProfilerStart/Stop, so `ncu --profile-from-start off`
+# sees that step alone.
 import csv
 import sys
 
