@@ -513,9 +513,10 @@ void matvec_mma(const bf16* x, const MvArgs& a, bool nf4, const Nf4Consts* c, cu
 // u (n, nb, r) bf16: u[m][j][i] = A_m[i] . x_j for the n <= 3 LoRA A matrices (r, cols) that read
 // the same x (nb, cols): one block per (row i, matrix m). Each thread takes the same 16-byte pieces
 // of the row for every sequence and sums them in the same order, so a sequence's u does not depend
-// on nb. The row's pieces are all loaded before any sum, and each sequence's x pieces together: a
-// loop of load-then-add per piece waited out one memory latency a piece (ncu: 7-11 us a launch for
-// 1-1.6 MB, 128 launches a token).
+// on nb. The row's pieces are all loaded before any sum, then piece by piece the x of every
+// sequence together: a loop of load-then-add per piece waited out one memory latency a piece (ncu:
+// 7-11 us a launch for 1-1.6 MB, 128 launches a token), and one sequence at a time one a sequence
+// (11-15 us at 16 sequences).
 constexpr int LORA_A_THREADS = 256, LORA_A_PIECES = 6;  // pieces of 8 columns a thread a round: 12288 columns
 __global__ void __launch_bounds__(LORA_A_THREADS) lora_a_kernel(bf16* u, const bf16* __restrict__ x, const bf16* A0,
                                                                 const bf16* A1, const bf16* A2, int r, int cols, int nb,
@@ -534,21 +535,21 @@ __global__ void __launch_bounds__(LORA_A_THREADS) lora_a_kernel(bf16* u, const b
             w[k] = c8 < n8 ? __ldg(reinterpret_cast<const uint4*>(A) + c8) : make_uint4(0, 0, 0, 0);
         }
 #pragma unroll
-        for (int j = 0; j < MMA_MAX_BATCH; j++) {
-            if (j >= nb) break;
-            uint4 xv[LORA_A_PIECES];
+        for (int k = 0; k < LORA_A_PIECES; k++) {  // a piece at a time, the loads of all the sequences' x together
+            const int c8 = base + k * LORA_A_THREADS;
+            if (c8 >= n8) break;
+            uint4 xv[MMA_MAX_BATCH];
 #pragma unroll
-            for (int k = 0; k < LORA_A_PIECES; k++) {
-                const int c8 = base + k * LORA_A_THREADS;
-                xv[k] = c8 < n8 ? __ldg(reinterpret_cast<const uint4*>(x + (int64_t)j * cols) + c8) : make_uint4(0, 0, 0, 0);
-            }
+            for (int j = 0; j < MMA_MAX_BATCH; j++)
+                if (j < nb) xv[j] = __ldg(reinterpret_cast<const uint4*>(x + (int64_t)j * cols) + c8);
+            const bf16* wv = reinterpret_cast<const bf16*>(&w[k]);
 #pragma unroll
-            for (int k = 0; k < LORA_A_PIECES; k++) {
-                const bf16* wv = reinterpret_cast<const bf16*>(&w[k]);
-                const bf16* xe = reinterpret_cast<const bf16*>(&xv[k]);
+            for (int j = 0; j < MMA_MAX_BATCH; j++)
+                if (j < nb) {
+                    const bf16* xe = reinterpret_cast<const bf16*>(&xv[j]);
 #pragma unroll
-                for (int e = 0; e < 8; e++) s[j] += __bfloat162float(wv[e]) * __bfloat162float(xe[e]);
-            }
+                    for (int e = 0; e < 8; e++) s[j] += __bfloat162float(wv[e]) * __bfloat162float(xe[e]);
+                }
         }
     }
 #pragma unroll
