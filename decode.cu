@@ -292,9 +292,7 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, NF4 ? 3 : 2) matvec_mma_kernel
     char* const xsm = reinterpret_cast<char*>(dyn);
     const int nb = a.nb, cols = a.cols;
     const bool staged = (int64_t)nb * cols * 2 <= MMA_X_SMEM_MAX;
-    pdl_launch_dependents();
-    // before the wait for the previous kernel (x is its output): the table, from global memory (a
-    // kernel argument indexed per thread is read one address at a time)
+    // the table, from global memory (a kernel argument indexed per thread is read one address at a time)
     if (NF4)
         for (int i = threadIdx.x; i < 256 * 8; i += blockDim.x) {  // 4 copies of entry i >> 3 a 16-byte store
             const uint32_t w = pack_floats(consts->nf4[(i >> 3) >> 4], consts->nf4[(i >> 3) & 15]);
@@ -327,7 +325,6 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, NF4 ? 3 : 2) matvec_mma_kernel
     // a warp's absmax blocks are contiguous, so each row is read in runs of 128 bytes and more:
     // interleaving the warps (run length 32 bytes) ran at a sixth of the bandwidth
     const int per_warp = (nbk + MMA_WARPS - 1) / MMA_WARPS, b_begin = warp * per_warp, b_end = min(nbk, b_begin + per_warp);
-    pdl_wait();
     if (staged)
         for (int i = threadIdx.x; i < nb * cols / 8; i += blockDim.x) reinterpret_cast<uint4*>(xsm)[i] = reinterpret_cast<const uint4*>(x)[i];
     __syncthreads();
@@ -495,7 +492,7 @@ void matvec_mma_setup() {
     done = true;
 }
 
-void matvec_mma(const bf16* x, const MvArgs& a, bool nf4, const Nf4Consts* c, cudaStream_t stream, bool pdl) {
+void matvec_mma(const bf16* x, const MvArgs& a, bool nf4, const Nf4Consts* c, cudaStream_t stream) {
     ASSERT(a.nb >= 1 && a.nb <= MMA_MAX_BATCH, "the fused mat-vec takes 1 .. 16 sequences");
     int blocks = a.mode == MV_SWIGLU ? (int)ceil_div((int64_t)a.t[0].rows, (int64_t)8) : 0;  // SwiGLU: 8 gate + the same 8 up rows a block
     if (a.mode != MV_SWIGLU)
@@ -506,17 +503,18 @@ void matvec_mma(const bf16* x, const MvArgs& a, bool nf4, const Nf4Consts* c, cu
     const bool two = a.nb > 8;
     auto kernel = nf4 ? (two ? matvec_mma_kernel<true, 2> : matvec_mma_kernel<true, 1>)
                       : (two ? matvec_mma_kernel<false, 2> : matvec_mma_kernel<false, 1>);
-    launch_kernel(pdl, kernel, dim3((unsigned)blocks), dim3(MMA_WARPS * 32), smem, stream, x, a, c);
+    kernel<<<blocks, MMA_WARPS * 32, smem, stream>>>(x, a, c);
     cudaCheckLaunch();
 }
 
 // u (n, nb, r) bf16: u[m][j][i] = A_m[i] . x_j for the n <= 3 LoRA A matrices (r, cols) that read
 // the same x (nb, cols): one block per (row i, matrix m). Each thread takes the same 16-byte pieces
 // of the row for every sequence and sums them in the same order, so a sequence's u does not depend
-// on nb. The row's pieces are all loaded before any sum, then piece by piece the x of every
-// sequence together: a loop of load-then-add per piece waited out one memory latency a piece (ncu:
-// 7-11 us a launch for 1-1.6 MB, 128 launches a token), and one sequence at a time one a sequence
-// (11-15 us at 16 sequences).
+// on nb (one sequence and several take two loop shapes with the same additions in the same order).
+// The row's pieces are all loaded before any sum; then, for one sequence, all of its x pieces
+// together, for several, piece by piece the x of every sequence together: a loop of load-then-add
+// per piece waited out one memory latency a piece (ncu: 7-11 us a launch for 1-1.6 MB, 128 launches
+// a token; now 3.4-3.8), a sequence at a time one a sequence (11-15 us at 16 sequences; now 10).
 constexpr int LORA_A_THREADS = 256, LORA_A_PIECES = 6;  // pieces of 8 columns a thread a round: 12288 columns
 __global__ void __launch_bounds__(LORA_A_THREADS) lora_a_kernel(bf16* u, const bf16* __restrict__ x, const bf16* A0,
                                                                 const bf16* A1, const bf16* A2, int r, int cols, int nb,
@@ -524,8 +522,6 @@ __global__ void __launch_bounds__(LORA_A_THREADS) lora_a_kernel(bf16* u, const b
     __shared__ float red[LORA_A_THREADS / 32][MMA_MAX_BATCH];
     const int i = blockIdx.x, m = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32, n8 = cols / 8;
     const bf16* A = (m == 0 ? A0 : m == 1 ? A1 : A2) + (int64_t)i * cols;
-    pdl_launch_dependents();
-    pdl_wait();
     float s[MMA_MAX_BATCH] = {};
     for (int base = threadIdx.x; base < n8; base += LORA_A_THREADS * LORA_A_PIECES) {
         uint4 w[LORA_A_PIECES];
@@ -533,6 +529,22 @@ __global__ void __launch_bounds__(LORA_A_THREADS) lora_a_kernel(bf16* u, const b
         for (int k = 0; k < LORA_A_PIECES; k++) {
             const int c8 = base + k * LORA_A_THREADS;
             w[k] = c8 < n8 ? __ldg(reinterpret_cast<const uint4*>(A) + c8) : make_uint4(0, 0, 0, 0);
+        }
+        if (nb == 1) {  // all of the row's x pieces together
+            uint4 xv[LORA_A_PIECES];
+#pragma unroll
+            for (int k = 0; k < LORA_A_PIECES; k++) {
+                const int c8 = base + k * LORA_A_THREADS;
+                xv[k] = c8 < n8 ? __ldg(reinterpret_cast<const uint4*>(x) + c8) : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+            for (int k = 0; k < LORA_A_PIECES; k++)
+                if (base + k * LORA_A_THREADS < n8) {
+                    const bf16 *wv = reinterpret_cast<const bf16*>(&w[k]), *xe = reinterpret_cast<const bf16*>(&xv[k]);
+#pragma unroll
+                    for (int e = 0; e < 8; e++) s[0] += __bfloat162float(wv[e]) * __bfloat162float(xe[e]);
+                }
+            continue;
         }
 #pragma unroll
         for (int k = 0; k < LORA_A_PIECES; k++) {  // a piece at a time, the loads of all the sequences' x together
@@ -574,8 +586,6 @@ __global__ void __launch_bounds__(LORA_A_THREADS) lora_a_kernel(bf16* u, const b
 __global__ void rope_store_kernel(bf16* q, const bf16* k, const bf16* v, bf16* kc, bf16* vc, const int32_t* pos,
                                   const int32_t* slot, int64_t slot_stride, int nb, int H, int KV, int D, float theta) {
     const int half = D / 2, per_seq = (H + KV) * half, idx = blockIdx.x * blockDim.x + threadIdx.x;
-    pdl_launch_dependents();
-    pdl_wait();
     if (idx >= nb * per_seq) return;
     const int j = idx / per_seq, head = idx % per_seq / half, i = idx % half;
     const float inv_freq = 1.0f / powf(theta, (float)(2 * i) / (float)D);
@@ -614,8 +624,6 @@ __global__ void __launch_bounds__(ATT_THREADS) attention_split_kernel(float* par
     __shared__ float qs[128];
     __shared__ float red[32];
     __shared__ float po[ATT_THREADS / 32][128];
-    pdl_launch_dependents();
-    pdl_wait();
     const int s = blockIdx.x, h = blockIdx.y, j = blockIdx.z, kvh = h / (H / KV), p = pos[j];
     const bf16 *kc = kc_all + (int64_t)slot[j] * slot_stride, *vc = vc_all + (int64_t)slot[j] * slot_stride;
     const int j0 = s * ATT_CHUNK, j1 = min(j0 + ATT_CHUNK, p + 1), n = j1 - j0;
@@ -666,8 +674,6 @@ __global__ void __launch_bounds__(ATT_THREADS) attention_split_kernel(float* par
 
 // out (nb, H*D): block (head h, sequence j) merges its splits
 __global__ void attention_combine_kernel(bf16* out, const float* part_o, const float* part_ml, int H, int D, int splits) {
-    pdl_launch_dependents();
-    pdl_wait();
     const int h = blockIdx.x, j = blockIdx.y;
     const int64_t first = ((int64_t)j * H + h) * splits;
     const float* ml = part_ml + first * 2;
@@ -757,9 +763,6 @@ class GpuDecoder : public Decoder {
     void forward(int n);  // a prefill pass over n tokens of slot_ (ids/positions/cache length on the device)
     // the decode step on the fused tensor-core mat-vecs (matvec_mma_kernel), where the shapes allow it
     bool fused_ok_ = false;
-    // its kernels launched with programmatic dependent launch (kernels/common.cuh: launch_kernel), on
-    // sm_90 and later; DECODE_NO_PDL=1 in the environment turns it off, to measure what it gives
-    bool pdl_ = false;
     int splits_ = 0;                 // split-K attention: ceil(max_ctx / ATT_CHUNK)
     float *part_o_ = nullptr, *part_ml_ = nullptr;  // (max_batch, H, splits, D), (max_batch, H, splits, 2)
     Nf4Consts* d_consts_ = nullptr;  // the NF4 and 8-bit code tables, on the device
@@ -814,11 +817,7 @@ void GpuDecoder::allocate_buffers() {
     if (max_batch_ > MMA_MAX_BATCH) fail("--batch %d: the GPU decoder takes at most %d sequences a pass", max_batch_, MMA_MAX_BATCH);
     consts_ = nf4_consts();
     matvec_mma_setup();
-    int dev = 0, major = 0;
-    cudaCheck(cudaGetDevice(&dev));
-    cudaCheck(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-    const char* no_pdl = getenv("DECODE_NO_PDL");
-    pdl_ = major >= 9 && !(no_pdl && no_pdl[0] == '1');
+
     lens_.assign((size_t)max_batch_, 0);
     step_graphs_.assign((size_t)max_batch_ + 1, nullptr);
     steps_uncaptured_.assign((size_t)max_batch_ + 1, 0);
@@ -1036,11 +1035,11 @@ void GpuDecoder::fused_linears(const bf16* x, const int* targets, bf16* const* y
         }
     }
     if (na > 0) {
-        launch_kernel(pdl_, lora_a_kernel, dim3((unsigned)a.r, (unsigned)na), dim3(LORA_A_THREADS), 0, stream_, lu_f_, x, A[0], A[1],
-                      A[2], a.r, a.cols, nb, (int64_t)max_batch_ * a.r);
+        lora_a_kernel<<<dim3((unsigned)a.r, (unsigned)na), LORA_A_THREADS, 0, stream_>>>(lu_f_, x, A[0], A[1], A[2], a.r, a.cols, nb,
+                                                                                    (int64_t)max_batch_ * a.r);
         cudaCheckLaunch();
     }
-    matvec_mma(x, a, nf4_ && !merged_, d_consts_, stream_, pdl_);
+    matvec_mma(x, a, nf4_ && !merged_, d_consts_, stream_);
 }
 
 // One token for each of nb sequences (ids, positions = cache lengths, slots on the device), ~10
@@ -1055,32 +1054,31 @@ void GpuDecoder::forward_step(int nb) {
     static const int qkv[3] = {LT_Q, LT_K, LT_V}, o[1] = {LT_O}, gate_up[2] = {LT_GATE, LT_UP}, down[1] = {LT_DOWN};
     for (int l = 0; l < c.n_layers; l++) {
         bf16 *kc = kc_layer(0, l), *vc = vc_layer(0, l);  // slot 0's; the kernels add slot * slot_stride_
-        rmsnorm_forward(xn_, rstd_, x_, base_.w.attn_norm + l * C, nb, (int)C, c.norm_eps, stream_, pdl_);
+        rmsnorm_forward(xn_, rstd_, x_, base_.w.attn_norm + l * C, nb, (int)C, c.norm_eps, stream_);
         bf16* const y_qkv[3] = {q_, k_, v_};
         fused_linears(xn_, qkv, y_qkv, 3, l, MV_STORE, nb);
-        launch_kernel(pdl_, rope_store_kernel, dim3(ceil_div((int64_t)nb * (H + KV) * (D / 2), (int64_t)128)), dim3(128), 0, stream_,
-                      q_, k_, v_, kc, vc, d_pos_, d_slot_, slot_stride_, nb, H, KV, D, c.rope_theta);
+        rope_store_kernel<<<(unsigned)ceil_div((int64_t)nb * (H + KV) * (D / 2), (int64_t)128), 128, 0, stream_>>>(
+            q_, k_, v_, kc, vc, d_pos_, d_slot_, slot_stride_, nb, H, KV, D, c.rope_theta);
         cudaCheckLaunch();
-        launch_kernel(pdl_, attention_split_kernel, dim3((unsigned)splits_, (unsigned)H, (unsigned)nb), dim3(ATT_THREADS), 0, stream_,
-                      part_o_, part_ml_, q_, kc, vc, d_pos_, d_slot_, slot_stride_, H, KV, D, splits_, scale);
+        attention_split_kernel<<<dim3((unsigned)splits_, (unsigned)H, (unsigned)nb), ATT_THREADS, 0, stream_>>>(
+            part_o_, part_ml_, q_, kc, vc, d_pos_, d_slot_, slot_stride_, H, KV, D, splits_, scale);
         cudaCheckLaunch();
-        launch_kernel(pdl_, attention_combine_kernel, dim3((unsigned)H, (unsigned)nb), dim3(128), 0, stream_, ctx_, part_o_, part_ml_, H,
-                      D, splits_);
+        attention_combine_kernel<<<dim3((unsigned)H, (unsigned)nb), 128, 0, stream_>>>(ctx_, part_o_, part_ml_, H, D, splits_);
         cudaCheckLaunch();
         bf16* const y_o[1] = {x_};
         fused_linears(ctx_, o, y_o, 1, l, MV_ADD, nb);  // the residual add rides on the output
-        rmsnorm_forward(xn_, rstd_, x_, base_.w.mlp_norm + l * C, nb, (int)C, c.norm_eps, stream_, pdl_);
+        rmsnorm_forward(xn_, rstd_, x_, base_.w.mlp_norm + l * C, nb, (int)C, c.norm_eps, stream_);
         bf16* const y_gu[2] = {h_, nullptr};
         fused_linears(xn_, gate_up, y_gu, 2, l, MV_SWIGLU, nb);
         bf16* const y_d[1] = {x_};
         fused_linears(h_, down, y_d, 1, l, MV_ADD, nb);
     }
-    rmsnorm_forward(xn_, rstd_, x_, base_.w.final_norm, nb, (int)C, c.norm_eps, stream_, pdl_);
+    rmsnorm_forward(xn_, rstd_, x_, base_.w.final_norm, nb, (int)C, c.norm_eps, stream_);
     // the LM head on the same tensor-core mat-vec: fp32 logits (nb, V), the head read once for all
     MvArgs head;
     head.n_targets = 1, head.mode = MV_STORE_F32, head.nb = nb, head.cols = (int)C;
     head.t[0].dense = base_.w.lm_head, head.t[0].y32 = d_logits_, head.t[0].rows = V;
-    matvec_mma(xn_, head, false, d_consts_, stream_, pdl_);
+    matvec_mma(xn_, head, false, d_consts_, stream_);
     cudaCheck(cudaMemcpyAsync(h_logits_, d_logits_, (size_t)nb * V * 4, cudaMemcpyDeviceToHost, stream_));
 }
 

@@ -133,22 +133,6 @@ template <int N>
 __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
-// Programmatic dependent launch (Hopper). A kernel launched with launch_kernel(pdl = true) may be
-// scheduled while the kernel before it in the stream is still finishing; it must call pdl_wait()
-// before it reads anything that kernel (or one before it) wrote, and before it writes anything they
-// read. What it does before (filling a table from constants) overlaps the previous
-// kernel's tail and the launch latency: a decode step is ~400 short kernels. pdl_launch_dependents()
-// lets the next such kernel be scheduled before this one ends. Both are no-ops in a plain launch.
-__device__ __forceinline__ void pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void pdl_launch_dependents() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
-}
 __device__ __forceinline__ uint32_t pack_floats(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     return *(uint32_t*)&v;
@@ -178,19 +162,6 @@ __device__ __forceinline__ void load_b_cols(uint32_t b[4], const bf16* tile, int
 template <int LD>
 __device__ __forceinline__ void load_a_trans(uint32_t a[4], const bf16* tile, int m0, int k0, int lane) {
     ldmatrix_x4_trans(a, tile + (k0 + (lane & 7) + (lane >> 4) * 8) * LD + m0 + ((lane >> 3) & 1) * 8);
-}
-
-// kernel<<<grid, block, smem, stream>>>(args...), with programmatic dependent launch when pdl
-// (only where the device has it: sm_90 and later; see pdl_wait)
-template <typename... Params, typename... Args>
-void launch_kernel(bool pdl, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args... args) {
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = smem, cfg.stream = stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr, cfg.numAttrs = pdl ? 1 : 0;
-    cudaCheck(cudaLaunchKernelEx(&cfg, kernel, static_cast<Params>(args)...));
 }
 
 #endif  // __CUDACC__

@@ -47,8 +47,7 @@ void embedding_forward(bf16* out, const int32_t* tokens, const bf16* embed, int6
 
 // ---- rmsnorm.cu
 // out (N, C) = x / rms(x) * w; rstd (N)
-void rmsnorm_forward(bf16* out, float* rstd, const bf16* x, const bf16* w, int64_t N, int C, float eps, cudaStream_t stream,
-                     bool pdl = false);  // pdl: see launch_kernel (kernels/common.cuh)
+void rmsnorm_forward(bf16* out, float* rstd, const bf16* x, const bf16* w, int64_t N, int C, float eps, cudaStream_t stream);
 // dres (N, C) fp32 += d/dx given dy (N, C) fp32; dres_bf16 = bf16 copy of the updated dres
 void rmsnorm_backward(float* dres, bf16* dres_bf16, const float* dy, const bf16* x, const float* rstd, const bf16* w,
                       int64_t N, int C, cudaStream_t stream);

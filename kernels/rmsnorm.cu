@@ -13,8 +13,6 @@ constexpr int NORM_THREADS = 256;
 __global__ void __launch_bounds__(NORM_THREADS) rmsnorm_forward_kernel(bf16* out, float* rstd, const bf16* x, const bf16* w,
                                                                        int64_t N, int C, float eps) {
     __shared__ float shared[32];
-    pdl_launch_dependents();
-    pdl_wait();
     const int64_t row = blockIdx.x;
     const bf16* xr = x + row * C;
     bf16* yr = out + row * C;
@@ -48,8 +46,8 @@ __global__ void __launch_bounds__(NORM_THREADS) rmsnorm_forward_kernel(bf16* out
     }
 }
 
-void rmsnorm_forward(bf16* out, float* rstd, const bf16* x, const bf16* w, int64_t N, int C, float eps, cudaStream_t stream, bool pdl) {
-    launch_kernel(pdl, rmsnorm_forward_kernel, dim3((unsigned)N), dim3(NORM_THREADS), 0, stream, out, rstd, x, w, N, C, eps);
+void rmsnorm_forward(bf16* out, float* rstd, const bf16* x, const bf16* w, int64_t N, int C, float eps, cudaStream_t stream) {
+    rmsnorm_forward_kernel<<<(unsigned)N, NORM_THREADS, 0, stream>>>(out, rstd, x, w, N, C, eps);
     cudaCheckLaunch();
 }
 

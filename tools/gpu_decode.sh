@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # tools/gpu_decode.sh — the decoder issue's runs on a GPU machine, after
 # `bash tools/pack_device.sh test_gpu bench_decode export_hf train`:
-#   bash tools/gpu_decode.sh OUT_DIR [sanitize|profile|timeline]
+#   bash tools/gpu_decode.sh OUT_DIR [sanitize|memcheck|profile|timeline]
 # 1. the decode tests (GPU decoder against the CPU decoder; greedy on the trained demo model);
 # 2. bench_decode, 7B: NF4 + LoRA r=64 unmerged at a 128-token prompt, a 2,048-token prompt
 #    (prefill) and a 4,000-token prompt (long context); batches of 8 and 16; bf16 merged; 3. with `sanitize`,
-#    compute-sanitizer memcheck and racecheck over the decode tests; with `profile`, ncu's occupancy,
+#    compute-sanitizer memcheck and racecheck over the decode tests (`memcheck`: memcheck alone); with `profile`, ncu's occupancy,
 #    warp-stall and memory sections for the fused mat-vec launches of one NF4 decode step
 #    (ncu.txt); with `timeline`, every kernel of one decode step timed alone by ncu, summed by
 #    kernel (tools/kernel_times.py). A table ends the output.
@@ -18,9 +18,11 @@ for b in .device/now/*; do [ -f "$b" ] && [ -x "$b" ] && cp "$b" .; done
 FIXTURES_DIR=.device/fixtures ./test_gpu -tc="decode*" -s > "$OUT/test_decode.log" 2>&1
 echo "decode tests exit $?: $(grep -E '^\[doctest\] test cases' "$OUT/test_decode.log")"
 grep -E "logits rel err|greedy" "$OUT/test_decode.log" | grep -v CHECK | sed 's/^.*MESSAGE: //' | head -20
-if [ "${2:-}" = sanitize ] && command -v compute-sanitizer >/dev/null; then
-    for tool in memcheck racecheck; do
+if { [ "${2:-}" = sanitize ] || [ "${2:-}" = memcheck ]; } && command -v compute-sanitizer >/dev/null; then
+    tools="memcheck racecheck"; [ "${2:-}" = memcheck ] && tools=memcheck
+    for tool in $tools; do
         limit=250; [ $tool = racecheck ] && limit=900  # racecheck of the batched case alone took > 480 s
+        [ "${2:-}" = memcheck ] && limit=200
         FIXTURES_DIR=.device/fixtures timeout $limit compute-sanitizer --tool $tool --error-exitcode 9 ./test_gpu -tc="decode: the GPU decoder equals*,decode: batched*" > "$OUT/$tool.log" 2>&1
         echo "compute-sanitizer $tool exit $?: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/$tool.log" | tail -1)"
     done
@@ -53,8 +55,6 @@ if command -v cuobjdump >/dev/null; then  # the fused mat-vec's instruction mix,
     awk '/Function : .*matvec_mma_kernel/ {f=$3} /Function : / && !/matvec_mma_kernel/ {f=""} f && /\/\*[0-9a-f]+\*\// {n[f]++; for (i = 1; i <= NF; i++) if ($i ~ /^(LDS|PRMT|HMMA|LDG|STS|SHF|LOP3|IMAD|LEA|FFMA|BAR)/) { split($i, o, "."); c[f, o[1]]++ } }
          END { for (k in n) { printf "sass %s: %d instructions;", k, n[k]; for (x in c) { split(x, p, SUBSEP); if (p[1] == k) printf " %s %d", p[2], c[x] } print "" } }' "$OUT/sass.txt"
 fi
-DECODE_NO_PDL=1 timeout 200 ./bench_decode --model 7b --quant nf4 > "$OUT/decode_nopdl.log" 2>&1
-echo "bench_decode --quant nf4 with DECODE_NO_PDL=1 (exit $?): $(grep -E 'decode [0-9]' "$OUT/decode_nopdl.log")"
 for args in "--quant nf4 --prompt 128" "--quant nf4 --prompt 128 --batch 16" "--quant nf4 --prompt 128 --batch 8" "--quant nf4 --prompt 2048 --new 128" "--quant nf4 --prompt 4000 --new 128" "--quant bf16 --merge" "--quant bf16 --merge --batch 16" "--quant nf4 --rank 0"; do
     name=$(echo "$args" | tr -d ' -')
     timeout 200 ./bench_decode --model 7b $args > "$OUT/decode_$name.log" 2>&1
