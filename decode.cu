@@ -272,10 +272,10 @@ struct MvArgs {
 // so that lane i reads its own copy free of bank conflicts (a single table took ~3.4 wavefronts a
 // lookup, and that, not DRAM, bounded the kernel). The lookup address of byte k of a packed word w
 // is (byte k) << 7 | lane * 4: one shift and one three-input logic op (the compiler's byte extract,
-// insert and add took four). x (nb, cols) is in dynamic shared memory when it fits MMA_X_SMEM_MAX. 256-byte rows
-// (one prmt a lookup, x in the rows' second halves) measured 30% slower: 3 blocks of 68 KB left
-// the SM ~24 KB of L1 for the weight loads in flight (the bf16 instance slowed as much once its
-// carveout asked for all shared memory).
+// insert and add took four). x (nb, cols) is in dynamic shared memory when it fits
+// MMA_X_SMEM_MAX. 256-byte rows (one prmt a lookup, x in the rows' second halves) measured 30%
+// slower: 3 blocks of 68 KB left the SM ~24 KB of L1 for the weight loads in flight (the bf16
+// instance slowed as much once its carveout asked for all shared memory).
 constexpr int MMA_LUT_BYTES = 256 * 32 * 4;
 __device__ __forceinline__ uint32_t mma_lut_offset(uint32_t w, uint32_t lane4, int k) {
     const uint32_t shifted = k == 0 ? w << 7 : w >> (8 * k - 7);
@@ -511,10 +511,11 @@ void matvec_mma(const bf16* x, const MvArgs& a, bool nf4, const Nf4Consts* c, cu
 // the same x (nb, cols): one block per (row i, matrix m). Each thread takes the same 16-byte pieces
 // of the row for every sequence and sums them in the same order, so a sequence's u does not depend
 // on nb (one sequence and several take two loop shapes with the same additions in the same order).
-// The row's pieces are all loaded before any sum; then, for one sequence, all of its x pieces
-// together, for several, piece by piece the x of every sequence together: a loop of load-then-add
-// per piece waited out one memory latency a piece (ncu: 7-11 us a launch for 1-1.6 MB, 128 launches
-// a token; now 3.4-3.8), a sequence at a time one a sequence (11-15 us at 16 sequences; now 10).
+// The row's pieces are all loaded before any sum; then one sequence loads all of its x pieces
+// together, several sequences load piece by piece, every sequence's x of a piece together. A loop
+// of load-then-add per piece waited out one memory latency per piece (ncu: 7-11 us a launch for
+// 1-1.6 MB, 128 launches a token; now 3.4-3.8), and a loop over sequences one latency per
+// sequence (11-15 us at 16 sequences; now 10).
 constexpr int LORA_A_THREADS = 256, LORA_A_PIECES = 6;  // pieces of 8 columns a thread a round: 12288 columns
 __global__ void __launch_bounds__(LORA_A_THREADS) lora_a_kernel(bf16* u, const bf16* __restrict__ x, const bf16* A0,
                                                                 const bf16* A1, const bf16* A2, int r, int cols, int nb,
@@ -817,7 +818,6 @@ void GpuDecoder::allocate_buffers() {
     if (max_batch_ > MMA_MAX_BATCH) fail("--batch %d: the GPU decoder takes at most %d sequences a pass", max_batch_, MMA_MAX_BATCH);
     consts_ = nf4_consts();
     matvec_mma_setup();
-
     lens_.assign((size_t)max_batch_, 0);
     step_graphs_.assign((size_t)max_batch_ + 1, nullptr);
     steps_uncaptured_.assign((size_t)max_batch_ + 1, 0);

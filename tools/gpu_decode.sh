@@ -39,8 +39,7 @@ if [ "${2:-}" = profile ] && command -v ncu >/dev/null; then
     echo "ncu (batch 16) exit $?"
 fi
 if [ "${2:-}" = timeline ] && command -v ncu >/dev/null; then
-    # every kernel of the last decode step timed alone (ncu serializes launches): where a step's time
-    # goes, and (against the step time bench_decode prints) what the gaps between launches cost
+    # every kernel of the last decode step timed alone (ncu serializes launches): where a step's time goes
     for args in "--quant nf4" "--quant nf4 --batch 16"; do
         name=$(echo "$args" | tr -d ' -')
         timeout 240 ncu --profile-from-start off --csv --page raw --print-units base --cache-control none --clock-control none \
@@ -50,7 +49,7 @@ if [ "${2:-}" = timeline ] && command -v ncu >/dev/null; then
         head -14 "$OUT/k_$name.txt" | sed 's/^/   /'
     done
 fi
-if command -v cuobjdump >/dev/null; then  # the fused mat-vec's instruction mix, per instance
+if { [ "${2:-}" = profile ] || [ "${2:-}" = timeline ]; } && command -v cuobjdump >/dev/null; then  # the fused mat-vec's instruction mix, per instance
     cuobjdump -sass bench_decode > "$OUT/sass.txt" 2>&1
     awk '/Function : .*matvec_mma_kernel/ {f=$3} /Function : / && !/matvec_mma_kernel/ {f=""} f && /\/\*[0-9a-f]+\*\// {n[f]++; for (i = 1; i <= NF; i++) if ($i ~ /^(LDS|PRMT|HMMA|LDG|STS|SHF|LOP3|IMAD|LEA|FFMA|BAR)/) { split($i, o, "."); c[f, o[1]]++ } }
          END { for (k in n) { printf "sass %s: %d instructions;", k, n[k]; for (x in c) { split(x, p, SUBSEP); if (p[1] == k) printf " %s %d", p[2], c[x] } print "" } }' "$OUT/sass.txt"

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 # tools/kernel_times.py — per-kernel GPU time of the last decode step in an ncu CSV, to see where a
-# step's time goes (each kernel timed alone by ncu, so the sum leaves out the gaps between
-# launches; the step time bench_decode prints, minus this sum, is what those gaps cost).
+# step's time goes. ncu times each kernel alone, with its own launch and drain, so the sum is not
+# the step time (a few microseconds a launch more for the tiny ones: it came out above the step
+# time bench_decode measures) but it ranks the kernels and gives each its bandwidth.
 # Run (on a GPU machine, by tools/gpu_decode.sh timeline):
 #   ncu --csv --page raw --print-units base --metrics gpu__time_duration.sum,dram__bytes_read.sum ./bench_decode ... > k.csv
 #   python3 tools/kernel_times.py k.csv
@@ -15,14 +16,11 @@ import sys
 def main():
     if len(sys.argv) != 2:
         sys.exit("usage: kernel_times.py NCU_RAW.csv")
-    rows = []
     with open(sys.argv[1], newline="") as f:
         lines = [l for l in f if l.startswith('"')]  # ncu's own messages are not quoted
-    for r in csv.DictReader(lines):
-        rows.append(r)
+    rows = [r for r in csv.DictReader(lines) if r.get("ID", "").isdigit()]  # drops the units row
     if not rows:
         sys.exit("kernel_times: no kernel rows in " + sys.argv[1])
-    rows = [r for r in rows if r.get("ID", "").isdigit()]  # drops the units row
     starts = [i for i, r in enumerate(rows) if "embedding_forward_kernel" in r["Kernel Name"]]
     if not starts:
         sys.exit("kernel_times: no embedding_forward_kernel launch in " + sys.argv[1])
@@ -34,17 +32,17 @@ def main():
         if name.startswith("void "):
             name = name[5:]
         ns = float(r["gpu__time_duration.sum"].replace(",", ""))
-        gb = float(r.get("dram__bytes_read.sum", "0").replace(",", "") or 0)
+        nbytes = float(r.get("dram__bytes_read.sum", "0").replace(",", "") or 0)
         e = by.setdefault(name, [0, 0.0, 0.0])
         e[0] += 1
         e[1] += ns
-        e[2] += gb
+        e[2] += nbytes
         total += ns
     print(f"last step: {len(step)} launches, {total / 1e3:.1f} us of kernel time (ncu, each alone)")
     print("| kernel | launches | us | share | us/launch | DRAM read MB | GB/s |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    for name, (n, ns, gb) in sorted(by.items(), key=lambda kv: -kv[1][1]):
-        print(f"| {name[:60]} | {n} | {ns / 1e3:.1f} | {100 * ns / total:.1f}% | {ns / 1e3 / n:.2f} | {gb / 1e6:.1f} | {gb / ns:.0f} |")
+    for name, (n, ns, nbytes) in sorted(by.items(), key=lambda kv: -kv[1][1]):
+        print(f"| {name[:60]} | {n} | {ns / 1e3:.1f} | {100 * ns / total:.1f}% | {ns / 1e3 / n:.2f} | {nbytes / 1e6:.1f} | {nbytes / ns:.0f} |")
 
 
 main()
