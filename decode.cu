@@ -10,8 +10,10 @@
 // The base weights follow the model file: a file exported with --dtype nf4 decodes on NF4 (what a
 // QLoRA adapter was trained against), a dense file on bf16.
 // CPU twin: CpuDecoder (llama2_cpu.cpp); tests: test/gpu_decode.cu; benchmark: bench/bench_decode.cu.
+#include <algorithm>
 #include <cfloat>
 #include <string>
+#include <vector>
 
 #include "llama2_gpu.h"
 #include "quant.h"
@@ -225,35 +227,83 @@ __global__ void cache_store_kernel(bf16* cache, const bf16* src, const int* d_le
 // same input (q, k and v; gate and up; o; down), with the LoRA B product and the output's use
 // (store, residual add, SwiGLU) in its epilogue, so a layer is ~10 launches instead of ~30.
 //
-// A block takes 16 output rows; its warps split the columns (split-K) and meet in shared memory.
-// Per 64-column absmax block a warp issues 4 mma.m16n8k16 per 8 sequences: the weights are the A
-// operand, the sequences' x the B operand's columns (column j = sequence j; a batch of one leaves 7
-// columns zero: the tensor cores have room to spare, the point is that they do the multiply-adds and
-// leave the ALUs to the 4-bit decode, and that 8 or 16 sequences cost little more than one). The
-// mma's k order is permuted so that lane t's k values are 16 contiguous columns (16t .. 16t+15 of
-// the block), one 8-byte load of packed weights per row; x uses the same permutation, so the dot
-// product is unchanged. The NF4 code values go through a 256-entry table (one packed byte -> two
-// bf16) in shared memory (the layout below). The block's absmax
-// multiplies the fp32 partial sum of those 64 columns once, not each weight: NF4[c] * x summed then scaled, which differs from the bf16-rounded weights of the prefill
-// path only by that rounding (the decode tests' 2e-2 logits tolerance covers it, as before).
-// Sequence j's outputs are the mma's column j and the epilogue's sums for j, computed the same way
-// whatever the other columns hold: alone or in a batch, its logits are bitwise the same.
-// 8 warps split the columns of a block's 16 rows, each a contiguous range: with 4, the o and down
-// projections (256 blocks) kept ~8 warps on an SM (ncu: 11% achieved occupancy), and each block
-// fills a 32 KB table, better shared by more warps
-constexpr int MMA_WARPS = 8;
-// absmax blocks in flight per warp (16 NF4 blocks, 256 B a lane, measured slower: 129 vs 181
-// tokens/s, at 216 registers; the NF4 kernel is bound by its decode chain, not by bytes in flight)
-constexpr int MMA_UNROLL = 4;
+// The work is tiles of 16 output rows. A block's MMA_WARPS warps split a tile's columns (split-K),
+// each warp a contiguous range of 64-column absmax blocks, and meet in shared memory. The grid is
+// persistent: one block an SM, block i taking tiles i, i + gridDim.x, ..., so the NF4 table and x
+// are staged once per SM rather than once per tile. Each warp streams its "chunks" (one absmax
+// block of the tile's 16 rows: 512 bytes of codes and 16 absmax, or 2 KB of bf16) through a ring of
+// shared-memory stages filled with cp.async, STAGES - 1 chunks ahead and across the block's tiles,
+// so the next chunks' loads are in flight while a chunk decodes and while a tile's epilogue runs.
+// The decoder stores NF4 codes and absmax grouped for this (nf4_group_kernel): the 8 rows of a
+// row group's absmax block are 256 contiguous bytes, so a chunk is two such runs and each cp.async
+// of a warp covers whole 128-byte lines (bitsandbytes' row-major order gave a row's 32 bytes a line
+// each, and 16 rows meant 16 lines a chunk).
+//
+// Per chunk a warp issues 4 mma.m16n8k16 per 8 sequences: the weights are the A operand, the
+// sequences' x the B operand's columns (column j = sequence j; a batch of one leaves 7 columns zero:
+// the tensor cores have room to spare, the point is that they do the multiply-adds and leave the
+// ALUs to the 4-bit decode, and that 8 or 16 sequences cost little more than one). The mma's k
+// order is permuted so that lane t's k values are 16 contiguous columns (16t .. 16t+15 of the
+// block), 8 bytes of packed weights per row; x uses the same permutation, so the dot product is
+// unchanged. The NF4 code values go through a 256-entry table (one packed byte -> two bf16) in
+// shared memory (the layout below). The block's absmax multiplies the fp32 partial sum of those 64
+// columns once, not each weight: NF4[c] * x summed then scaled, which differs from the bf16-rounded
+// weights of the prefill path only by that rounding (the decode tests' 2e-2 logits tolerance
+// covers it, as before). Sequence j's outputs are the mma's column j and the epilogue's sums for j,
+// computed the same way whatever the other columns hold: alone or in a batch, its logits are
+// bitwise the same. The grid size does not change any sum: a tile's additions are the same
+// whichever block takes it.
+//
+// History (docs/perf.md): a block per tile of 8 warps loading 4 chunks into registers a round ran at
+// 1.2 TB/s; the ring alone changed nothing, the grouped layout gave +10%; ncu then showed 175
+// instructions a chunk at 0.53 issued a cycle per scheduler, 3.7 warps a scheduler.
+constexpr int MMA_WARPS = 16;
+constexpr int MMA_THREADS = MMA_WARPS * 32;
 constexpr int MMA_MAX_BATCH = 16;  // two n-tiles of 8 sequences
 // x of all the pass's sequences is staged in shared memory up to this size; beyond it (16
-// sequences of 4096) the lanes read it from L1/L2, where the blocks of an SM share it
+// sequences of 4096) the lanes read it from L1/L2, where the warps of an SM share it
 constexpr int MMA_X_SMEM_MAX = 32 << 10;
+// A ring stage holds one chunk. NF4: the 16 rows' 32 code bytes, then their 16 absmax. bf16: the 16
+// rows' 128 bytes at a stride of 144, so that the 8 lanes of a 16-byte shared load phase (4 column
+// groups x 2 rows) fall in distinct banks (a 128-byte stride put both rows in the same banks).
+constexpr int MMA_CHUNK_NF4 = 16 * 32 + 16 * 4, MMA_ROW_BF16 = 144, MMA_CHUNK_BF16 = 16 * MMA_ROW_BF16;
+// stages a warp: NF4 7 x 512 bytes in flight a warp (57 KB an SM), bf16 3 x 2 KB
+constexpr int MMA_STAGES_NF4 = 8, MMA_STAGES_BF16 = 4;
 enum MvMode { MV_STORE = 0, MV_ADD = 1, MV_SWIGLU = 2, MV_STORE_F32 = 3 };
 
+// The NF4 table: 256 rows of 256 bytes at shared address MMA_LUT_ADDR. Row e holds entry e (packed
+// byte e -> (NF4[e >> 4], NF4[e & 15]) as bf16x2, high nibble in the low half) 32 times in its first
+// 128 bytes, copy i in bank i, so that lane i reads its own copy free of bank conflicts (a single
+// table took ~3.4 wavefronts a lookup). With 256-byte rows at address 0x10000 the shared address of
+// byte k of a packed word w's entry is one byte permute, 0x10000 | (byte k of w) << 8 | lane * 4, and
+// the lookup a load from it: nothing added (at a base known only at run time, dynamic shared
+// memory's, every lookup took an add more). The rows' second halves hold x: sequence j's columns
+// 64 b .. 64 b + 63 in the half of row j * cols / 64 + b (x is staged when nb * cols / 64 <= 256, the
+// same 32 KB). Below the table: the warps' partial sums; above it: the ring. bf16 instances have
+// no table: partial sums, x, ring.
+constexpr uint32_t MMA_LUT_ADDR = 0x10000;
+constexpr int MMA_LUT_BYTES = 256 * 256;
+__device__ __forceinline__ uint32_t mma_lut_lookup(uint32_t w, uint32_t lane4_hi, int k) {
+    // lane4_hi = lane * 4 | 0x100: bytes lane * 4, byte k of w, 0x01, 0x00
+    const uint32_t addr = __byte_perm(w, lane4_hi, 0x6504u | ((uint32_t)k << 4));
+    uint32_t v;  // (not volatile: a pure load the compiler may schedule; it depends on w, read after the table is filled)
+    asm("ld.shared.b32 %0, [%1];\n" : "=r"(v) : "r"(addr));
+    return v;
+}
+// dynamic shared memory of a launch: the warps' partial sums (two tiles' worth: see the epilogue),
+// the ring, and the table (x in it) or x. The NF4 size assumes nothing of where dynamic shared
+// memory starts but that it is below the table's address less the partial sums (the kernel checks).
+__host__ __device__ constexpr size_t mma_ring_bytes(bool nf4) {
+    return (size_t)MMA_WARPS * (nf4 ? MMA_STAGES_NF4 * MMA_CHUNK_NF4 : MMA_STAGES_BF16 * MMA_CHUNK_BF16);
+}
+__host__ __device__ constexpr size_t mma_red_bytes(int nt) { return (size_t)2 * MMA_WARPS * 16 * 8 * nt * sizeof(float); }
+__host__ __device__ constexpr size_t mma_smem_bytes(bool nf4, int nt) {
+    return nf4 ? MMA_LUT_ADDR + MMA_LUT_BYTES + mma_ring_bytes(true) : mma_red_bytes(nt) + MMA_X_SMEM_MAX + mma_ring_bytes(false);
+}
+
 struct MvTarget {               // one linear of a fused mat-vec launch
-    Nf4View nf4{};              // NF4 weights (rows, cols), with
-    const float* absmax = nullptr;  // (rows * cols / 64) their block absmax, decoded (nf4_absmax_kernel), or
+    const uint8_t* codes = nullptr; // NF4 codes (rows, cols / 2) grouped (nf4_group_kernel), with
+    const float* absmax = nullptr;  // (rows * cols / 64) their block absmax, decoded and grouped, or
     const bf16* dense = nullptr;// bf16 weights (rows, cols)
     const bf16* lora_b = nullptr;  // (rows, r) LoRA B, or null: no adapter on this linear
     const bf16* lora_u = nullptr;  // (nb, r) A x of this linear, one row per sequence
@@ -265,127 +315,210 @@ struct MvArgs {
     MvTarget t[3];
     int n_targets = 0, cols = 0, r = 0, mode = MV_STORE, nb = 1;  // nb: sequences (columns of x)
     float lora_scale = 0.0f;
+    int n_tiles = 0;  // tiles of 16 rows over all targets (SwiGLU: 8 gate + the same 8 up rows)
 };
 
-// NF4 shared memory: the table, 256 rows of 128 bytes. Row e holds entry e (packed byte e ->
-// (NF4[e >> 4], NF4[e & 15]) as bf16x2, high nibble in the low half) 32 times, copy i in bank i,
-// so that lane i reads its own copy free of bank conflicts (a single table took ~3.4 wavefronts a
-// lookup, and that, not DRAM, bounded the kernel). The lookup address of byte k of a packed word w
-// is (byte k) << 7 | lane * 4: one shift and one three-input logic op (the compiler's byte extract,
-// insert and add took four). x (nb, cols) is in dynamic shared memory when it fits
-// MMA_X_SMEM_MAX. 256-byte rows (one prmt a lookup, x in the rows' second halves) measured 30%
-// slower: 3 blocks of 68 KB left the SM ~24 KB of L1 for the weight loads in flight (the bf16
-// instance slowed as much once its carveout asked for all shared memory).
-constexpr int MMA_LUT_BYTES = 256 * 32 * 4;
-__device__ __forceinline__ uint32_t mma_lut_offset(uint32_t w, uint32_t lane4, int k) {
-    const uint32_t shifted = k == 0 ? w << 7 : w >> (8 * k - 7);
-    return (shifted & 0x7f80u) | lane4;
-}
+// STAGED: x is in shared memory (nb * cols * 2 <= MMA_X_SMEM_MAX); a template parameter, so that the
+// loop holds one x path and not both, predicated (the predicated-off one still issues)
+template <bool NF4, int NT, bool STAGED>
+__global__ void __launch_bounds__(MMA_THREADS, 1) matvec_mma_kernel(const bf16* __restrict__ x, MvArgs a, const Nf4Consts* __restrict__ consts) {
+    constexpr int CH = NF4 ? MMA_CHUNK_NF4 : MMA_CHUNK_BF16, S = NF4 ? MMA_STAGES_NF4 : MMA_STAGES_BF16;
+    static_assert((S & (S - 1)) == 0, "ring slots are counted modulo S");
+    // chunks in flight past the one being consumed: a round refills the slot its predecessor read.
+    // (Consuming two a round, two independent mma chains to interleave, measured no faster.)
+    constexpr int AHEAD = S - 1;
+    extern __shared__ __align__(16) uint32_t dyn[];
+    // every block lets the next launch start (its own prefetch and table need no results of ours)
+    pdl_launch_dependents();
+    char* const base = reinterpret_cast<char*>(dyn);
+    float(*const red)[MMA_WARPS][16][8 * NT] = reinterpret_cast<float(*)[MMA_WARPS][16][8 * NT]>(base);  // (2, warps, 16 rows, sequences)
+    char* const front = NF4 ? base + (MMA_LUT_ADDR - smem_addr(dyn)) : base + mma_red_bytes(NT);  // NF4: the table (x in it); bf16: x
+    char* const ring = front + (NF4 ? MMA_LUT_BYTES : MMA_X_SMEM_MAX);                            // (warps, S, CH)
+    if (NF4 && threadIdx.x == 0 && smem_addr(dyn) + mma_red_bytes(NT) > MMA_LUT_ADDR) __trap();  // the layout above
+    const int nb = a.nb, cols = a.cols, nbk = cols / 64;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
+    const uint32_t lane4_hi = 4u * lane | 0x100u;  // the lane's table copy (mma_lut_lookup)
+    // a warp's chunks are contiguous, so each row is read in runs of 128 bytes and more:
+    // interleaving the warps (run length 32 bytes) ran at a sixth of the bandwidth
+    const int per_warp = (nbk + MMA_WARPS - 1) / MMA_WARPS, b_begin = warp * per_warp;
+    const int n_chunks = max(0, min(nbk, b_begin + per_warp) - b_begin);  // a tile's, this warp's
+    const int my_tiles = (int)blockIdx.x < a.n_tiles ? (a.n_tiles - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
+    const int total = my_tiles * n_chunks;
+    char* const my_ring = ring + warp * S * CH;
 
-template <bool NF4, int NT>
-__global__ void __launch_bounds__(MMA_WARPS * 32, NF4 ? 3 : 2) matvec_mma_kernel(const bf16* __restrict__ x, MvArgs a, const Nf4Consts* __restrict__ consts) {
-    __shared__ float red[MMA_WARPS][16][8 * NT];  // per warp: 16 rows x the sequences
-    // the table, static: its address is then the lookups' immediate offset, not one more add each
-    __shared__ __align__(16) uint32_t lut_s[NF4 ? MMA_LUT_BYTES / 4 : 4];
-    char* const lut = reinterpret_cast<char*>(lut_s);
-    extern __shared__ __align__(16) uint32_t dyn[];  // x (nb, cols), when staged
-    char* const xsm = reinterpret_cast<char*>(dyn);
-    const int nb = a.nb, cols = a.cols;
-    const bool staged = (int64_t)nb * cols * 2 <= MMA_X_SMEM_MAX;
-    // the table, from global memory (a kernel argument indexed per thread is read one address at a time)
-    if (NF4)
-        for (int i = threadIdx.x; i < 256 * 8; i += blockDim.x) {  // 4 copies of entry i >> 3 a 16-byte store
-            const uint32_t w = pack_floats(consts->nf4[(i >> 3) >> 4], consts->nf4[(i >> 3) & 15]);
-            *reinterpret_cast<uint4*>(lut + (i >> 3) * 128 + (i & 7) * 16) = make_uint4(w, w, w, w);
-        }
-    // which target and which 16 rows: in SwiGLU mode rows 0-7 are gate rows, 8-15 the same up rows.
-    // The target's fields are picked with block-uniform selects: indexing a.t[] with a run-time
-    // index would copy the whole argument struct to every thread's local memory (it did: 4x slower)
+    // A tile's target and rows. The target's fields are picked with block-uniform selects: indexing
+    // a.t[] with a run-time index would copy the whole argument struct to every thread's local
+    // memory (it did: 4x slower). In SwiGLU mode rows 0-7 are gate rows, 8-15 the same up rows.
     const bool swiglu = a.mode == MV_SWIGLU;
     const int per = swiglu ? 8 : 16;
-    int blk = blockIdx.x, ti = 0;
     const int tiles0 = (a.t[0].rows + per - 1) / per, tiles1 = (a.t[1].rows + per - 1) / per;
-    if (!swiglu && a.n_targets > 1 && blk >= tiles0) {
-        blk -= tiles0, ti = 1;
-        if (a.n_targets > 2 && blk >= tiles1) blk -= tiles1, ti = 2;
-    }
+    auto tile_of = [&](int tile, int& ti, int& row_top, int& row_bot) {
+        int blk = tile;
+        ti = 0;
+        if (!swiglu && a.n_targets > 1 && blk >= tiles0) {
+            blk -= tiles0, ti = 1;
+            if (a.n_targets > 2 && blk >= tiles1) blk -= tiles1, ti = 2;
+        }
+        row_top = blk * per, row_bot = swiglu ? blk * per : blk * per + 8;
+    };
 #define MV_PICK(f) (ti == 0 ? a.t[0].f : ti == 1 ? a.t[1].f : a.t[2].f)
 #define MV_PICK_BOT(f) (swiglu ? a.t[1].f : MV_PICK(f))
-    const uint8_t *pk_t = MV_PICK(nf4.packed), *pk_b = MV_PICK_BOT(nf4.packed);
-    const float *am_t = MV_PICK(absmax), *am_b = MV_PICK_BOT(absmax);
-    const bf16 *dn_t = MV_PICK(dense), *dn_b = MV_PICK_BOT(dense);
-    const int rows = MV_PICK(rows);  // the top target's; SwiGLU's gate and up have the same
-    const int row_top = blk * per, row_bot = swiglu ? blk * per : blk * per + 8;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
-    const uint32_t lane4 = 4u * lane;  // the lane's table copy: byte offset in a row
-    const int nbk = cols / 64;
-    // a partial last tile (a vocabulary of 1000) reads row 0 in place of missing rows, never stored
-    const int64_t rt = row_top + g < rows ? row_top + g : 0, rb = row_bot + g < rows ? row_bot + g : 0;
-    float acc[NT][4] = {};
-    // a warp's absmax blocks are contiguous, so each row is read in runs of 128 bytes and more:
-    // interleaving the warps (run length 32 bytes) ran at a sixth of the bandwidth
-    const int per_warp = (nbk + MMA_WARPS - 1) / MMA_WARPS, b_begin = warp * per_warp, b_end = min(nbk, b_begin + per_warp);
-    if (staged)
-        for (int i = threadIdx.x; i < nb * cols / 8; i += blockDim.x) reinterpret_cast<uint4*>(xsm)[i] = reinterpret_cast<const uint4*>(x)[i];
-    __syncthreads();
-    // The lane's pointers, set once and indexed by block: computing each load's address from the row
-    // and column (64-bit products, a signed halving, the row clamp and a branch per load) was ~25
-    // instructions per load pair in the loop (SASS), as many as the table lookups. A block past the
-    // warp's range (a round's tail) reads the range's last block again, its absmax (NF4) or weights
-    // (bf16) zeroed, so the loop has no branches; a B column past nb reads sequence nb - 1's x: mma
-    // columns are independent, and those columns' outputs are never stored.
-    const uint8_t* pw_t = pk_t + rt * (cols / 2) + 8 * t;  // NF4 codes: 32 bytes a block
-    const uint8_t* pw_b = pk_b + rb * (cols / 2) + 8 * t;
-    const float *pa_t = am_t + rt * nbk, *pa_b = am_b + rb * nbk;
-    const bf16 *pd_t = dn_t + rt * cols + 16 * t, *pd_b = dn_b + rb * cols + 16 * t;  // bf16: 64 elements a block
-    int xo[NT];  // byte offset of sequence min(8 nt + g, nb - 1)'s x at the lane's columns: + 128 a block
+
+    // The issuing side: the lane's source pointer into the tile being fetched (set once a tile) and
+    // a cursor (tile itk of the block, chunk ib of it). A missing row (group) of a partial last tile
+    // (a vocabulary of 1000) reads row (group) 0, whose outputs are never stored.
+    const char* src = nullptr;          // NF4: the lane's 16 bytes of codes (lanes 0-15 the top group, 16-31 the bottom)
+    const float* src_absmax = nullptr;  // NF4, lanes 0-3: 4 absmax of the top (0, 1) or bottom (2, 3) group
+    const bf16* src_dense[4] = {};      // bf16: rows 4j + lane / 8, bytes 16 (lane % 8) .. of each chunk
+    auto source_rows = [&](int tile) {
+        int ti, row_top, row_bot;
+        tile_of(tile, ti, row_top, row_bot);
+        const int rows = MV_PICK(rows);
+        auto row_of = [&](int i) -> int64_t {  // the weight row behind chunk row i
+            const int row = i < 8 ? row_top + i : row_bot + i - 8;
+            return row < rows ? row : 0;
+        };
+        if (NF4) {  // grouped: chunk b of group q at (q * nbk + b) * 256 bytes, its absmax at (q * nbk + b) * 8
+            const bool top = lane < 16, top_a = (lane & 3) < 2;
+            const int64_t grp = row_of(top ? 0 : 8) / 8, grp_a = row_of(top_a ? 0 : 8) / 8;
+            src = reinterpret_cast<const char*>(top ? MV_PICK(codes) : MV_PICK_BOT(codes)) + grp * nbk * 256 + 16 * (lane & 15);
+            src_absmax = (top_a ? MV_PICK(absmax) : MV_PICK_BOT(absmax)) + grp_a * nbk * 8 + 4 * (lane & 1);
+        } else {
 #pragma unroll
-    for (int nt = 0; nt < NT; nt++) xo[nt] = min(8 * nt + g, nb - 1) * cols * 2 + 32 * t;
-    for (int b0 = b_begin; b0 < b_end; b0 += MMA_UNROLL) {
-        uint32_t wt[MMA_UNROLL][NF4 ? 2 : 8], wb[MMA_UNROLL][NF4 ? 2 : 8];
-        float at[MMA_UNROLL], ab[MMA_UNROLL];
-#pragma unroll
-        for (int u = 0; u < MMA_UNROLL; u++) {  // every load first: 64 B (NF4) or 256 B (bf16) a lane in flight
-            const bool ok = b0 + u < b_end;
-            const int b = ok ? b0 + u : b_end - 1;
-            if (NF4) {
-                const uint2 pt = *reinterpret_cast<const uint2*>(pw_t + b * 32), pb = *reinterpret_cast<const uint2*>(pw_b + b * 32);
-                at[u] = ok ? pa_t[b] : 0.0f, ab[u] = ok ? pa_b[b] : 0.0f;
-                wt[u][0] = pt.x, wt[u][1] = pt.y, wb[u][0] = pb.x, wb[u][1] = pb.y;
-            } else {
-                const uint4* pt = reinterpret_cast<const uint4*>(pd_t + b * 64);
-                const uint4* pb = reinterpret_cast<const uint4*>(pd_b + b * 64);
-                const uint4 p0 = pt[0], p1 = pt[1], q0 = pb[0], q1 = pb[1];
-                const uint32_t w8[2][8] = {{p0.x, p0.y, p0.z, p0.w, p1.x, p1.y, p1.z, p1.w},
-                                           {q0.x, q0.y, q0.z, q0.w, q1.x, q1.y, q1.z, q1.w}};
-#pragma unroll
-                for (int k = 0; k < (NF4 ? 2 : 8); k++) wt[u][k] = ok ? w8[0][k] : 0u, wb[u][k] = ok ? w8[1][k] : 0u;
+            for (int j = 0; j < 4; j++) {
+                const int i = 4 * j + (lane >> 3);
+                src_dense[j] = (i < 8 ? MV_PICK(dense) : MV_PICK_BOT(dense)) + row_of(i) * cols + 8 * (lane & 7);
             }
         }
+    };
+    int issued = 0, itk = 0, ib = 0;
+    auto issue = [&]() {  // the next chunk of the warp's stream into its slot; always one commit group
+        if (issued < total) {
+            char* const slot = my_ring + (issued & (S - 1)) * CH;
+            const int b = b_begin + ib;
+            if (NF4) {
+                cp_async16(slot + 16 * lane, src + b * 256, true);
+                if (lane < 4) cp_async16(slot + 512 + 16 * lane, src_absmax + b * 8, true);
+            } else {
 #pragma unroll
-        for (int u = 0; u < MMA_UNROLL; u++) {
-            uint32_t af[4][4];  // the A fragments of the block's 4 k-tiles (m: columns 16t + 4m .. 16t + 4m + 3 of lane t)
+                for (int j = 0; j < 4; j++)
+                    cp_async16(slot + (4 * j + (lane >> 3)) * MMA_ROW_BF16 + 16 * (lane & 7), src_dense[j] + b * 64, true);
+            }
+            issued++;
+            if (++ib == n_chunks) {
+                ib = 0;
+                if (++itk < my_tiles) source_rows((int)blockIdx.x + itk * (int)gridDim.x);
+            }
+        }
+        cp_async_commit();
+    };
+    // The first AHEAD chunks go out first, and the table is filled, both before waiting for the
+    // kernel before this one (weights and table are constants): in a programmatic dependent launch
+    // they overlap it.
+    if (total > 0) source_rows((int)blockIdx.x);
 #pragma unroll
-            for (int m = 0; m < 4; m++) {
-                if (NF4) {  // bytes 2m, 2m + 1 of the lane's 8: words m / 2, bytes 2 (m % 2) and 2 (m % 2) + 1
-                    const uint32_t bt = wt[u][m >> 1], bb = wb[u][m >> 1];
-                    const int k = 2 * (m & 1);
-                    af[m][0] = *reinterpret_cast<const uint32_t*>(lut + mma_lut_offset(bt, lane4, k));
-                    af[m][2] = *reinterpret_cast<const uint32_t*>(lut + mma_lut_offset(bt, lane4, k + 1));
-                    af[m][1] = *reinterpret_cast<const uint32_t*>(lut + mma_lut_offset(bb, lane4, k));
-                    af[m][3] = *reinterpret_cast<const uint32_t*>(lut + mma_lut_offset(bb, lane4, k + 1));
-                } else {
-                    // (the modulo only keeps the NF4 instance's dead copy of this branch in bounds)
-                    af[m][0] = wt[u][(2 * m) % (NF4 ? 2 : 8)], af[m][2] = wt[u][(2 * m + 1) % (NF4 ? 2 : 8)];
-                    af[m][1] = wb[u][(2 * m) % (NF4 ? 2 : 8)], af[m][3] = wb[u][(2 * m + 1) % (NF4 ? 2 : 8)];
+    for (int s = 0; s < AHEAD; s++) issue();
+    // the table, from global memory (a kernel argument indexed per thread is read one address at a time)
+    if (NF4)
+        for (int i = threadIdx.x; i < 256 * 8; i += MMA_THREADS) {  // 4 copies of entry i >> 3 a 16-byte store
+            const uint32_t w = pack_floats(consts->nf4[(i >> 3) >> 4], consts->nf4[(i >> 3) & 15]);
+            *reinterpret_cast<uint4*>(front + (i >> 3) * 256 + (i & 7) * 16) = make_uint4(w, w, w, w);
+        }
+    pdl_wait();  // x, u and y are the previous kernels' results
+    // x: NF4 into the table rows' second halves, 128 bytes (one absmax block of a sequence) a row
+    if (STAGED)
+        for (int i = threadIdx.x; i < nb * cols / 8; i += MMA_THREADS) {
+            const int j = i / (cols / 8), c8 = i % (cols / 8);
+            char* const dst = NF4 ? front + (j * nbk + c8 / 8) * 256 + 128 + (c8 % 8) * 16 : front + (int64_t)i * 16;
+            *reinterpret_cast<uint4*>(dst) = reinterpret_cast<const uint4*>(x)[i];
+        }
+    __syncthreads();
+    // byte offset of sequence min(8 nt + g, nb - 1)'s x at the lane's columns of block 0 (a B column
+    // past nb reads the last sequence: mma columns are independent, and those are never stored);
+    // + 256 (NF4, staged) or 128 a block
+    int xo[NT];
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        const int j = min(8 * nt + g, nb - 1);
+        xo[nt] = STAGED && NF4 ? j * nbk * 256 + 128 + 32 * t : j * cols * 2 + 32 * t;
+    }
+    const int r = a.r;
+
+    int consumed = 0;
+    for (int tk = 0; tk < my_tiles; tk++) {
+        int ti, row_top, row_bot;
+        tile_of((int)blockIdx.x + tk * (int)gridDim.x, ti, row_top, row_bot);
+        const int rows = MV_PICK(rows);
+        const int64_t rt = row_top + g < rows ? row_top + g : 0, rb = row_bot + g < rows ? row_bot + g : 0;
+        // this thread's output of the tile's epilogue, and in MV_ADD mode the value it adds to, loaded
+        // now (at the end its latency was the tile's last wait)
+        static_assert(16 * MMA_MAX_BATCH <= MMA_THREADS, "a thread an output");
+        const int seq = (int)threadIdx.x % nb, rr = (int)threadIdx.x / nb;  // rr: the row within the tile (SwiGLU: the gate row; up is rr + 8)
+        const int64_t row = row_top + rr;                                   // (row_bot = row_top + 8 outside SwiGLU)
+        const bool out_ok = (int)threadIdx.x < per * nb && row < rows;
+        bf16* const yo = MV_PICK(y);  // in SwiGLU mode only the gate target's y (h) is written
+        float* const yo32 = MV_PICK(y32);
+        const float y_add = out_ok && a.mode == MV_ADD ? __bfloat162float(yo[(int64_t)seq * rows + row]) : 0.0f;
+        float acc[NT][4] = {};
+        // The LoRA B product's operands (used at the tile's end, below): those of k-tile kt = warp
+        // are loaded now, so that their latency hides behind the tile's chunks (loaded at the end,
+        // every tile waited them out, the block's other warps at its barrier).
+        const bf16 *lbt = MV_PICK(lora_b), *lbb = MV_PICK_BOT(lora_b);
+        const bf16 *lut_u = MV_PICK(lora_u), *lub_u = MV_PICK_BOT(lora_u);
+        const bool has_lora = r > 0 && (lbt || lbb);
+        // two consecutive bf16 (k, k + 1) of row `row` of a (., r) matrix, zero past r: one 4-byte
+        // load for an even rank, two 2-byte loads for an odd one (its pairs are unaligned)
+        auto pair = [r](const bf16* m, int64_t row, int k) -> uint32_t {
+            if (!m || k >= r) return 0u;
+            if (r % 2 == 0) return *reinterpret_cast<const uint32_t*>(m + row * r + k);
+            const bf16 lo = m[row * r + k], hi = k + 1 < r ? m[row * r + k + 1] : __float2bfloat16(0.0f);
+            return (uint32_t)__bfloat16_as_ushort(lo) | ((uint32_t)__bfloat16_as_ushort(hi) << 16);
+        };
+        uint32_t lb[4] = {0u, 0u, 0u, 0u}, lu[2][NT][2] = {};  // B (top k0, bottom k0, top k1, bottom k1); u per pass
+        if (has_lora && warp * 16 < r) {
+            const int k0 = warp * 16 + 2 * t, k1 = k0 + 8;
+            lb[0] = pair(lbt, rt, k0), lb[1] = pair(lbb, rb, k0), lb[2] = pair(lbt, rt, k1), lb[3] = pair(lbb, rb, k1);
+#pragma unroll
+            for (int pass = 0; pass < 2; pass++)
+                if (pass == 0 || swiglu) {
+                    const bf16* u = pass == 1 ? lub_u : lut_u;
+#pragma unroll
+                    for (int nt = 0; nt < NT; nt++) {
+                        const int seq = 8 * nt + g;
+                        lu[pass][nt][0] = seq < nb ? pair(u, seq, k0) : 0u, lu[pass][nt][1] = seq < nb ? pair(u, seq, k1) : 0u;
+                    }
                 }
+        }
+        // chunk c of the stream (block b of the tile) into acc
+        auto chunk = [&](int c, int b) {
+            const char* const slot = my_ring + (c & (S - 1)) * CH;
+            uint32_t af[4][4];  // the A fragments of the chunk's 4 k-tiles (m: columns 16t + 4m .. 16t + 4m + 3 of lane t)
+            float at = 0.0f, ab = 0.0f;
+            if (NF4) {
+                const uint2 pt = *reinterpret_cast<const uint2*>(slot + g * 32 + 8 * t);
+                const uint2 pb = *reinterpret_cast<const uint2*>(slot + (g + 8) * 32 + 8 * t);
+                at = *reinterpret_cast<const float*>(slot + 512 + 4 * g), ab = *reinterpret_cast<const float*>(slot + 512 + 4 * (g + 8));
+#pragma unroll
+                for (int m = 0; m < 4; m++) {  // bytes 2m, 2m + 1 of the lane's 8: words m / 2, bytes 2 (m % 2) and 2 (m % 2) + 1
+                    const uint32_t bt = m < 2 ? pt.x : pt.y, bb = m < 2 ? pb.x : pb.y;
+                    const int k = 2 * (m & 1);
+                    af[m][0] = mma_lut_lookup(bt, lane4_hi, k), af[m][2] = mma_lut_lookup(bt, lane4_hi, k + 1);
+                    af[m][1] = mma_lut_lookup(bb, lane4_hi, k), af[m][3] = mma_lut_lookup(bb, lane4_hi, k + 1);
+                }
+            } else {
+                const uint4* pt = reinterpret_cast<const uint4*>(slot + g * MMA_ROW_BF16 + 32 * t);
+                const uint4* pb = reinterpret_cast<const uint4*>(slot + (g + 8) * MMA_ROW_BF16 + 32 * t);
+                const uint4 p0 = pt[0], p1 = pt[1], q0 = pb[0], q1 = pb[1];
+                const uint32_t wt[8] = {p0.x, p0.y, p0.z, p0.w, p1.x, p1.y, p1.z, p1.w};
+                const uint32_t wb[8] = {q0.x, q0.y, q0.z, q0.w, q1.x, q1.y, q1.z, q1.w};
+#pragma unroll
+                for (int m = 0; m < 4; m++) af[m][0] = wt[2 * m], af[m][2] = wt[2 * m + 1], af[m][1] = wb[2 * m], af[m][3] = wb[2 * m + 1];
             }
 #pragma unroll
             for (int nt = 0; nt < NT; nt++) {
-                const int b = b0 + u < b_end ? b0 + u : b_end - 1;
                 uint4 x0, x1;
-                if (staged) {  // shared and global loads apart: a pointer that may be either is a slower generic load
-                    const uint4* xp = reinterpret_cast<const uint4*>(xsm + xo[nt] + b * 128);
+                if (STAGED) {
+                    const uint4* xp = reinterpret_cast<const uint4*>(front + xo[nt] + b * (NF4 ? 256 : 128));
                     x0 = xp[0], x1 = xp[1];
                 } else {
                     const uint4* xp = reinterpret_cast<const uint4*>(reinterpret_cast<const char*>(x) + xo[nt] + b * 128);
@@ -397,114 +530,159 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, NF4 ? 3 : 2) matvec_mma_kernel
                 for (int m = 0; m < 4; m++) mma_16816(d, af[m], xr[2 * m], xr[2 * m + 1]);
                 // d: (row g, sequences 8nt + 2t, +1), (row g + 8, the same two)
                 if (NF4) {
-                    acc[nt][0] += at[u] * d[0], acc[nt][1] += at[u] * d[1];
-                    acc[nt][2] += ab[u] * d[2], acc[nt][3] += ab[u] * d[3];
+                    acc[nt][0] += at * d[0], acc[nt][1] += at * d[1];
+                    acc[nt][2] += ab * d[2], acc[nt][3] += ab * d[3];
                 } else {
 #pragma unroll
                     for (int i = 0; i < 4; i++) acc[nt][i] += d[i];
                 }
             }
-        }
-    }
-    // The LoRA B product on the same tensor cores, as r more k values: B (rows, r) is the A operand,
-    // u (nb, r) the B operand; warp w takes k-tiles w, w + 4, ... In SwiGLU mode the gate rows (top)
-    // and the up rows (bottom) have their own u, so each half is a pass of its own with the other
-    // half's weights zero.
-    const bf16 *lbt = MV_PICK(lora_b), *lbb = MV_PICK_BOT(lora_b);
-    const bf16 *lut_u = MV_PICK(lora_u), *lub_u = MV_PICK_BOT(lora_u);
-    const int r = a.r;
-    if (r > 0 && (lbt || lbb)) {
-        // two consecutive bf16 (k, k + 1) of row `row` of a (., r) matrix, zero past r; two 2-byte
-        // loads, so that any rank works (an odd r leaves the pairs unaligned)
-        auto pair = [r](const bf16* m, int64_t row, int k) -> uint32_t {
-            if (!m || k >= r) return 0u;
-            const bf16 lo = m[row * r + k], hi = k + 1 < r ? m[row * r + k + 1] : __float2bfloat16(0.0f);
-            return (uint32_t)__bfloat16_as_ushort(lo) | ((uint32_t)__bfloat16_as_ushort(hi) << 16);
         };
-        float dl[NT][4] = {};
-        for (int kt = warp; kt * 16 < r; kt += MMA_WARPS) {
-            const int k0 = kt * 16 + 2 * t, k1 = k0 + 8;
-            for (int pass = 0; pass < (swiglu ? 2 : 1); pass++) {
-                const bool top = !swiglu || pass == 0, bot = !swiglu || pass == 1;
-                const bf16* u = swiglu && pass == 1 ? lub_u : lut_u;
-                const uint32_t af[4] = {top ? pair(lbt, rt, k0) : 0u, bot ? pair(lbb, rb, k0) : 0u,
-                                        top ? pair(lbt, rt, k1) : 0u, bot ? pair(lbb, rb, k1) : 0u};
+        for (int j = 0; j < n_chunks; j++, consumed++) {
+            cp_async_wait<AHEAD - 1>();  // this lane's copies of chunk `consumed` have landed,
+            __syncwarp();                // and every lane's (the slot refilled next was read last round)
+            issue();
+            chunk(consumed, b_begin + j);
+        }
+        // The LoRA B product on the same tensor cores, as r more k values: B (rows, r) is the A
+        // operand, u (nb, r) the B operand; warp w takes k-tiles w, w + MMA_WARPS, ... In SwiGLU mode
+        // the gate rows (top) and the up rows (bottom) have their own u, so each half is a pass of its
+        // own with the other half's weights zero.
+        if (has_lora) {
+            float dl[NT][4] = {};
+            for (int kt = warp; kt * 16 < r; kt += MMA_WARPS) {
+                const int k0 = kt * 16 + 2 * t, k1 = k0 + 8;
+                const bool first = kt == warp;  // its operands came at the tile's start
+                for (int pass = 0; pass < (swiglu ? 2 : 1); pass++) {
+                    const bool top = !swiglu || pass == 0, bot = !swiglu || pass == 1;
+                    const bf16* u = swiglu && pass == 1 ? lub_u : lut_u;
+                    const uint32_t b0 = first ? lb[0] : pair(lbt, rt, k0), b1 = first ? lb[1] : pair(lbb, rb, k0);
+                    const uint32_t b2 = first ? lb[2] : pair(lbt, rt, k1), b3 = first ? lb[3] : pair(lbb, rb, k1);
+                    const uint32_t af[4] = {top ? b0 : 0u, bot ? b1 : 0u, top ? b2 : 0u, bot ? b3 : 0u};
 #pragma unroll
-                for (int nt = 0; nt < NT; nt++) {
-                    const int seq = 8 * nt + g;
-                    const bool has = seq < nb;
-                    mma_16816(dl[nt], af, has ? pair(u, seq, k0) : 0u, has ? pair(u, seq, k1) : 0u);
+                    for (int nt = 0; nt < NT; nt++) {
+                        const int seq = 8 * nt + g;
+                        const bool has = seq < nb;
+                        const uint32_t u0 = first ? lu[pass][nt][0] : has ? pair(u, seq, k0) : 0u;
+                        const uint32_t u1 = first ? lu[pass][nt][1] : has ? pair(u, seq, k1) : 0u;
+                        mma_16816(dl[nt], af, u0, u1);
+                    }
                 }
             }
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) acc[nt][i] += a.lora_scale * dl[nt][i];
         }
+        // Partial sums into this tile's half of red: the next tile writes the other half, and the
+        // one after this half again only past the next tile's barrier, which every thread reaches
+        // after this tile's epilogue, so one barrier a tile suffices.
+        float(*const rd)[16][8 * NT] = red[tk & 1];
 #pragma unroll
-        for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-            for (int i = 0; i < 4; i++) acc[nt][i] += a.lora_scale * dl[nt][i];
+        for (int nt = 0; nt < NT; nt++) {
+            rd[warp][g][8 * nt + 2 * t] = acc[nt][0], rd[warp][g][8 * nt + 2 * t + 1] = acc[nt][1];
+            rd[warp][g + 8][8 * nt + 2 * t] = acc[nt][2], rd[warp][g + 8][8 * nt + 2 * t + 1] = acc[nt][3];
+        }
+        __syncthreads();
+        // epilogue: thread i takes output (row i / nb of the tile, sequence i % nb) (at most 16 x 16 of
+        // the block's threads); the warps' partials added in a fixed order
+        if (out_ok) {
+            float v = 0.0f, vu = 0.0f;
+            for (int w = 0; w < MMA_WARPS; w++) v += rd[w][rr][seq];
+            if (swiglu) {  // rounded as the separate linears and swiglu_forward round them
+                for (int w = 0; w < MMA_WARPS; w++) vu += rd[w][rr + 8][seq];
+                const float gv = __bfloat162float(__float2bfloat16(v)), uv = __bfloat162float(__float2bfloat16(vu));
+                yo[(int64_t)seq * rows + row] = __float2bfloat16(gv / (1.0f + expf(-gv)) * uv);
+            } else if (a.mode == MV_STORE_F32) {
+                yo32[(int64_t)seq * rows + row] = v;
+            } else {
+                yo[(int64_t)seq * rows + row] = __float2bfloat16(y_add + v);
+            }
+        }
     }
-#pragma unroll
-    for (int nt = 0; nt < NT; nt++) {
-        red[warp][g][8 * nt + 2 * t] = acc[nt][0], red[warp][g][8 * nt + 2 * t + 1] = acc[nt][1];
-        red[warp][g + 8][8 * nt + 2 * t] = acc[nt][2], red[warp][g + 8][8 * nt + 2 * t + 1] = acc[nt][3];
-    }
-    __syncthreads();
-    // epilogue: a thread per (row, sequence); the warps' partials added in a fixed order
-    bf16* yo = MV_PICK(y);  // in SwiGLU mode only the gate target's y (h) is written
-    float* yo32 = MV_PICK(y32);
 #undef MV_PICK
 #undef MV_PICK_BOT
-    for (int i = threadIdx.x; i < per * nb; i += blockDim.x) {
-        const int seq = i % nb, rr = i / nb;  // rr: the row within the tile (SwiGLU: the gate row; up is rr + 8)
-        const int64_t row = row_top + rr;     // (row_bot = row_top + 8 outside SwiGLU)
-        if (row >= rows) continue;
-        float v = 0.0f, vu = 0.0f;
-        for (int w = 0; w < MMA_WARPS; w++) v += red[w][rr][seq];
-        if (swiglu) {  // rounded as the separate linears and swiglu_forward round them
-            for (int w = 0; w < MMA_WARPS; w++) vu += red[w][rr + 8][seq];
-            const float gv = __bfloat162float(__float2bfloat16(v)), uv = __bfloat162float(__float2bfloat16(vu));
-            yo[(int64_t)seq * rows + row] = __float2bfloat16(gv / (1.0f + expf(-gv)) * uv);
-        } else if (a.mode == MV_STORE_F32) {
-            yo32[(int64_t)seq * rows + row] = v;
-        } else {
-            bf16* y = yo + (int64_t)seq * rows + row;
-            *y = __float2bfloat16((a.mode == MV_ADD ? __bfloat162float(*y) : 0.0f) + v);
-        }
-    }
 }
 
-// absmax (n_blocks) = every 64-weight block's absmax of an NF4 record, decoded once at load exactly
-// as nf4_dequantize_gpu decodes it (8-bit code -> table -> * scale2 + offset): the mat-vec then
-// reads one float a block instead of a byte, a table lookup and a second-level scale, a dependent
-// chain of three loads the 4 lanes of a row each repeated (4 bytes a block more: +4% of the bytes)
-__global__ void nf4_absmax_kernel(float* absmax, Nf4View w, int64_t n_blocks, const Nf4Consts* consts) {
+// The decoder's NF4 layout. Codes: bitsandbytes' (rows, cols / 2) bytes regrouped so that the 32
+// bytes of one absmax block of 8 consecutive rows are contiguous: byte c of row i, block b goes to
+// ((i / 8) * nbk + b) * 256 + (i % 8) * 32 + c % 32 (nbk = cols / 64; rows % 8 == 0). Absmax: every
+// block's absmax decoded once exactly as nf4_dequantize_gpu decodes it (8-bit code -> table ->
+// * scale2 + offset), grouped the same way: block (i, b) at ((i / 8) * nbk + b) * 8 + i % 8. The
+// mat-vec then reads one float a block instead of a byte, a table lookup and a second-level scale.
+__device__ __forceinline__ int64_t nf4_group_index(int64_t i, int64_t b, int64_t nbk) { return ((i / 8) * nbk + b) * 8 + i % 8; }
+__global__ void nf4_absmax_kernel(float* absmax, Nf4View w, int64_t n_blocks, int64_t nbk, const Nf4Consts* consts) {
     const int64_t q = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (q >= n_blocks) return;
-    absmax[q] = nf4_block_absmax(consts->code8[w.absmax_q[q]], w.scale2[q / NF4_DQ_BLOCK], *w.offset);
+    absmax[nf4_group_index(q / nbk, q % nbk, nbk)] = nf4_block_absmax(consts->code8[w.absmax_q[q]], w.scale2[q / NF4_DQ_BLOCK], *w.offset);
+}
+// codes (grouped) from src (bitsandbytes' order), 16 bytes a thread; src and codes distinct
+__global__ void nf4_group_kernel(uint8_t* codes, const uint8_t* src, int64_t n16, int64_t nbk) {
+    const int64_t p = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;  // 16-byte piece p: row p / (2 nbk), block (p / 2) % nbk
+    if (p >= n16) return;
+    const int64_t row = p / (2 * nbk), b = (p / 2) % nbk;
+    reinterpret_cast<uint4*>(codes)[nf4_group_index(row, b, nbk) * 2 + (p & 1)] = reinterpret_cast<const uint4*>(src)[p];
+}
+// W (rows, cols) bf16 from the grouped layout, exactly as nf4_dequantize_gpu dequantizes the
+// original (NF4[c] * absmax with mul.ftz, rounded to bf16): for the prefill's GEMMs. A thread takes
+// 4 bytes (8 weights, one 16-byte store).
+__global__ void nf4_dequantize_grouped_kernel(bf16* W, const uint8_t* codes, const float* absmax, int64_t n_words, int64_t nbk,
+                                              const Nf4Consts* consts) {
+    const int64_t p = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;  // 4-byte word p of bitsandbytes' order
+    if (p >= n_words) return;
+    const int64_t row = p / (8 * nbk), b = (p / 8) % nbk, gi = nf4_group_index(row, b, nbk);
+    const uint32_t word = *reinterpret_cast<const uint32_t*>(codes + gi * 32 + (p % 8) * 4);
+    const float am = absmax[gi];
+    alignas(16) bf16 v[8];
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        const uint32_t byte = (word >> (8 * k)) & 0xffu;
+        v[2 * k] = __float2bfloat16(nf4_weight(consts->nf4, byte >> 4, am));
+        v[2 * k + 1] = __float2bfloat16(nf4_weight(consts->nf4, byte & 15, am));
+    }
+    reinterpret_cast<uint4*>(W)[p] = *reinterpret_cast<const uint4*>(v);
 }
 
-// the dynamic shared memory the mat-vec may ask for (x up to MMA_X_SMEM_MAX; with the static 32 KB
-// table that is past the default 48 KB), set once before any launch or graph capture
+// the dynamic shared memory the mat-vec asks for (past the default 48 KB), set once before any
+// launch or graph capture
+template <bool NF4, int NT, bool STAGED>
+void matvec_mma_allow_smem() {
+    cudaCheck(cudaFuncSetAttribute(matvec_mma_kernel<NF4, NT, STAGED>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)mma_smem_bytes(NF4, NT)));
+}
 void matvec_mma_setup() {
     static bool done = false;
     if (done) return;
-    for (auto k : {matvec_mma_kernel<true, 1>, matvec_mma_kernel<true, 2>, matvec_mma_kernel<false, 1>, matvec_mma_kernel<false, 2>})
-        cudaCheck(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, MMA_X_SMEM_MAX));
+    matvec_mma_allow_smem<true, 1, true>(), matvec_mma_allow_smem<true, 1, false>();
+    matvec_mma_allow_smem<true, 2, true>(), matvec_mma_allow_smem<true, 2, false>();
+    matvec_mma_allow_smem<false, 1, true>(), matvec_mma_allow_smem<false, 1, false>();
+    matvec_mma_allow_smem<false, 2, true>(), matvec_mma_allow_smem<false, 2, false>();
     done = true;
 }
 
-void matvec_mma(const bf16* x, const MvArgs& a, bool nf4, const Nf4Consts* c, cudaStream_t stream) {
+// max_blocks: a cap on the persistent grid (0: one block an SM), for tests
+void matvec_mma(const bf16* x, MvArgs a, bool nf4, const Nf4Consts* c, int max_blocks, cudaStream_t stream) {
     ASSERT(a.nb >= 1 && a.nb <= MMA_MAX_BATCH, "the fused mat-vec takes 1 .. 16 sequences");
-    int blocks = a.mode == MV_SWIGLU ? (int)ceil_div((int64_t)a.t[0].rows, (int64_t)8) : 0;  // SwiGLU: 8 gate + the same 8 up rows a block
+    int tiles = a.mode == MV_SWIGLU ? (int)ceil_div((int64_t)a.t[0].rows, (int64_t)8) : 0;  // SwiGLU: 8 gate + the same 8 up rows a tile
     if (a.mode != MV_SWIGLU)
-        for (int i = 0; i < a.n_targets; i++) blocks += (int)ceil_div((int64_t)a.t[i].rows, (int64_t)16);
-    const size_t x_bytes = (size_t)a.nb * a.cols * 2;
-    const size_t smem = x_bytes <= (size_t)MMA_X_SMEM_MAX ? x_bytes : 0;
+        for (int i = 0; i < a.n_targets; i++) tiles += (int)ceil_div((int64_t)a.t[i].rows, (int64_t)16);
+    a.n_tiles = tiles;
     ASSERT(a.cols <= (48 << 10) && a.cols % 64 == 0, "the fused mat-vec takes whole 64-column blocks, at most 49152");
-    const bool two = a.nb > 8;
-    auto kernel = nf4 ? (two ? matvec_mma_kernel<true, 2> : matvec_mma_kernel<true, 1>)
-                      : (two ? matvec_mma_kernel<false, 2> : matvec_mma_kernel<false, 1>);
-    kernel<<<blocks, MMA_WARPS * 32, smem, stream>>>(x, a, c);
-    cudaCheckLaunch();
+    static int sms = 0;
+    if (sms == 0) {
+        int dev = 0;
+        cudaCheck(cudaGetDevice(&dev));
+        cudaCheck(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    }
+    const int grid = std::min(tiles, max_blocks > 0 ? std::min(max_blocks, sms) : sms);
+    const bool two = a.nb > 8, staged = (int64_t)a.nb * a.cols * 2 <= MMA_X_SMEM_MAX;
+    const size_t smem = mma_smem_bytes(nf4, two ? 2 : 1);
+    using Kernel = void (*)(const bf16*, MvArgs, const Nf4Consts*);
+    const Kernel kernels[2][2][2] = {{{matvec_mma_kernel<false, 1, false>, matvec_mma_kernel<false, 1, true>},
+                                      {matvec_mma_kernel<false, 2, false>, matvec_mma_kernel<false, 2, true>}},
+                                     {{matvec_mma_kernel<true, 1, false>, matvec_mma_kernel<true, 1, true>},
+                                      {matvec_mma_kernel<true, 2, false>, matvec_mma_kernel<true, 2, true>}}};
+    // a programmatic dependent launch: its prefetch and table overlap the kernel before it
+    launch_kernel(true, kernels[nf4][two][staged], dim3((unsigned)grid), dim3(MMA_THREADS), smem, stream, x, a, c);
 }
 
 // u (n, nb, r) bf16: u[m][j][i] = A_m[i] . x_j for the n <= 3 LoRA A matrices (r, cols) that read
@@ -521,6 +699,7 @@ __global__ void __launch_bounds__(LORA_A_THREADS) lora_a_kernel(bf16* u, const b
                                                                 const bf16* A1, const bf16* A2, int r, int cols, int nb,
                                                                 int64_t m_stride) {
     __shared__ float red[LORA_A_THREADS / 32][MMA_MAX_BATCH];
+    pdl_launch_dependents();  // the fused mat-vec after it prefetches its weights meanwhile
     const int i = blockIdx.x, m = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32, n8 = cols / 8;
     const bf16* A = (m == 0 ? A0 : m == 1 ? A1 : A2) + (int64_t)i * cols;
     float s[MMA_MAX_BATCH] = {};
@@ -675,6 +854,7 @@ __global__ void __launch_bounds__(ATT_THREADS) attention_split_kernel(float* par
 
 // out (nb, H*D): block (head h, sequence j) merges its splits
 __global__ void attention_combine_kernel(bf16* out, const float* part_o, const float* part_ml, int H, int D, int splits) {
+    pdl_launch_dependents();  // the fused mat-vec after it (rank 0) prefetches its weights meanwhile
     const int h = blockIdx.x, j = blockIdx.y;
     const int64_t first = ((int64_t)j * H + h) * splits;
     const float* ml = part_ml + first * 2;
@@ -725,6 +905,10 @@ class GpuDecoder : public Decoder {
         return prefill_into(slot, tokens, n);
     }
     const float* step_batch(const int32_t* tokens, const int* slots, int n) override;
+    void cap_matvec_grid(int max_blocks) {
+        grid_cap_ = max_blocks;
+        drop_graph();  // their launches have the old grid
+    }
 
    private:
     void linear(bf16* y, const bf16* x, int t, int l, int n, bool accumulate);
@@ -764,6 +948,8 @@ class GpuDecoder : public Decoder {
     void forward(int n);  // a prefill pass over n tokens of slot_ (ids/positions/cache length on the device)
     // the decode step on the fused tensor-core mat-vecs (matvec_mma_kernel), where the shapes allow it
     bool fused_ok_ = false;
+    bool grouped_ = false;           // NF4 codes and absmax_ in the fused mat-vec's grouped layout (nf4_group_kernel)
+    int grid_cap_ = 0;               // the fused mat-vec's grid at most this (0: no cap): gpu_decoder_cap_matvec_grid
     int splits_ = 0;                 // split-K attention: ceil(max_ctx / ATT_CHUNK)
     float *part_o_ = nullptr, *part_ml_ = nullptr;  // (max_batch, H, splits, D), (max_batch, H, splits, 2)
     Nf4Consts* d_consts_ = nullptr;  // the NF4 and 8-bit code tables, on the device
@@ -862,19 +1048,25 @@ void GpuDecoder::allocate_buffers() {
     d_consts_ = (Nf4Consts*)alloc(sizeof(Nf4Consts));
     cudaCheck(cudaMemcpy(d_consts_, &consts_, sizeof(Nf4Consts), cudaMemcpyHostToDevice));
     lse_ = (float*)alloc((size_t)H * N * 4);
-    if (nf4_)
+    // the fused step needs whole 64-column absmax blocks per row and whole 16-row tiles
+    fused_ok_ = c.head_dim % 8 == 0 && c.head_dim <= 128 && C % 64 == 0 && F % 64 == 0 && QD % 64 == 0 && C % 16 == 0 && QD % 16 == 0 && kvd_ % 16 == 0 && F % 8 == 0;
+    // and reads NF4 grouped (nf4_group_kernel): the codes are regrouped in place, through the
+    // dequantization scratch (a linear in bf16: twice its codes), and the absmax decoded grouped
+    grouped_ = nf4_ && fused_ok_;
+    if (grouped_)
         for (int t = 0; t < NUM_LORA_TARGETS; t++) {
-            const int64_t nbl = lora_in_dim(c, t) * lora_out_dim(c, t) / 64;
+            const int64_t IC = lora_in_dim(c, t), nbl = IC * lora_out_dim(c, t) / 64, nbk = IC / 64;
             absmax_[t] = (float*)alloc((size_t)c.n_layers * nbl * 4);
             for (int l = 0; l < c.n_layers; l++) {
-                nf4_absmax_kernel<<<(unsigned)ceil_div(nbl, (int64_t)256), 256, 0, stream_>>>(absmax_[t] + l * nbl, gpu_base_nf4(base_, t, l),
-                                                                                              nbl, d_consts_);
+                const Nf4View w = gpu_base_nf4(base_, t, l);
+                nf4_absmax_kernel<<<(unsigned)ceil_div(nbl, (int64_t)256), 256, 0, stream_>>>(absmax_[t] + l * nbl, w, nbl, nbk, d_consts_);
+                cudaCheckLaunch();
+                cudaCheck(cudaMemcpyAsync(dequant_, w.packed, (size_t)nbl * 32, cudaMemcpyDeviceToDevice, stream_));
+                nf4_group_kernel<<<(unsigned)ceil_div(nbl * 2, (int64_t)256), 256, 0, stream_>>>(w.packed, reinterpret_cast<const uint8_t*>(dequant_), nbl * 2, nbk);
                 cudaCheckLaunch();
             }
         }
     cudaCheck(cudaStreamSynchronize(stream_));
-    // the fused step needs whole 64-column absmax blocks per row and whole 16-row tiles
-    fused_ok_ = c.head_dim % 8 == 0 && c.head_dim <= 128 && C % 64 == 0 && F % 64 == 0 && QD % 64 == 0 && C % 16 == 0 && QD % 16 == 0 && kvd_ % 16 == 0 && F % 8 == 0;
     d_logits_ = (float*)alloc((size_t)max_batch_ * c.vocab_size * 4);
     cudaCheck(cudaMallocHost(&h_logits_, (size_t)max_batch_ * c.vocab_size * 4));
 }
@@ -903,7 +1095,12 @@ std::string GpuDecoder::describe() const {
 const bf16* GpuDecoder::dense_weight(int t, int l) {
     const int64_t n = lora_in_dim(base_.cfg, t) * lora_out_dim(base_.cfg, t);
     if (merged_) return merged_w_[t] + l * n;
-    return gpu_base_linear(base_, t, l, dequant_, stream_);
+    if (!grouped_) return gpu_base_linear(base_, t, l, dequant_, stream_);
+    const int64_t nbk = lora_in_dim(base_.cfg, t) / 64;
+    nf4_dequantize_grouped_kernel<<<(unsigned)ceil_div(n / 8, (int64_t)256), 256, 0, stream_>>>(
+        dequant_, gpu_base_nf4(base_, t, l).packed, absmax_[t] + l * (n / 64), n / 8, nbk, d_consts_);
+    cudaCheckLaunch();
+    return dequant_;
 }
 
 void GpuDecoder::set_adapter(const Adapter* a, bool merge) {
@@ -944,7 +1141,7 @@ void GpuDecoder::set_adapter(const Adapter* a, bool merge) {
 // y (n, OC) = (accumulate ? y : 0) + x W^T (+ s (x A^T) B^T when unmerged)
 void GpuDecoder::linear(bf16* y, const bf16* x, int t, int l, int n, bool accumulate) {
     const int64_t IC = lora_in_dim(base_.cfg, t), OC = lora_out_dim(base_.cfg, t);
-    if (n == 1 && !merged_ && nf4_) {  // batch-1 decode: read the 4-bit weights directly
+    if (n == 1 && !merged_ && nf4_ && !grouped_) {  // batch-1 decode of the generic path: read the 4-bit weights directly
         ASSERT(IC % 8 == 0, "the NF4 mat-vec needs in_features % 8 == 0 (every Llama 2 size)");
         Nf4View W = gpu_base_nf4(base_, t, l);
         matvec_nf4(y, x, W, (int)OC, (int)IC, 1.0f, accumulate, consts_, stream_);
@@ -1025,7 +1222,7 @@ void GpuDecoder::fused_linears(const bf16* x, const int* targets, bf16* const* y
         MvTarget& m = a.t[i];
         m.rows = (int)OC;
         m.y = ys[i];
-        if (nf4_ && !merged_) m.nf4 = gpu_base_nf4(base_, t, l), m.absmax = absmax_[t] + l * (IC * OC / 64);
+        if (nf4_ && !merged_) m.codes = gpu_base_nf4(base_, t, l).packed, m.absmax = absmax_[t] + l * (IC * OC / 64);
         else m.dense = dense_weight(t, l);
         if (!merged_ && r > 0 && lcfg_.has(t)) {
             A[na] = lora_w_ + lay_.a_offset[t] + l * r * IC;
@@ -1039,7 +1236,7 @@ void GpuDecoder::fused_linears(const bf16* x, const int* targets, bf16* const* y
                                                                                     (int64_t)max_batch_ * a.r);
         cudaCheckLaunch();
     }
-    matvec_mma(x, a, nf4_ && !merged_, d_consts_, stream_);
+    matvec_mma(x, a, nf4_ && !merged_, d_consts_, grid_cap_, stream_);
 }
 
 // One token for each of nb sequences (ids, positions = cache lengths, slots on the device), ~10
@@ -1078,7 +1275,7 @@ void GpuDecoder::forward_step(int nb) {
     MvArgs head;
     head.n_targets = 1, head.mode = MV_STORE_F32, head.nb = nb, head.cols = (int)C;
     head.t[0].dense = base_.w.lm_head, head.t[0].y32 = d_logits_, head.t[0].rows = V;
-    matvec_mma(xn_, head, false, d_consts_, stream_);
+    matvec_mma(xn_, head, false, d_consts_, grid_cap_, stream_);
     cudaCheck(cudaMemcpyAsync(h_logits_, d_logits_, (size_t)nb * V * 4, cudaMemcpyDeviceToHost, stream_));
 }
 
@@ -1182,6 +1379,12 @@ std::unique_ptr<Decoder> make_gpu_decoder(const std::string& model_path, int max
 }
 
 bool gpu_decoder_usable() { return gpu_available(nullptr); }
+
+void gpu_decoder_cap_matvec_grid(Decoder& d, int max_blocks) {
+    GpuDecoder* g = dynamic_cast<GpuDecoder*>(&d);
+    ASSERT(g, "gpu_decoder_cap_matvec_grid: a decoder from make_gpu_decoder");
+    g->cap_matvec_grid(max_blocks);
+}
 
 std::unique_ptr<Decoder> make_gpu_decoder_random(const Config& c, bool nf4, int max_context, int max_batch, uint64_t seed) {
     return std::make_unique<GpuDecoder>(c, nf4, max_context, max_batch, seed);

@@ -128,10 +128,29 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const bf16* p) 
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(valid ? 16 : 0));
 }
+// 4 bytes global -> shared (through L1: .cg takes only 16)
+__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_addr(dst)), "l"(src));
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+// Programmatic dependent launch (sm_90 and later; no-ops before, and in a plain launch). A kernel
+// launched with launch_kernel(true, ...) may start while the kernel before it in the stream still
+// runs, once that one has called pdl_launch_dependents() (or ended); it must call pdl_wait() before
+// it reads anything the kernels before it write, or writes anything they read. What it does before
+// (prefetching constant weights, filling a table) overlaps the previous kernel and the launch gap.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
 }
 __device__ __forceinline__ uint32_t pack_floats(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
@@ -162,6 +181,19 @@ __device__ __forceinline__ void load_b_cols(uint32_t b[4], const bf16* tile, int
 template <int LD>
 __device__ __forceinline__ void load_a_trans(uint32_t a[4], const bf16* tile, int m0, int k0, int lane) {
     ldmatrix_x4_trans(a, tile + (k0 + (lane & 7) + (lane >> 4) * 8) * LD + m0 + ((lane >> 3) & 1) * 8);
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...), as a programmatic dependent launch when pdl (see
+// pdl_wait; the attribute is ignored where the device lacks it)
+template <typename... Params, typename... Args>
+void launch_kernel(bool pdl, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args... args) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = smem, cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr, cfg.numAttrs = pdl ? 1 : 0;
+    cudaCheck(cudaLaunchKernelEx(&cfg, kernel, static_cast<Params>(args)...));
 }
 
 #endif  // __CUDACC__

@@ -13,6 +13,7 @@ constexpr int NORM_THREADS = 256;
 __global__ void __launch_bounds__(NORM_THREADS) rmsnorm_forward_kernel(bf16* out, float* rstd, const bf16* x, const bf16* w,
                                                                        int64_t N, int C, float eps) {
     __shared__ float shared[32];
+    pdl_launch_dependents();  // a decode step's fused mat-vec after it prefetches its weights meanwhile
     const int64_t row = blockIdx.x;
     const bf16* xr = x + row * C;
     bf16* yr = out + row * C;
