@@ -649,14 +649,23 @@ template <bool NF4, int NT, bool STAGED>
 void matvec_mma_allow_smem() {
     cudaCheck(cudaFuncSetAttribute(matvec_mma_kernel<NF4, NT, STAGED>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)mma_smem_bytes(NF4, NT)));
 }
-void matvec_mma_setup() {
-    static bool done = false;
-    if (done) return;
+// False where the card cannot give a block the shared memory the fused mat-vec needs (~200 KB:
+// Hopper's 227 KB can, an A100's 163 KB or an RTX 30/40's 99 KB cannot); the decoder then takes its
+// generic path.
+bool matvec_mma_setup() {
+    static int ok = -1;
+    if (ok >= 0) return ok == 1;
+    int dev = 0, optin = 0;
+    cudaCheck(cudaGetDevice(&dev));
+    cudaCheck(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    const size_t need = std::max({mma_smem_bytes(true, 1), mma_smem_bytes(true, 2), mma_smem_bytes(false, 1), mma_smem_bytes(false, 2)});
+    ok = (size_t)optin >= need ? 1 : 0;
+    if (!ok) return false;
     matvec_mma_allow_smem<true, 1, true>(), matvec_mma_allow_smem<true, 1, false>();
     matvec_mma_allow_smem<true, 2, true>(), matvec_mma_allow_smem<true, 2, false>();
     matvec_mma_allow_smem<false, 1, true>(), matvec_mma_allow_smem<false, 1, false>();
     matvec_mma_allow_smem<false, 2, true>(), matvec_mma_allow_smem<false, 2, false>();
-    done = true;
+    return true;
 }
 
 // max_blocks: a cap on the persistent grid (0: one block an SM), for tests
@@ -1003,7 +1012,7 @@ void GpuDecoder::allocate_buffers() {
     ASSERT(max_batch_ >= 1 && max_ctx_ >= 1, "a decoder of at least one slot and one position");
     if (max_batch_ > MMA_MAX_BATCH) fail("--batch %d: the GPU decoder takes at most %d sequences a pass", max_batch_, MMA_MAX_BATCH);
     consts_ = nf4_consts();
-    matvec_mma_setup();
+    const bool mma_fits = matvec_mma_setup();
     lens_.assign((size_t)max_batch_, 0);
     step_graphs_.assign((size_t)max_batch_ + 1, nullptr);
     steps_uncaptured_.assign((size_t)max_batch_ + 1, 0);
@@ -1048,8 +1057,9 @@ void GpuDecoder::allocate_buffers() {
     d_consts_ = (Nf4Consts*)alloc(sizeof(Nf4Consts));
     cudaCheck(cudaMemcpy(d_consts_, &consts_, sizeof(Nf4Consts), cudaMemcpyHostToDevice));
     lse_ = (float*)alloc((size_t)H * N * 4);
-    // the fused step needs whole 64-column absmax blocks per row and whole 16-row tiles
-    fused_ok_ = c.head_dim % 8 == 0 && c.head_dim <= 128 && C % 64 == 0 && F % 64 == 0 && QD % 64 == 0 && C % 16 == 0 && QD % 16 == 0 && kvd_ % 16 == 0 && F % 8 == 0;
+    // the fused step needs whole 64-column absmax blocks per row, whole 16-row tiles and the card's
+    // shared memory (matvec_mma_setup)
+    fused_ok_ = mma_fits && c.head_dim % 8 == 0 && c.head_dim <= 128 && C % 64 == 0 && F % 64 == 0 && QD % 64 == 0 && C % 16 == 0 && QD % 16 == 0 && kvd_ % 16 == 0 && F % 8 == 0;
     // and reads NF4 grouped (nf4_group_kernel): the codes are regrouped in place, through the
     // dequantization scratch (a linear in bf16: twice its codes), and the absmax decoded grouped
     grouped_ = nf4_ && fused_ok_;
