@@ -719,6 +719,7 @@ __global__ void __launch_bounds__(LORA_A_THREADS) lora_a_kernel(bf16* u, const b
             const int c8 = base + k * LORA_A_THREADS;
             w[k] = c8 < n8 ? __ldg(reinterpret_cast<const uint4*>(A) + c8) : make_uint4(0, 0, 0, 0);
         }
+        if (base == (int)threadIdx.x) pdl_wait();  // the first row pieces (constants) are in flight; x is a result
         if (nb == 1) {  // all of the row's x pieces together
             uint4 xv[LORA_A_PIECES];
 #pragma unroll
@@ -753,6 +754,7 @@ __global__ void __launch_bounds__(LORA_A_THREADS) lora_a_kernel(bf16* u, const b
                 }
         }
     }
+    pdl_wait();  // (threads without a piece too, before u is written: the kernel before may read it)
 #pragma unroll
     for (int j = 0; j < MMA_MAX_BATCH; j++) {
         if (j >= nb) break;
@@ -1242,9 +1244,9 @@ void GpuDecoder::fused_linears(const bf16* x, const int* targets, bf16* const* y
         }
     }
     if (na > 0) {
-        lora_a_kernel<<<dim3((unsigned)a.r, (unsigned)na), LORA_A_THREADS, 0, stream_>>>(lu_f_, x, A[0], A[1], A[2], a.r, a.cols, nb,
-                                                                                    (int64_t)max_batch_ * a.r);
-        cudaCheckLaunch();
+        // a programmatic dependent launch: its blocks load their A rows while the kernel before ends
+        launch_kernel(true, lora_a_kernel, dim3((unsigned)a.r, (unsigned)na), dim3(LORA_A_THREADS), 0, stream_, lu_f_, x, A[0], A[1], A[2],
+                      a.r, a.cols, nb, (int64_t)max_batch_ * a.r);
     }
     matvec_mma(x, a, nf4_ && !merged_, d_consts_, grid_cap_, stream_);
 }
