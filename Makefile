@@ -3,7 +3,8 @@
 #   make test          build and run the CPU test suite (./test_cpu), as CI does
 #   make test-gpu      build and run the GPU test suite (./test_gpu; needs an NVIDIA GPU)
 #   make NO_CUDA=1     CPU-only binaries, for machines without the CUDA toolkit
-#   make ARCH=sm_80    another GPU architecture (default sm_90, H100/H200)
+#   make ARCH=sm_80    another GPU architecture (default sm_90, H100/H200); ARCH=compute_80 builds
+#                      PTX only, which the driver compiles at load: the sm_80 code run on a Hopper
 #   make fuzz          the libFuzzer targets (clang, ASan + UBSan) in build/fuzz/; fuzz/README.md
 #   make fuzz-smoke    every fuzz target for a few seconds on its seeds, as CI does
 #   make fuzz-corpus   regenerate the seed corpus fuzz/corpus/ with the project's writers
@@ -80,7 +81,13 @@ $(BUILD)/quant_cpu.o: quant_cpu.cpp $(HEADERS)
 	$(CXX) $(CXXFLAGS) -ffp-contract=off -I. -c $< -o $@
 
 ifneq ($(NO_CUDA),1)
-$(BUILD)/%.o: %.cu $(HEADERS) $(wildcard test/*.h bench/*.h)
+# The nvcc command line is kept in a file rewritten only when it changes, and every CUDA object
+# depends on it: `make ARCH=sm_80` after a Hopper build recompiles them (make alone would see
+# up-to-date objects and link sm_90 code into binaries meant for an A100).
+NVCC_STAMP := $(BUILD)/nvcc-command.txt
+NVCC_CMD := $(NVCC) $(NVCCFLAGS)
+$(shell mkdir -p $(BUILD) && (echo '$(NVCC_CMD)' | cmp -s - $(NVCC_STAMP) || echo '$(NVCC_CMD)' > $(NVCC_STAMP)))
+$(BUILD)/%.o: %.cu $(HEADERS) $(wildcard test/*.h bench/*.h) $(NVCC_STAMP)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -I. -c $< -o $@
 
