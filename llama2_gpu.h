@@ -293,7 +293,7 @@ float gpu_read_step_loss(GpuModel& m);  // summed CE of the training forwards si
 // one builds a model of random weights on the device, for benchmarks.
 class Decoder;
 std::unique_ptr<Decoder> make_gpu_decoder_random(const Config& c, bool nf4, int max_context, int max_batch, uint64_t seed);
-// For tests: at most max_blocks blocks in the fused mat-vec's persistent grid (0: as many as the
-// card holds at once), so that on a tiny model each block walks many tiles, as it does on a 7B
+// For tests: at most max_blocks blocks in the fused mat-vec's persistent grid (0: one block an
+// SM, the default), so that on a tiny model each block walks many tiles, as it does on a 7B
 // one. d must come from make_gpu_decoder; the captured step graphs are dropped.
 void gpu_decoder_cap_matvec_grid(Decoder& d, int max_blocks);
