@@ -51,9 +51,10 @@ constexpr int PARTS_MAX = 8;   // blocks one long sum is split over
 
 // drop(x) tile: rows [n0, n0+64) x cols [i0, i0+64) of x (N, IC) into Xs (64, LD), masked and
 // rounded to bf16 exactly as dropout_forward_kernel does; rows >= N are zero. The four 16-byte
-// loads of a thread are issued together before any hashing, so their latencies overlap.
+// loads of a thread are issued together before any hashing, so their latencies overlap; one hash
+// decides four elements (model.h dropout_keep4), two an 8-element piece.
 __device__ __forceinline__ void load_dropped_tile(bf16* Xs, const bf16* x, int64_t n0, int64_t i0, int64_t N, int64_t IC,
-                                                  float p, float inv_keep, uint64_t key) {
+                                                  uint32_t threshold, float inv_keep, uint64_t key) {
     constexpr int PER_THREAD = lk::T * (lk::T / 8) / lk::THREADS;  // 4
     Bf16x8 v[PER_THREAD];
 #pragma unroll
@@ -65,10 +66,12 @@ __device__ __forceinline__ void load_dropped_tile(bf16* Xs, const bf16* x, int64
 #pragma unroll
     for (int it = 0; it < PER_THREAD; it++) {
         const int q = threadIdx.x + it * lk::THREADS, r = q / (lk::T / 8), c8 = q % (lk::T / 8);
-        const int64_t n = n0 + r, i = i0 + c8 * 8;
+        const int64_t n = n0 + r;
+        const uint64_t group = (uint64_t)(n * IC + i0 + c8 * 8) / 4;  // IC % 64 == 0: pieces start on a group
+        const uint32_t kept = n < N ? dropout_keep4(key, group, threshold) | dropout_keep4(key, group + 1, threshold) << 4 : 0u;
 #pragma unroll
         for (int e = 0; e < 8; e++) {
-            const float keep = n < N && dropout_keep_keyed(key, (uint64_t)(n * IC + i + e), p) ? inv_keep : 0.0f;
+            const float keep = (kept >> e) & 1u ? inv_keep : 0.0f;
             v[it].v[e] = __float2bfloat16(n < N ? __bfloat162float(v[it].v[e]) * keep : 0.0f);
         }
         store_bf16x8(Xs + r * lk::LD + c8 * 8, v[it]);
@@ -94,6 +97,7 @@ __global__ void __launch_bounds__(lk::THREADS) lora_u_dropout_kernel(float* part
                                                                     int64_t IC, int64_t split, float p, uint64_t seed,
                                                                     uint64_t mask_id) {
     using namespace lk;
+    const uint32_t threshold = dropout_threshold(p);
     __shared__ __align__(16) bf16 Xs[T * LD];
     __shared__ __align__(16) bf16 As[R * LD];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
@@ -104,7 +108,7 @@ __global__ void __launch_bounds__(lk::THREADS) lora_u_dropout_kernel(float* part
     for (int64_t k0 = k_begin; k0 < k_end; k0 += T) {
         load_rows_async<R, T, LD>(As, A, 0, k0, R, IC);
         cp_async_commit();
-        load_dropped_tile(Xs, x, n0, k0, N, IC, p, inv_keep, key);
+        load_dropped_tile(Xs, x, n0, k0, N, IC, threshold, inv_keep, key);
         cp_async_wait<0>();
         __syncthreads();
 #pragma unroll
@@ -160,6 +164,7 @@ __global__ void __launch_bounds__(lk::THREADS) lora_da_dropout_kernel(float* par
     using namespace lk;
     constexpr int LDU = R + 8;            // du tile stride: an odd number of 16-byte units
     constexpr int MT = (R / 16 + 3) / 4;  // 16-row tiles of R per warp
+    const uint32_t threshold = dropout_threshold(p);
     __shared__ __align__(16) bf16 Ds[T * LDU];
     __shared__ __align__(16) bf16 Xs[T * LD];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
@@ -170,7 +175,7 @@ __global__ void __launch_bounds__(lk::THREADS) lora_da_dropout_kernel(float* par
     for (int64_t t0 = t_begin; t0 < t_end; t0 += T) {
         load_rows_async<T, R, LDU>(Ds, du, t0, 0, t_end, R);  // tokens past this split's end read as zero
         cp_async_commit();
-        load_dropped_tile(Xs, x, t0, i0, t_end, IC, p, inv_keep, key);
+        load_dropped_tile(Xs, x, t0, i0, t_end, IC, threshold, inv_keep, key);
         cp_async_wait<0>();
         __syncthreads();
 #pragma unroll
@@ -255,6 +260,7 @@ __global__ void __launch_bounds__(lk::THREADS) lora_dx_dropout_kernel(float* dx,
     __syncthreads();
     const float inv_keep = 1.0f / (1.0f - p);
     const uint64_t key = dropout_key(seed, mask_id);
+    const uint32_t threshold = dropout_threshold(p);
     for (int q = threadIdx.x; q < T * (T / 4); q += THREADS) {
         const int row = q / (T / 4), c4 = q % (T / 4);
         const int64_t n = n0 + row;
@@ -262,10 +268,11 @@ __global__ void __launch_bounds__(lk::THREADS) lora_dx_dropout_kernel(float* dx,
         const int64_t idx = n * IC + i0 + c4 * 4;
         float4 d = *reinterpret_cast<float4*>(dx + idx);
         const float* v = Cs + row * LDC + c4 * 4;
-        if (dropout_keep_keyed(key, (uint64_t)idx, p)) d.x += v[0] * inv_keep;
-        if (dropout_keep_keyed(key, (uint64_t)idx + 1, p)) d.y += v[1] * inv_keep;
-        if (dropout_keep_keyed(key, (uint64_t)idx + 2, p)) d.z += v[2] * inv_keep;
-        if (dropout_keep_keyed(key, (uint64_t)idx + 3, p)) d.w += v[3] * inv_keep;
+        const uint32_t kept = dropout_keep4(key, (uint64_t)idx / 4, threshold);  // idx % 4 == 0
+        if (kept & 1u) d.x += v[0] * inv_keep;
+        if (kept & 2u) d.y += v[1] * inv_keep;
+        if (kept & 4u) d.z += v[2] * inv_keep;
+        if (kept & 8u) d.w += v[3] * inv_keep;
         *reinterpret_cast<float4*>(dx + idx) = d;
     }
 }

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # tools/gpu_proofs.sh — the speed and memory-plan proof runs of the performance issue, on a GPU
 # machine, after tools/pack_device.sh (binaries in .device/now, LIMA data files in .device/lima):
-#   bash tools/gpu_proofs.sh OUT_DIR [tests] [bench] [train] [caps]   (no part named: all four)
+#   bash tools/gpu_proofs.sh OUT_DIR [tests] [bench] [train] [caps] [kernels]   (none named: the first four)
 # 1. the GPU test suite; 2. bench_step on 7B (NF4 with the profile, both LoRA paths; bf16; NF4 with
 # full recompute); 3. ./train on real LIMA, random 7B, defaults (memory plan on), 40 steps;
 # 4. the memory plan under --max-mem 22, 14 and 10 (7B QLoRA, 10 steps each) and 70B under
 # --max-mem 76: each prints its plan and predicted peak; the table at the end gives the measured
-# peak (largest memory in use of any step, log.csv) against the cap and the prediction.
+# peak (largest memory in use of any step, log.csv) against the cap and the prediction;
+# 5. kernels: ncu times every kernel of one step of a 2-layer 7B-shaped NF4 model alone
+# (tools/kernel_times.py: time, DRAM bytes, instructions, SM busy per kernel and grid).
 set -u
 cd "$(dirname "$0")/.."
 OUT="${1:-build/proofs}"
@@ -42,5 +44,13 @@ run_train cap22 random:7b --steps 10 --max-mem 22
 run_train cap14 random:7b --steps 10 --max-mem 14
 run_train cap10 random:7b --steps 10 --max-mem 10
 run_train cap76_70b random:70b --steps 10 --max-mem 76
+}
+want kernels && command -v ncu >/dev/null && {
+    timeout 300 ncu --csv --page raw --print-units base --cache-control none --clock-control none \
+        --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,sm__inst_executed.sum,sm__throughput.avg.pct_of_peak_sustained_elapsed,launch__grid_size \
+        ./bench_step --model layers=2,dim=4096,hidden=11008,heads=32,kv=32 --quant nf4 --seq 2048 --rank 64 --steps 1 \
+        > "$OUT/ncu_step.csv" 2> "$OUT/ncu_step.err"
+    echo "ncu step (exit $?):"
+    python3 tools/kernel_times.py "$OUT/ncu_step.csv" | tee "$OUT/kernels.md" | head -45
 }
 grep -h "profile of this step" "$OUT"/lima7b.log 2>/dev/null | head -1
