@@ -46,35 +46,31 @@ namespace lk {
 constexpr int T = 64;          // tile edge (rows of x, and columns of x / A per step)
 constexpr int LD = T + 8;
 constexpr int THREADS = 128;
-constexpr int PARTS_MAX = 8;   // blocks one long sum is split over
+constexpr int PARTS_MAX = 16;  // blocks one long sum is split over
+constexpr int STAGES = 2;      // tiles in shared memory per block: the next one streams in while this one is used
 }  // namespace lk
 
-// drop(x) tile: rows [n0, n0+64) x cols [i0, i0+64) of x (N, IC) into Xs (64, LD), masked and
-// rounded to bf16 exactly as dropout_forward_kernel does; rows >= N are zero. The four 16-byte
-// loads of a thread are issued together before any hashing, so their latencies overlap; one hash
-// decides four elements (model.h dropout_keep4), two an 8-element piece.
-__device__ __forceinline__ void load_dropped_tile(bf16* Xs, const bf16* x, int64_t n0, int64_t i0, int64_t N, int64_t IC,
-                                                  uint32_t threshold, float inv_keep, uint64_t key) {
+// drop(x) on a staged tile, in place: Xs (64, LD) holds rows [n0, n0+64) x cols [i0, i0+64) of
+// x (N, IC) as copied (rows >= N zero-filled); each kept value is scaled and rounded to bf16 exactly
+// as dropout_forward_kernel does, the others become 0. One hash decides four elements (model.h
+// dropout_keep4), two an 8-element piece. Masking after the copy lets the copy be asynchronous:
+// the next tile streams in while this one is masked and multiplied.
+__device__ __forceinline__ void drop_tile(bf16* Xs, int64_t n0, int64_t i0, int64_t N, int64_t IC, uint32_t threshold,
+                                          float inv_keep, uint64_t key) {
     constexpr int PER_THREAD = lk::T * (lk::T / 8) / lk::THREADS;  // 4
-    Bf16x8 v[PER_THREAD];
 #pragma unroll
     for (int it = 0; it < PER_THREAD; it++) {
         const int q = threadIdx.x + it * lk::THREADS, r = q / (lk::T / 8), c8 = q % (lk::T / 8);
         const int64_t n = n0 + r;
-        if (n < N) v[it] = load_bf16x8(x + n * IC + i0 + c8 * 8);
-    }
-#pragma unroll
-    for (int it = 0; it < PER_THREAD; it++) {
-        const int q = threadIdx.x + it * lk::THREADS, r = q / (lk::T / 8), c8 = q % (lk::T / 8);
-        const int64_t n = n0 + r;
+        if (n >= N) continue;
+        bf16* piece = Xs + r * lk::LD + c8 * 8;
+        Bf16x8 v = load_bf16x8(piece);
         const uint64_t group = (uint64_t)(n * IC + i0 + c8 * 8) / 4;  // IC % 64 == 0: pieces start on a group
-        const uint32_t kept = n < N ? dropout_keep4(key, group, threshold) | dropout_keep4(key, group + 1, threshold) << 4 : 0u;
+        const uint32_t kept = dropout_keep4(key, group, threshold) | dropout_keep4(key, group + 1, threshold) << 4;
 #pragma unroll
-        for (int e = 0; e < 8; e++) {
-            const float keep = (kept >> e) & 1u ? inv_keep : 0.0f;
-            v[it].v[e] = __float2bfloat16(n < N ? __bfloat162float(v[it].v[e]) * keep : 0.0f);
-        }
-        store_bf16x8(Xs + r * lk::LD + c8 * 8, v[it]);
+        for (int e = 0; e < 8; e++)
+            v.v[e] = __float2bfloat16(__bfloat162float(v.v[e]) * ((kept >> e) & 1u ? inv_keep : 0.0f));
+        store_bf16x8(piece, v);
     }
 }
 
@@ -91,39 +87,56 @@ __device__ __forceinline__ void load_rows_async(bf16* dst, const bf16* src, int6
 }
 
 // u (N, R) partials: part[s] (N, R) fp32 = drop(x)[:, split s of IC] A[:, split s]^T.
-// grid (ceil(N/64), S); a warp per 16 rows of x.
+// grid (ceil(N/64), S); a warp per 16 rows of x; x and A tiles in a STAGES-deep cp.async ring.
+template <int R>
+constexpr size_t u_smem_bytes() { return (size_t)lk::STAGES * (lk::T + R) * lk::LD * sizeof(bf16); }
+
 template <int R>
 __global__ void __launch_bounds__(lk::THREADS) lora_u_dropout_kernel(float* part, const bf16* x, const bf16* A, int64_t N,
                                                                     int64_t IC, int64_t split, float p, uint64_t seed,
                                                                     uint64_t mask_id) {
     using namespace lk;
-    const uint32_t threshold = dropout_threshold(p);
-    __shared__ __align__(16) bf16 Xs[T * LD];
-    __shared__ __align__(16) bf16 As[R * LD];
+    extern __shared__ __align__(16) unsigned char u_smem[];
+    bf16* Xs = (bf16*)u_smem;           // (STAGES, 64, LD) x tiles
+    bf16* As = Xs + STAGES * T * LD;    // (STAGES, R, LD) A tiles
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
     const int64_t n0 = (int64_t)blockIdx.x * T, k_begin = blockIdx.y * split, k_end = min(IC, k_begin + split);
+    const int64_t tiles = k_end > k_begin ? (k_end - k_begin) / T : 0;
     const float inv_keep = 1.0f / (1.0f - p);
+    const uint32_t threshold = dropout_threshold(p);
     const uint64_t key = dropout_key(seed, mask_id);
-    float acc[R / 8][4] = {};
-    for (int64_t k0 = k_begin; k0 < k_end; k0 += T) {
-        load_rows_async<R, T, LD>(As, A, 0, k0, R, IC);
+    auto issue = [&](int64_t tile) {  // one commit group a tile (an empty one past the end keeps the count)
+        if (tile < tiles) {
+            const int st = (int)(tile % STAGES);
+            load_rows_async<R, T, LD>(As + st * R * LD, A, 0, k_begin + tile * T, R, IC);
+            load_rows_async<T, T, LD>(Xs + st * T * LD, x, n0, k_begin + tile * T, N, IC);
+        }
         cp_async_commit();
-        load_dropped_tile(Xs, x, n0, k0, N, IC, threshold, inv_keep, key);
-        cp_async_wait<0>();
+    };
+    for (int t = 0; t < STAGES - 1; t++) issue(t);
+    float acc[R / 8][4] = {};
+    for (int64_t tile = 0; tile < tiles; tile++) {
+        issue(tile + STAGES - 1);
+        cp_async_wait<STAGES - 1>();
+        __syncthreads();
+        const int st = (int)(tile % STAGES);
+        bf16* xs = Xs + st * T * LD;
+        const bf16* as = As + st * R * LD;
+        drop_tile(xs, n0, k_begin + tile * T, N, IC, threshold, inv_keep, key);
         __syncthreads();
 #pragma unroll
         for (int ks = 0; ks < T / 16; ks++) {
             uint32_t a[4];
-            load_a<LD>(a, Xs, warp * 16, ks * 16, lane);
+            load_a<LD>(a, xs, warp * 16, ks * 16, lane);
 #pragma unroll
             for (int np = 0; np < R / 16; np++) {
                 uint32_t b[4];
-                load_b_rows<LD>(b, As, np * 16, ks * 16, lane);
+                load_b_rows<LD>(b, as, np * 16, ks * 16, lane);
                 mma_16816(acc[2 * np], a, b[0], b[1]);
                 mma_16816(acc[2 * np + 1], a, b[2], b[3]);
             }
         }
-        __syncthreads();
+        __syncthreads();  // this stage is refilled by the next iteration's issue
     }
     float* out = part + (int64_t)blockIdx.y * N * R;
 #pragma unroll
@@ -156,7 +169,10 @@ __global__ void add_parts_f32_kernel(float* out, const float* part, int parts, i
 }
 
 // dA (R, IC) partials: part[s] (R, IC) fp32 = du[split s of N]^T drop(x)[split s of N].
-// grid (IC/64, S); warp w owns the 16-row tiles w, w+4, ... of R.
+// grid (IC/64, S); warp w owns the 16-row tiles w, w+4, ... of R; du and x tiles in a cp.async ring.
+template <int R>
+constexpr size_t da_smem_bytes() { return (size_t)lk::STAGES * lk::T * ((R + 8) + lk::LD) * sizeof(bf16); }
+
 template <int R>
 __global__ void __launch_bounds__(lk::THREADS) lora_da_dropout_kernel(float* part, const bf16* du, const bf16* x, int64_t N,
                                                                      int64_t IC, int64_t split, float p, uint64_t seed,
@@ -164,19 +180,33 @@ __global__ void __launch_bounds__(lk::THREADS) lora_da_dropout_kernel(float* par
     using namespace lk;
     constexpr int LDU = R + 8;            // du tile stride: an odd number of 16-byte units
     constexpr int MT = (R / 16 + 3) / 4;  // 16-row tiles of R per warp
-    const uint32_t threshold = dropout_threshold(p);
-    __shared__ __align__(16) bf16 Ds[T * LDU];
-    __shared__ __align__(16) bf16 Xs[T * LD];
+    extern __shared__ __align__(16) unsigned char da_smem[];
+    bf16* Ds = (bf16*)da_smem;            // (STAGES, 64, LDU) du rows
+    bf16* Xs = Ds + STAGES * T * LDU;     // (STAGES, 64, LD) x tiles
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
     const int64_t i0 = (int64_t)blockIdx.x * T, t_begin = blockIdx.y * split, t_end = min(N, t_begin + split);
+    const int64_t tiles = t_end > t_begin ? (t_end - t_begin + T - 1) / T : 0;
     const float inv_keep = 1.0f / (1.0f - p);
+    const uint32_t threshold = dropout_threshold(p);
     const uint64_t key = dropout_key(seed, mask_id);
-    float acc[MT][T / 8][4] = {};
-    for (int64_t t0 = t_begin; t0 < t_end; t0 += T) {
-        load_rows_async<T, R, LDU>(Ds, du, t0, 0, t_end, R);  // tokens past this split's end read as zero
+    auto issue = [&](int64_t tile) {  // tokens past this split's end read as zero
+        if (tile < tiles) {
+            const int st = (int)(tile % STAGES);
+            load_rows_async<T, R, LDU>(Ds + st * T * LDU, du, t_begin + tile * T, 0, t_end, R);
+            load_rows_async<T, T, LD>(Xs + st * T * LD, x, t_begin + tile * T, i0, t_end, IC);
+        }
         cp_async_commit();
-        load_dropped_tile(Xs, x, t0, i0, t_end, IC, threshold, inv_keep, key);
-        cp_async_wait<0>();
+    };
+    for (int t = 0; t < STAGES - 1; t++) issue(t);
+    float acc[MT][T / 8][4] = {};
+    for (int64_t tile = 0; tile < tiles; tile++) {
+        issue(tile + STAGES - 1);
+        cp_async_wait<STAGES - 1>();
+        __syncthreads();
+        const int st = (int)(tile % STAGES);
+        const bf16* ds = Ds + st * T * LDU;
+        bf16* xs = Xs + st * T * LD;
+        drop_tile(xs, t_begin + tile * T, i0, t_end, IC, threshold, inv_keep, key);
         __syncthreads();
 #pragma unroll
         for (int ks = 0; ks < T / 16; ks++)
@@ -185,16 +215,16 @@ __global__ void __launch_bounds__(lk::THREADS) lora_da_dropout_kernel(float* par
                 const int m0 = (warp + 4 * mt) * 16;
                 if (m0 >= R) continue;
                 uint32_t a[4];
-                load_a_trans<LDU>(a, Ds, m0, ks * 16, lane);
+                load_a_trans<LDU>(a, ds, m0, ks * 16, lane);
 #pragma unroll
                 for (int np = 0; np < T / 16; np++) {
                     uint32_t b[4];
-                    load_b_cols<LD>(b, Xs, ks * 16, np * 16, lane);
+                    load_b_cols<LD>(b, xs, ks * 16, np * 16, lane);
                     mma_16816(acc[mt][2 * np], a, b[0], b[1]);
                     mma_16816(acc[mt][2 * np + 1], a, b[2], b[3]);
                 }
             }
-        __syncthreads();
+        __syncthreads();  // this stage is refilled by the next iteration's issue
     }
     float* out = part + (int64_t)blockIdx.y * R * IC;
 #pragma unroll
@@ -289,12 +319,22 @@ static bool fused(const LoraGpuArgs& la, int64_t N, int64_t IC, int64_t scratch_
 }
 
 // How many blocks a sum of `len` (a multiple of 64 after rounding up) is split over, so that
-// `blocks` blocks of the other axes become about two waves of the card, within the scratch.
+// `blocks` blocks of the other axes become about 528 (four a streaming multiprocessor of a 132-SM
+// card, as registers allow: with two, a block's load latency went unhidden), within the scratch.
+// A constant, not the card's count: the split fixes the order of the fp32 sums, so the results
+// stay the same on every card.
 static int split_parts(int64_t len, int64_t blocks, int64_t max_parts) {
     const int64_t tiles = (len + lk::T - 1) / lk::T;
-    const int64_t want = (264 + blocks - 1) / blocks;
+    const int64_t want = (528 + blocks - 1) / blocks;
     const int64_t parts = std::max<int64_t>(1, std::min(std::min(want, tiles), std::min<int64_t>(max_parts, lk::PARTS_MAX)));
     return (int)parts;
+}
+
+// dynamic shared memory past the 48 KB default (rank 128), once per kernel
+template <typename Kernel>
+static bool set_smem(Kernel kernel, size_t bytes) {
+    if (bytes > 48 * 1024) cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+    return true;
 }
 
 template <int R>
@@ -303,7 +343,9 @@ static void u_dropout_launch(bf16* u, float* part, const bf16* x, const LoraGpuA
     const int64_t row_blocks = (N + lk::T - 1) / lk::T;
     const int parts = split_parts(IC, row_blocks, scratch_floats / (N * R));
     const int64_t split = ((IC / lk::T + parts - 1) / parts) * lk::T;
-    lora_u_dropout_kernel<R><<<dim3((unsigned)row_blocks, (unsigned)parts), lk::THREADS, 0, stream>>>(
+    static const bool smem_set = set_smem(lora_u_dropout_kernel<R>, u_smem_bytes<R>());
+    (void)smem_set;
+    lora_u_dropout_kernel<R><<<dim3((unsigned)row_blocks, (unsigned)parts), lk::THREADS, u_smem_bytes<R>(), stream>>>(
         part, x, la.A, N, IC, split, la.p, la.seed, la.mask_id);
     cudaCheckLaunch();
     sum_parts_bf16_kernel<<<ceil_div(N * R, 256), 256, 0, stream>>>(u, part, parts, N * R);
@@ -316,7 +358,9 @@ static void backward_dropout_launch(float* dx, float* dA, float* part, const bf1
     const int64_t col_blocks = IC / lk::T;
     const int parts = split_parts(N, col_blocks, scratch_floats / (R * IC));
     const int64_t split = (((N + lk::T - 1) / lk::T + parts - 1) / parts) * lk::T;
-    lora_da_dropout_kernel<R><<<dim3((unsigned)col_blocks, (unsigned)parts), lk::THREADS, 0, stream>>>(
+    static const bool smem_set = set_smem(lora_da_dropout_kernel<R>, da_smem_bytes<R>());
+    (void)smem_set;
+    lora_da_dropout_kernel<R><<<dim3((unsigned)col_blocks, (unsigned)parts), lk::THREADS, da_smem_bytes<R>(), stream>>>(
         part, du, x, N, IC, split, la.p, la.seed, la.mask_id);
     cudaCheckLaunch();
     add_parts_f32_kernel<<<ceil_div((int64_t)R * IC, 256), 256, 0, stream>>>(dA, part, parts, (int64_t)R * IC);
