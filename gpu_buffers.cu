@@ -104,7 +104,7 @@ static void carve_scratch(DeviceCarver& cv, GpuScratch& s, int* head_chunk, cons
     cv.add(s.dup, N * F);                           // (N, F)
     cv.add(s.lora_xd, N * max_in);                  // (N, max in)
     cv.add(s.lora_tmp, N * max_in);                 // (N, max in)
-    cv.add(s.lora_du, N * std::max<int64_t>(r, 1)); // (N, r)
+    cv.add(s.lora_du, 3 * N * std::max<int64_t>(r, 1)); // (3, N, r)
     cv.add(s.weight, dequant);                      // (max out*in), NF4 only
     cv.add(s.reduce, 1024);                         // (1024)
     cv.add(s.loss_sum, 1);                          // (1)

@@ -109,21 +109,39 @@ static void linear_forward(GpuModel& m, const GpuStepOptions& opt, bf16* y, bf16
                  OC, m.stream);
 }
 
-// dx (N, IC) fp32 (+)= dy W + LoRA path; LoRA gradients accumulate into m.lora.grads
-static void linear_backward(GpuModel& m, const GpuStepOptions& opt, float* dx, const bf16* dy, const bf16* x,
-                            const bf16* u, int t, int l, bool accumulate) {
-    const int64_t N = (int64_t)m.B * m.T, IC = lora_in_dim(m.cfg, t), OC = lora_out_dim(m.cfg, t);
-    const bf16* W = frozen_weight(m, t, l);
-    gpu_profile_mark(m, PHASE_FROZEN_BWD);
-    matmul(m.blas, dx, true, dy, false, W, false, N, IC, OC, 1.0f, accumulate ? 1.0f : 0.0f, m.stream);
-    LoraGpuArgs la = lora_gpu_args(m, opt, t, l);
-    if (!la.A) return;
+// dx (N, IC) fp32 = sum over the n linears first, first+1, ... that read the same input x of
+// dy_i W_i + their LoRA paths (q, k, v; gate, up; o or down alone); LoRA gradients accumulate into
+// m.lora.grads. The LoRA input gradients (where the fused kernels run) wait until every frozen
+// product is in dx and then go in one pass (lora_backward_dx), not one read-modify-write of the
+// fp32 dx per linear.
+static void linear_backward(GpuModel& m, const GpuStepOptions& opt, float* dx, const bf16* const* dy, const bf16* x,
+                            int first, int n, int l) {
+    const int64_t N = (int64_t)m.B * m.T, IC = lora_in_dim(m.cfg, first), r = m.lora.cfg.rank;
+    const LayerView v = layer_view(m, l);
+    const bf16* du_deferred[3];
+    LoraGpuArgs la_deferred[3];
+    int deferred = 0;
+    for (int i = 0; i < n; i++) {
+        const int t = first + i;
+        const int64_t OC = lora_out_dim(m.cfg, t);
+        const bf16* W = frozen_weight(m, t, l);
+        gpu_profile_mark(m, PHASE_FROZEN_BWD);
+        matmul(m.blas, dx, true, dy[i], false, W, false, N, IC, OC, 1.0f, i > 0 ? 1.0f : 0.0f, m.stream);
+        const LoraGpuArgs la = lora_gpu_args(m, opt, t, l);
+        if (!la.A) continue;
+        gpu_profile_mark(m, PHASE_LORA);
+        float* dA = m.lora.grads + m.lora.lay.a_offset[t] + l * r * IC;
+        float* dB = m.lora.grads + m.lora.lay.b_offset[t] + l * OC * r;
+        bf16* du = m.scr.lora_du + i * N * r;  // (N, r) slot i: kept until the deferred pass
+        if (lora_backward(m.blas, dx, dA, dB, du, m.scr.lora_xd, m.scr.lora_tmp, lora_tmp_floats(m), dy[i], x, v.u[t], la,
+                          N, IC, OC, m.stream, true)) {
+            du_deferred[deferred] = du;
+            la_deferred[deferred++] = la;
+        }
+    }
+    if (deferred == 0) return;
     gpu_profile_mark(m, PHASE_LORA);
-    const int64_t r = m.lora.cfg.rank;
-    float* dA = m.lora.grads + m.lora.lay.a_offset[t] + l * r * IC;
-    float* dB = m.lora.grads + m.lora.lay.b_offset[t] + l * OC * r;
-    lora_backward(m.blas, dx, dA, dB, m.scr.lora_du, m.scr.lora_xd, m.scr.lora_tmp, lora_tmp_floats(m), dy, x, u, la, N, IC,
-                  OC, m.stream);
+    lora_backward_dx(dx, deferred, du_deferred, la_deferred, N, IC, m.stream);
 }
 
 // One transformer layer's forward from v.x_in. write_output: also the residual output x_out
@@ -211,24 +229,25 @@ void gpu_backward(GpuModel& m, const GpuStepOptions& opt) {
             swiglu_forward(v.hmid, v.gate, v.up, N * F, m.stream);
         }
         // MLP: x_out = x_mid + down(silu(gate(xn)) * up(xn)); dres holds d x_out
-        linear_backward(m, opt, s.dhmid, s.dres_bf16, v.hmid, v.u[LT_DOWN], LT_DOWN, l, false);
+        const bf16* dy_down[1] = {s.dres_bf16};
+        linear_backward(m, opt, s.dhmid, dy_down, v.hmid, LT_DOWN, 1, l);
         gpu_profile_mark(m, PHASE_ELEMENTWISE);
         swiglu_backward(s.dgate, s.dup, s.dhmid, v.gate, v.up, N * F, m.stream);
-        linear_backward(m, opt, s.dxn, s.dgate, v.xn_mlp, v.u[LT_GATE], LT_GATE, l, false);
-        linear_backward(m, opt, s.dxn, s.dup, v.xn_mlp, v.u[LT_UP], LT_UP, l, true);
+        const bf16* dy_mlp[2] = {s.dgate, s.dup};
+        linear_backward(m, opt, s.dxn, dy_mlp, v.xn_mlp, LT_GATE, 2, l);
         gpu_profile_mark(m, PHASE_ELEMENTWISE);
         rmsnorm_backward(s.dres, s.dres_bf16, s.dxn, v.x_mid, v.rstd_mlp, m.base.w.mlp_norm + l * C, N, (int)C, m.stream);
         // attention: x_mid = x_in + o(attention(rope(q), rope(k), v)); dres becomes d x_mid
-        linear_backward(m, opt, s.dctx, s.dres_bf16, v.ctx, v.u[LT_O], LT_O, l, false);
+        const bf16* dy_o[1] = {s.dres_bf16};
+        linear_backward(m, opt, s.dctx, dy_o, v.ctx, LT_O, 1, l);
         gpu_profile_mark(m, PHASE_ATTN_BWD);
         attention_backward(s.dq, s.dk, s.dv, s.dctx_bf16, s.delta, s.dctx, v.ctx, v.lse, v.q, v.k, v.v, m.d_pos, m.B, m.T,
                            c.n_heads, c.n_kv_heads, c.head_dim, m.stream);
         gpu_profile_mark(m, PHASE_ELEMENTWISE);
         rope_backward(s.dq, m.d_pos, N, c.n_heads, c.head_dim, c.rope_theta, m.stream);
         rope_backward(s.dk, m.d_pos, N, c.n_kv_heads, c.head_dim, c.rope_theta, m.stream);
-        linear_backward(m, opt, s.dxn, s.dq, v.xn_attn, v.u[LT_Q], LT_Q, l, false);
-        linear_backward(m, opt, s.dxn, s.dk, v.xn_attn, v.u[LT_K], LT_K, l, true);
-        linear_backward(m, opt, s.dxn, s.dv, v.xn_attn, v.u[LT_V], LT_V, l, true);
+        const bf16* dy_qkv[3] = {s.dq, s.dk, s.dv};
+        linear_backward(m, opt, s.dxn, dy_qkv, v.xn_attn, LT_Q, 3, l);
         gpu_profile_mark(m, PHASE_ELEMENTWISE);
         rmsnorm_backward(s.dres, s.dres_bf16, s.dxn, v.x_in, v.rstd_attn, m.base.w.attn_norm + l * C, N, (int)C, m.stream);
     }

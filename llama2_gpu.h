@@ -104,9 +104,15 @@ void lora_forward(Blas& bl, bf16* y, bf16* u, bf16* xd, float* scratch, int64_t 
 // Tuning, for benchmarks: true routes the dropout products through the fused kernels above
 // (default false: cuBLASLt, faster as measured so far; docs/perf.md).
 void lora_set_fused(bool on);
-void lora_backward(Blas& bl, float* dx, float* dA, float* dB, bf16* du, bf16* xd, float* tmp, int64_t tmp_floats,
+// defer_dx: where the fused kernels run, leave dx to lora_backward_dx (returns true; du must then
+// live until that call), so that the targets sharing an input add into dx in one pass.
+bool lora_backward(Blas& bl, float* dx, float* dA, float* dB, bf16* du, bf16* xd, float* tmp, int64_t tmp_floats,
                    const bf16* dy, const bf16* x, const bf16* u, const LoraGpuArgs& la, int64_t N, int64_t IC, int64_t OC,
-                   cudaStream_t stream);
+                   cudaStream_t stream, bool defer_dx);
+// dx (N, IC) fp32 += the LoRA input gradients of n (1-3) deferred targets sharing x, in order:
+// du[t] (N, r) each, la[t] their arguments (same rank and dropout).
+void lora_backward_dx(float* dx, int n, const bf16* const* du, const LoraGpuArgs* la, int64_t N, int64_t IC,
+                      cudaStream_t stream);
 
 // ----------------------------------------------------------------------------------------------
 // AdamW (adamw.cu) over fp32 master weights, with global-norm clipping decided on the device
@@ -181,7 +187,7 @@ struct GpuScratch {
     bf16* dup;          // (N, F)
     bf16* lora_xd;      // (N, max in) dropout(x)
     float* lora_tmp;    // (N, max in) du A, or the fused LoRA kernels' partial sums
-    bf16* lora_du;      // (N, r)
+    bf16* lora_du;      // (3, N, r) one per target of an input (q, k, v share one)
     bf16* weight;       // (max out*in) a dequantized NF4 weight
     float* reduce;      // (1024) partial sums
     float* loss_sum;    // (1) of the last forward

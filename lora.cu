@@ -243,67 +243,90 @@ __global__ void __launch_bounds__(lk::THREADS) lora_da_dropout_kernel(float* par
     }
 }
 
-// dx (N, IC) += mask * (du A) / (1 - p): the LoRA path's input gradient through the same mask.
-// grid (ceil(N/64), IC/64); a warp per 16 rows. The 64x64 result goes through shared memory so
-// that the read-modify-write of dx is in whole 16-byte pieces per thread (straight from the mma
-// fragments it touched half of every 32-byte sector, which made this the slowest LoRA kernel).
+// dx (N, IC) += sum over the targets t of mask_t * (du_t A_t) / (1 - p): the LoRA paths' input
+// gradient through their masks, for the 1-3 targets that read the same x (q, k, v; gate, up; o;
+// down), so that dx is read and written once instead of once a target (each pass is 64 MB of fp32
+// at 7B). grid (ceil(N/64), IC/64); a warp per 16 rows. Each target's 64x64 product goes through
+// shared memory so that the read-modify-write of dx is in whole 16-byte pieces per thread (straight
+// from the mma fragments it touched half of every 32-byte sector). The adds onto dx go target by
+// target in order, as separate passes would.
+constexpr int LORA_DX_MAX_TARGETS = 3;
+struct LoraDxTargets {
+    const bf16* du[LORA_DX_MAX_TARGETS];  // (N, R) each
+    const bf16* A[LORA_DX_MAX_TARGETS];   // (R, IC) each
+    uint64_t key[LORA_DX_MAX_TARGETS];    // dropout_key of each target's mask
+    int n;
+};
 template <int R>
-__global__ void __launch_bounds__(lk::THREADS) lora_dx_dropout_kernel(float* dx, const bf16* du, const bf16* A, int64_t N,
-                                                                     int64_t IC, float p, uint64_t seed, uint64_t mask_id) {
+__host__ __device__ constexpr size_t dx_in_bytes() { return (size_t)(lk::T * (R + 8) + R * lk::LD) * sizeof(bf16); }
+__host__ __device__ constexpr size_t dx_out_bytes() { return (size_t)lk::T * (lk::T + 4) * sizeof(float); }
+
+template <int R>
+__global__ void __launch_bounds__(lk::THREADS) lora_dx_dropout_kernel(float* dx, LoraDxTargets tg, int64_t N, int64_t IC,
+                                                                     float p) {
     using namespace lk;
     constexpr int LDU = R + 8, LDC = T + 4;  // fp32 rows 16 bytes apart beyond 64 floats: no bank conflicts
-    constexpr size_t IN_BYTES = (size_t)(T * LDU + R * LD) * sizeof(bf16), OUT_BYTES = (size_t)T * LDC * sizeof(float);
-    __shared__ __align__(16) unsigned char smem[IN_BYTES > OUT_BYTES ? IN_BYTES : OUT_BYTES];
-    bf16* Ds = (bf16*)smem;   // (64, LDU) du rows
-    bf16* As = Ds + T * LDU;  // (R, LD) A columns of this tile
-    float* Cs = (float*)smem; // (64, LDC) the result, after the products (aliases both)
+    constexpr int PIECES = T * (T / 4) / THREADS;  // float4 pieces of dx per thread (8)
+    extern __shared__ __align__(16) unsigned char dx_smem[];
+    bf16* Ds = (bf16*)dx_smem;                         // (64, LDU) du rows of the target in hand
+    bf16* As = Ds + T * LDU;                           // (R, LD) its A columns of this tile
+    float* Cs = (float*)(dx_smem + dx_in_bytes<R>());  // (n, 64, LDC) each target's product
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
     const int64_t n0 = (int64_t)blockIdx.x * T, i0 = (int64_t)blockIdx.y * T;
-    load_rows_async<T, R, LDU>(Ds, du, n0, 0, N, R);
-    load_rows_async<R, T, LD>(As, A, 0, i0, R, IC);
-    cp_async_commit();
-    cp_async_wait<0>();
-    __syncthreads();
-    float acc[T / 8][4] = {};
+    for (int t = 0; t < tg.n; t++) {
+        load_rows_async<T, R, LDU>(Ds, tg.du[t], n0, 0, N, R);
+        load_rows_async<R, T, LD>(As, tg.A[t], 0, i0, R, IC);
+        cp_async_commit();
+        cp_async_wait<0>();
+        __syncthreads();
+        float acc[T / 8][4] = {};
 #pragma unroll
-    for (int ks = 0; ks < R / 16; ks++) {
-        uint32_t a[4];
-        load_a<LDU>(a, Ds, warp * 16, ks * 16, lane);
+        for (int ks = 0; ks < R / 16; ks++) {
+            uint32_t a[4];
+            load_a<LDU>(a, Ds, warp * 16, ks * 16, lane);
 #pragma unroll
-        for (int np = 0; np < T / 16; np++) {
-            uint32_t b[4];
-            load_b_cols<LD>(b, As, ks * 16, np * 16, lane);
-            mma_16816(acc[2 * np], a, b[0], b[1]);
-            mma_16816(acc[2 * np + 1], a, b[2], b[3]);
+            for (int np = 0; np < T / 16; np++) {
+                uint32_t b[4];
+                load_b_cols<LD>(b, As, ks * 16, np * 16, lane);
+                mma_16816(acc[2 * np], a, b[0], b[1]);
+                mma_16816(acc[2 * np + 1], a, b[2], b[3]);
+            }
         }
-    }
-    __syncthreads();  // Ds and As are read; Cs takes their place
+        float* cs = Cs + t * T * LDC;
 #pragma unroll
-    for (int ri = 0; ri < 2; ri++) {
-        const int row = warp * 16 + g + 8 * ri;
+        for (int ri = 0; ri < 2; ri++) {
+            const int row = warp * 16 + g + 8 * ri;
 #pragma unroll
-        for (int nt = 0; nt < T / 8; nt++) {
-            Cs[row * LDC + nt * 8 + 2 * c] = acc[nt][2 * ri];
-            Cs[row * LDC + nt * 8 + 2 * c + 1] = acc[nt][2 * ri + 1];
+            for (int nt = 0; nt < T / 8; nt++) {
+                cs[row * LDC + nt * 8 + 2 * c] = acc[nt][2 * ri];
+                cs[row * LDC + nt * 8 + 2 * c + 1] = acc[nt][2 * ri + 1];
+            }
         }
+        __syncthreads();  // Ds and As are read: the next target's tiles may land
     }
-    __syncthreads();
     const float inv_keep = 1.0f / (1.0f - p);
-    const uint64_t key = dropout_key(seed, mask_id);
     const uint32_t threshold = dropout_threshold(p);
-    for (int q = threadIdx.x; q < T * (T / 4); q += THREADS) {
-        const int row = q / (T / 4), c4 = q % (T / 4);
+    float4 d[PIECES];
+#pragma unroll
+    for (int it = 0; it < PIECES; it++) {  // every piece's load in flight before any math
+        const int q = threadIdx.x + it * THREADS, row = q / (T / 4), c4 = q % (T / 4);
+        if (n0 + row < N) d[it] = *reinterpret_cast<const float4*>(dx + (n0 + row) * IC + i0 + c4 * 4);
+    }
+#pragma unroll
+    for (int it = 0; it < PIECES; it++) {
+        const int q = threadIdx.x + it * THREADS, row = q / (T / 4), c4 = q % (T / 4);
         const int64_t n = n0 + row;
         if (n >= N) continue;
         const int64_t idx = n * IC + i0 + c4 * 4;
-        float4 d = *reinterpret_cast<float4*>(dx + idx);
-        const float* v = Cs + row * LDC + c4 * 4;
-        const uint32_t kept = dropout_keep4(key, (uint64_t)idx / 4, threshold);  // idx % 4 == 0
-        if (kept & 1u) d.x += v[0] * inv_keep;
-        if (kept & 2u) d.y += v[1] * inv_keep;
-        if (kept & 4u) d.z += v[2] * inv_keep;
-        if (kept & 8u) d.w += v[3] * inv_keep;
-        *reinterpret_cast<float4*>(dx + idx) = d;
+        for (int t = 0; t < tg.n; t++) {
+            const float* v = Cs + t * T * LDC + row * LDC + c4 * 4;
+            const uint32_t kept = dropout_keep4(tg.key[t], (uint64_t)idx / 4, threshold);  // idx % 4 == 0
+            if (kept & 1u) d[it].x += v[0] * inv_keep;
+            if (kept & 2u) d[it].y += v[1] * inv_keep;
+            if (kept & 4u) d[it].z += v[2] * inv_keep;
+            if (kept & 8u) d[it].w += v[3] * inv_keep;
+        }
+        *reinterpret_cast<float4*>(dx + idx) = d[it];
     }
 }
 
@@ -353,8 +376,8 @@ static void u_dropout_launch(bf16* u, float* part, const bf16* x, const LoraGpuA
 }
 
 template <int R>
-static void backward_dropout_launch(float* dx, float* dA, float* part, const bf16* du, const bf16* x, const LoraGpuArgs& la,
-                                    int64_t N, int64_t IC, int64_t scratch_floats, cudaStream_t stream) {
+static void da_dropout_launch(float* dA, float* part, const bf16* du, const bf16* x, const LoraGpuArgs& la, int64_t N,
+                              int64_t IC, int64_t scratch_floats, cudaStream_t stream) {
     const int64_t col_blocks = IC / lk::T;
     const int parts = split_parts(N, col_blocks, scratch_floats / (R * IC));
     const int64_t split = (((N + lk::T - 1) / lk::T + parts - 1) / parts) * lk::T;
@@ -365,8 +388,15 @@ static void backward_dropout_launch(float* dx, float* dA, float* part, const bf1
     cudaCheckLaunch();
     add_parts_f32_kernel<<<ceil_div((int64_t)R * IC, 256), 256, 0, stream>>>(dA, part, parts, (int64_t)R * IC);
     cudaCheckLaunch();
-    lora_dx_dropout_kernel<R><<<dim3((unsigned)((N + lk::T - 1) / lk::T), (unsigned)col_blocks), lk::THREADS, 0, stream>>>(
-        dx, du, la.A, N, IC, la.p, la.seed, la.mask_id);
+}
+
+template <int R>
+static void dx_dropout_launch(float* dx, const LoraDxTargets& tg, float p, int64_t N, int64_t IC, cudaStream_t stream) {
+    const size_t smem = dx_in_bytes<R>() + (size_t)tg.n * dx_out_bytes();
+    static const bool smem_set = set_smem(lora_dx_dropout_kernel<R>, dx_in_bytes<R>() + LORA_DX_MAX_TARGETS * dx_out_bytes());
+    (void)smem_set;
+    lora_dx_dropout_kernel<R><<<dim3((unsigned)((N + lk::T - 1) / lk::T), (unsigned)(IC / lk::T)), lk::THREADS, smem, stream>>>(
+        dx, tg, N, IC, p);
     cudaCheckLaunch();
 }
 
@@ -399,19 +429,22 @@ void lora_forward(Blas& bl, bf16* y, bf16* u, bf16* xd, float* scratch, int64_t 
     matmul(bl, y, false, u, false, la.B, true, N, OC, la.r, la.scale, 1.0f, stream);  // y += s u B^T
 }
 
-void lora_backward(Blas& bl, float* dx, float* dA, float* dB, bf16* du, bf16* xd, float* tmp, int64_t tmp_floats,
+bool lora_backward(Blas& bl, float* dx, float* dA, float* dB, bf16* du, bf16* xd, float* tmp, int64_t tmp_floats,
                    const bf16* dy, const bf16* x, const bf16* u, const LoraGpuArgs& la, int64_t N, int64_t IC, int64_t OC,
-                   cudaStream_t stream) {
-    if (!la.A) return;
+                   cudaStream_t stream, bool defer_dx) {
+    if (!la.A) return false;
     matmul(bl, dB, true, dy, true, u, false, OC, la.r, N, la.scale, 1.0f, stream);    // dB (OC, r) += s dy^T u
     matmul(bl, du, false, dy, false, la.B, false, N, la.r, OC, la.scale, 0.0f, stream);  // du (N, r) = s dy B
     if (fused(la, N, IC, tmp_floats)) {
         switch (la.r) {
-            case 16: return backward_dropout_launch<16>(dx, dA, tmp, du, x, la, N, IC, tmp_floats, stream);
-            case 32: return backward_dropout_launch<32>(dx, dA, tmp, du, x, la, N, IC, tmp_floats, stream);
-            case 64: return backward_dropout_launch<64>(dx, dA, tmp, du, x, la, N, IC, tmp_floats, stream);
-            default: return backward_dropout_launch<128>(dx, dA, tmp, du, x, la, N, IC, tmp_floats, stream);
+            case 16: da_dropout_launch<16>(dA, tmp, du, x, la, N, IC, tmp_floats, stream); break;
+            case 32: da_dropout_launch<32>(dA, tmp, du, x, la, N, IC, tmp_floats, stream); break;
+            case 64: da_dropout_launch<64>(dA, tmp, du, x, la, N, IC, tmp_floats, stream); break;
+            default: da_dropout_launch<128>(dA, tmp, du, x, la, N, IC, tmp_floats, stream); break;
         }
+        if (defer_dx) return true;
+        lora_backward_dx(dx, 1, &du, &la, N, IC, stream);
+        return false;
     }
     const bf16* xin = x;
     if (la.p > 0.0f) {
@@ -425,5 +458,25 @@ void lora_backward(Blas& bl, float* dx, float* dA, float* dB, bf16* du, bf16* xd
         cudaCheckLaunch();
     } else {
         matmul(bl, dx, true, du, false, la.A, false, N, IC, la.r, 1.0f, 1.0f, stream);  // dx += du A
+    }
+    return false;
+}
+
+void lora_backward_dx(float* dx, int n, const bf16* const* du, const LoraGpuArgs* la, int64_t N, int64_t IC,
+                      cudaStream_t stream) {
+    ASSERT(n >= 1 && n <= LORA_DX_MAX_TARGETS, "1 to 3 LoRA targets share an input");
+    LoraDxTargets tg{};
+    tg.n = n;
+    for (int t = 0; t < n; t++) {
+        ASSERT(la[t].A && la[t].r == la[0].r && la[t].p == la[0].p, "the targets of one input share rank and dropout");
+        tg.du[t] = du[t];
+        tg.A[t] = la[t].A;
+        tg.key[t] = dropout_key(la[t].seed, la[t].mask_id);
+    }
+    switch (la[0].r) {
+        case 16: return dx_dropout_launch<16>(dx, tg, la[0].p, N, IC, stream);
+        case 32: return dx_dropout_launch<32>(dx, tg, la[0].p, N, IC, stream);
+        case 64: return dx_dropout_launch<64>(dx, tg, la[0].p, N, IC, stream);
+        default: return dx_dropout_launch<128>(dx, tg, la[0].p, N, IC, stream);
     }
 }

@@ -324,7 +324,7 @@ static void check_lora(Blas& bl, Rng& rng, int64_t N, int64_t IC, int64_t OC, in
     dtmp.poison();
     matmul(bl, gdx.ptr, true, ddy.as<bf16>(), false, dW.as<bf16>(), false, N, IC, OC, 1.0f, 1.0f, 0);
     lora_backward(bl, gdx.as<float>(), gdA.as<float>(), gdB.as<float>(), gdu.as<bf16>(), dxd.as<bf16>(), dtmp.as<float>(),
-                  tmp_floats, ddy.as<bf16>(), dx_.as<bf16>(), du.as<bf16>(), gla, N, IC, OC, 0);
+                  tmp_floats, ddy.as<bf16>(), dx_.as<bf16>(), du.as<bf16>(), gla, N, IC, OC, 0, false);
     std::vector<float> cdx = dx0, cdA = dA0, cdB = dB0;
     std::vector<float> u_r = round_bf16(u);
     cpu::linear_lora_backward(cdx.data(), cdA.data(), cdB.data(), dy.f.data(), x.f.data(), u_r.data(), W.f.data(), cla, N,
@@ -346,6 +346,73 @@ static void check_lora(Blas& bl, Rng& rng, int64_t N, int64_t IC, int64_t OC, in
     CHECK(rel_l2(dA_only.data(), cA_only.data(), cA_only.size()) < 1e-2);
 }
 
+// Three LoRA linears that read the same x (as q, k, v do), each with its own mask: their input
+// gradients deferred and added in one pass (lora_backward_dx) against the CPU twin's three
+// backward passes one after the other; dA of each target too.
+static void check_lora_group(Blas& bl, Rng& rng, int64_t N, int64_t IC, int r, float p, bool fused_on) {
+    CAPTURE(N);
+    CAPTURE(IC);
+    CAPTURE(r);
+    CAPTURE(p);
+    constexpr int NT = 3;
+    const int64_t OC[NT] = {64, 128, 64};
+    RandBf16 x(N * IC, rng);
+    DeviceBuffer dx_ = to_device(x.h);
+    std::vector<float> dx0(N * IC);
+    for (auto& v : dx0) v = rng.normal();
+    DeviceBuffer gdx = to_device_f32(dx0);
+    std::vector<float> cdx = dx0, cbase = dx0;
+    const int64_t tmp_floats = N * std::max<int64_t>(IC, 4 * r);
+    DeviceBuffer dxd(N * IC * 2), dtmp(tmp_floats * 4), gdu(NT * N * r * 2);
+    std::vector<DeviceBuffer> keep;
+    std::vector<float> cdA_all, gdA_all;
+    const bf16* du_def[NT];
+    LoraGpuArgs la_def[NT];
+    int deferred = 0;
+    for (int t = 0; t < NT; t++) {
+        RandBf16 W(OC[t] * IC, rng, 0.1f), A(r * IC, rng, 0.1f), Bm(OC[t] * r, rng, 0.1f), dy(N * OC[t], rng), u(N * r, rng);
+        cpu::LoraArgs cla{A.f.data(), Bm.f.data(), r, 2.0f, p, 99, (uint64_t)(20 + t)};
+        LoraGpuArgs gla{nullptr, nullptr, r, 2.0f, p, 99, (uint64_t)(20 + t)};
+        keep.push_back(to_device(W.h));
+        const bf16* dW = keep.back().as<bf16>();
+        keep.push_back(to_device(A.h));
+        gla.A = keep.back().as<bf16>();
+        keep.push_back(to_device(Bm.h));
+        gla.B = keep.back().as<bf16>();
+        keep.push_back(to_device(dy.h));
+        const bf16* ddy = keep.back().as<bf16>();
+        keep.push_back(to_device(u.h));
+        const bf16* du_saved = keep.back().as<bf16>();
+        keep.push_back(to_device_f32(std::vector<float>(r * IC, 0.0f)));
+        float* gdA = keep.back().as<float>();
+        keep.push_back(to_device_f32(std::vector<float>(OC[t] * r, 0.0f)));
+        float* gdB = keep.back().as<float>();
+        matmul(bl, gdx.ptr, true, ddy, false, dW, false, N, IC, OC[t], 1.0f, 1.0f, 0);
+        bf16* du_t = gdu.as<bf16>() + t * N * r;
+        if (lora_backward(bl, gdx.as<float>(), gdA, gdB, du_t, dxd.as<bf16>(), dtmp.as<float>(), tmp_floats, ddy,
+                          dx_.as<bf16>(), du_saved, gla, N, IC, OC[t], 0, true)) {
+            du_def[deferred] = du_t;
+            la_def[deferred++] = gla;
+        }
+        std::vector<float> cdA(r * IC, 0.0f), cdB(OC[t] * r, 0.0f);
+        cpu::linear_lora_backward(cdx.data(), cdA.data(), cdB.data(), dy.f.data(), x.f.data(), u.f.data(), W.f.data(), cla,
+                                  N, IC, OC[t]);
+        cpu::matmul_backward_input(cbase.data(), dy.f.data(), W.f.data(), N, IC, OC[t]);
+        const std::vector<float> g = download<float>(gdA, r * IC);
+        cdA_all.insert(cdA_all.end(), cdA.begin(), cdA.end());
+        gdA_all.insert(gdA_all.end(), g.begin(), g.end());
+    }
+    if (deferred) lora_backward_dx(gdx.as<float>(), deferred, du_def, la_def, N, IC, 0);
+    const std::vector<float> gdx_h = download<float>(gdx.ptr, N * IC);
+    std::vector<float> g_only(N * IC), c_only(N * IC);  // the LoRA parts alone (where the masks act)
+    for (int64_t i = 0; i < N * IC; i++) g_only[i] = gdx_h[i] - cbase[i], c_only[i] = cdx[i] - cbase[i];
+    CHECK(rel_l2(g_only.data(), c_only.data(), c_only.size()) < 2e-2);
+    CHECK(rel_l2(gdA_all.data(), cdA_all.data(), cdA_all.size()) < 1e-2);
+    // the group pass runs wherever the fused kernels do (a built rank, IC % 64 == 0, dropout on)
+    const bool fusable = fused_on && p > 0.0f && (r == 16 || r == 32 || r == 64 || r == 128) && IC % 64 == 0;
+    CHECK(deferred == (fusable ? NT : 0));
+}
+
 TEST_CASE("kernel: LoRA linear forward and backward with dropout") {
     Rng rng(7);
     Blas bl;
@@ -359,6 +426,9 @@ TEST_CASE("kernel: LoRA linear forward and backward with dropout") {
         check_lora(bl, rng, 77, 256, 64, 64, p);
         check_lora(bl, rng, 300, 128, 96, 128, p);  // rank 128: two 16-row tiles of dA per warp
         check_lora(bl, rng, 64, 704, 48, 32, p);   // a longer input split over several blocks
+        check_lora_group(bl, rng, 130, 192, 16, p, fused);
+        check_lora_group(bl, rng, 70, 128, 128, p, fused);
+        check_lora_group(bl, rng, 53, 96, 8, p, fused);
     }
     lora_set_fused(false);
     blas_destroy(bl);
