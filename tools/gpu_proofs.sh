@@ -2,8 +2,9 @@
 # tools/gpu_proofs.sh — the speed and memory-plan proof runs of the performance issue, on a GPU
 # machine, after tools/pack_device.sh (binaries in .device/now, LIMA data files in .device/lima):
 #   bash tools/gpu_proofs.sh OUT_DIR [tests] [bench] [train] [caps] [kernels]   (none named: the first four)
-# 1. the GPU test suite; 2. bench_step on 7B (NF4 with the profile, both LoRA paths; bf16; NF4 with
-# full recompute); 3. ./train on real LIMA, random 7B, defaults (memory plan on), 40 steps;
+# 1. the GPU test suite; 2. bench_step, 10 timed steps each: 7B NF4 with the profile, 7B NF4 on two
+# rows (4,096 tokens, ./train's micro-batch), 7B bf16, 7B NF4 with full recompute, 13B NF4;
+# 3. ./train on real LIMA, random 7B, defaults (memory plan on), 40 steps;
 # 4. the memory plan under --max-mem 22, 14 and 10 (7B QLoRA, 10 steps each) and 70B under
 # --max-mem 76: each prints its plan and predicted peak; the table at the end gives the measured
 # peak (largest memory in use of any step, log.csv) against the cap and the prediction;
@@ -22,9 +23,10 @@ if want tests; then
 FIXTURES_DIR=.device/fixtures ./test_gpu > "$OUT/test_gpu.log" 2>&1
 echo "test_gpu exit $?: $(grep -E '^\[doctest\] test cases' "$OUT/test_gpu.log")"
 fi
-want bench && for args in "--quant nf4 --profile --lora-fused 0" "--quant nf4 --profile --lora-fused 1" "--quant bf16" "--quant nf4 --recompute full"; do
+want bench && for args in "--model 7b --quant nf4 --profile" "--model 7b --quant nf4 --rows 2" "--model 7b --quant bf16" \
+    "--model 7b --quant nf4 --recompute full" "--model 13b --quant nf4"; do
     name=$(echo "$args" | tr -d ' -')
-    ./bench_step --model 7b --seq 2048 --rank 64 $args > "$OUT/step_$name.log" 2>&1
+    ./bench_step --seq 2048 --rank 64 --steps 10 $args > "$OUT/step_$name.log" 2>&1
     echo "bench_step $args: $(grep -E '^RESULT model' "$OUT/step_$name.log" | sed 's/^RESULT //')"
 done
 lima=".device/lima/lima.bin"
