@@ -89,11 +89,8 @@ int main(int argc, char** argv) {
     cudaCheck(cudaEventCreate(&e0));
     cudaCheck(cudaEventCreate(&e1));
     cudaCheck(cudaEventRecord(e0, m.stream));
-    const auto h0 = std::chrono::steady_clock::now();
     for (int s = 0; s < steps; s++) run_step(2 + s);
     cudaCheck(cudaEventRecord(e1, m.stream));
-    // the host's time to issue the steps: near the GPU time, the step is bound by the launches
-    const double host_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - h0).count() / steps;
     cudaCheck(cudaEventSynchronize(e1));
     float ms = 0;
     cudaCheck(cudaEventElapsedTime(&ms, e0, e1));
@@ -111,7 +108,6 @@ int main(int argc, char** argv) {
     printf("  step %.1f ms  tokens/s %.0f  MFU %s  model TFLOP/s %.1f  loss %.4f\n", step_s * 1000, tokens / step_s,
            peak > 0 ? (std::to_string(100.0 * flops / step_s / peak).substr(0, 5) + "%").c_str() : "n/a",
            flops / step_s / 1e12, loss);
-    printf("  host: %.1f ms a step to issue its work (%.0f%% of the GPU's step time)\n", host_ms, 100.0 * host_ms / (step_s * 1000));
     printf("  memory: model allocations %.2f GiB, device in use %.2f GiB of %.2f GiB\n", m.bytes_allocated / 1073741824.0,
            (total_b - free_b) / 1073741824.0, total_b / 1073741824.0);
     printf("RESULT model=%s quant=%s seq=%d tokens_per_s=%.0f mfu=%.4f mem_gib=%.2f\n", model.c_str(), quant.c_str(), seq,
