@@ -5,14 +5,17 @@
 // element index) (model.h dropout_keep), so the backward regenerates it instead of storing it.
 //
 // With dropout on, the three products that touch drop(x) run in this file's own tensor-core
-// kernels, which apply the mask as they load x: u = drop(x) A^T, dA += du^T drop(x) and
-// dx += drop'(du A) (the mask again, on the input gradient). Neither the dropped copy of x nor the
-// fp32 du A is ever written to memory (that traffic was 13% of a 7B step). Sums over a long axis
+// kernels, which apply the mask to the x tiles in shared memory (u, dA) or to the product (dx):
+// u = drop(x) A^T, dA += du^T drop(x) and dx += drop'(du A) (the mask again, on the input
+// gradient; for the linears that share an input, q/k/v and gate/up, one pass over dx adds them
+// all: lora_backward_dx). Neither the dropped copy of x nor the fp32 du A is ever written to
+// memory (that traffic was 13% of a 7B step). Sums over a long axis
 // are split across blocks into fp32 partials that a second kernel adds in a fixed order, so the
 // results are bitwise reproducible. Without dropout (or at a rank the kernels are not built for:
 // r in {16, 32, 64, 128}, in_features a multiple of 64) cuBLASLt does the products.
 // CPU twin: cpu::linear_lora_forward / cpu::linear_lora_backward in llama2_cpu.cpp; tested inside
-// the whole step (test/gpu_model.cu) and with dropout at fused and plain shapes in test/gpu_kernels.cu.
+// the whole step (test/gpu_model.cu) and with dropout at fused and plain shapes, alone and three
+// linears on one input, in test/gpu_kernels.cu.
 #include <algorithm>
 
 #include "llama2_gpu.h"
