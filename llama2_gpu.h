@@ -101,8 +101,8 @@ void lora_forward(Blas& bl, bf16* y, bf16* u, bf16* xd, float* scratch, int64_t 
                   const LoraGpuArgs& la, int64_t N, int64_t IC, int64_t OC, cudaStream_t stream);
 // dx (N, IC) fp32 +=, dA (r, IC) fp32 +=, dB (OC, r) fp32 += from dy (N, OC) bf16.
 // scratch: du (N, r) bf16, xd (N, IC) bf16 and tmp (tmp_floats >= N * IC fp32) (used when p > 0)
-// Tuning, for benchmarks: true routes the dropout products through the fused kernels above
-// (default false: cuBLASLt, faster as measured so far; docs/perf.md).
+// Tuning, for benchmarks and tests: true (the default) routes the dropout products through the
+// fused kernels of lora.cu, false through cuBLASLt and separate dropout passes (docs/perf.md).
 void lora_set_fused(bool on);
 // defer_dx: where the fused kernels run, leave dx to lora_backward_dx (returns true; du must then
 // live until that call), so that the targets sharing an input add into dx in one pass.
