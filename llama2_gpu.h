@@ -187,7 +187,7 @@ struct GpuScratch {
     bf16* dup;          // (N, F)
     bf16* lora_xd;      // (N, max in) dropout(x)
     float* lora_tmp;    // (N, max in) du A, or the fused LoRA kernels' partial sums
-    bf16* lora_du;      // (3, N, r) one per target of an input (q, k, v share one)
+    bf16* lora_du;      // (3, N, r) a slot per linear of a shared input (q, k, v), kept until the grouped dx pass
     bf16* weight;       // (max out*in) a dequantized NF4 weight
     float* reduce;      // (1024) partial sums
     float* loss_sum;    // (1) of the last forward

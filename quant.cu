@@ -280,7 +280,8 @@ __global__ void nf4_dequantize_kernel(Tout* __restrict__ out, const uint8_t* __r
     }
 }
 
-// The trainer's case: bf16 out of whole double-quantized blocks (n % 64 == 0, 16-byte aligned). A
+// The trainer's case: bf16 out of double-quantized data in whole 1,024-value rounds (n % 1024 == 0,
+// 16-byte aligned; every Llama linear is). A
 // warp takes 1,024 values (512 packed bytes, 16 blocks) a round: lane i loads 16 packed bytes (one
 // 16-byte load, coalesced) and decodes the absmax of its half-block once; then for each quarter k
 // of the round it fetches from lane 8k + i/4 (warp shuffles) the 4 bytes and the absmax of values

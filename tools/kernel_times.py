@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-# tools/kernel_times.py — per-kernel GPU time of the last decode or training step in an ncu CSV, to see where a
-# step's time goes. ncu times each kernel alone, with its own launch and drain, so the sum is not
+# tools/kernel_times.py — per-kernel GPU time of the last decode or training step in an ncu CSV, to
+# see where a step's time goes. ncu times each kernel alone, with its own launch and drain, so the sum is not
 # the step time (a few microseconds a launch more for the tiny ones: it came out above the step
 # time bench_decode measures) but it ranks the kernels and gives each its bandwidth.
-# Run (on a GPU machine, by tools/gpu_decode.sh timeline, or tools/gpu_proofs.sh kernels for a training step):
+# Run (on a GPU machine: tools/gpu_decode.sh timeline; tools/gpu_proofs.sh kernels for a training step):
 #   ncu --csv --page raw --print-units base --metrics gpu__time_duration.sum,dram__bytes_read.sum ./bench_decode ... > k.csv
 #   python3 tools/kernel_times.py k.csv
 # The last step is every launch after the last embedding_forward_kernel (the first kernel of a decode
@@ -48,7 +48,7 @@ def main():
         e[4] += num(r, "sm__throughput.avg.pct_of_peak_sustained_elapsed") * ns
         total += ns
     print(f"last step: {len(step)} launches, {total / 1e3:.1f} us of kernel time (ncu, each alone)")
-    print("| kernel | launches | us | share | us/launch | DRAM MB (read + write) | GB/s | instructions (M) | SM busy |")
+    print("| kernel | launches | us | share | us/launch | DRAM MB (read, + write if measured) | GB/s | instructions (M) | SM busy |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, (n, ns, nbytes, inst, sm) in sorted(by.items(), key=lambda kv: -kv[1][1]):
         print(f"| {name[:80]} | {n} | {ns / 1e3:.1f} | {100 * ns / total:.1f}% | {ns / 1e3 / n:.2f} | {nbytes / 1e6:.1f} | "
